@@ -1,0 +1,170 @@
+"""`actlog`: run the stack locally, prepare the default model, query and export records."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from actlog.launcher import Stack, StackConfig
+
+app = typer.Typer(help="Activation-logging LLM inference stack.", no_args_is_help=True)
+
+StorageOpt = Annotated[
+    str, typer.Option("--storage", envvar="STORAGE_ADDR", help="storage service host:port")
+]
+
+
+@app.command()
+def up(
+    gateway_host: Annotated[str, typer.Option(envvar="GATEWAY_HOST")] = "127.0.0.1",
+    gateway_port: Annotated[int, typer.Option(envvar="GATEWAY_PORT")] = 8000,
+    inference_host: Annotated[str, typer.Option(envvar="INFERENCE_HOST")] = "127.0.0.1",
+    inference_port: Annotated[int, typer.Option(envvar="INFERENCE_PORT")] = 50051,
+    storage_host: Annotated[str, typer.Option(envvar="STORAGE_HOST")] = "127.0.0.1",
+    storage_port: Annotated[int, typer.Option(envvar="STORAGE_PORT")] = 50052,
+    activation_lmdb_path: Annotated[
+        str, typer.Option(envvar="ACTIVATION_LMDB_PATH")
+    ] = "lmdb_data/activations.lmdb",
+    model: Annotated[
+        str, typer.Option(envvar="MODEL", help="`default`, a local HF directory or a hub id")
+    ] = "default",
+    dtype: Annotated[str, typer.Option(envvar="DTYPE")] = "auto",
+    log_dir: Annotated[
+        str | None, typer.Option(help="write each service's log here instead of the terminal")
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for all to be healthy")] = 600,
+) -> None:
+    """Start storage, inference and gateway; stop all three on Ctrl-C."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = StackConfig(
+        gateway_host=gateway_host, gateway_port=gateway_port,
+        inference_host=inference_host, inference_port=inference_port,
+        storage_host=storage_host, storage_port=storage_port,
+        activation_lmdb_path=activation_lmdb_path, model=model, dtype=dtype, log_dir=log_dir,
+    )
+    stack = Stack(config)
+    stopping = False
+
+    def _stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        if stopping:
+            return
+        stopping = True
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)
+    started = time.monotonic()
+    try:
+        stack.start()
+        stack.wait_healthy(timeout)
+        typer.echo(
+            f"actlog is up after {time.monotonic() - started:.0f}s\n"
+            f"  gateway    {config.gateway_url}  (OpenAI API: {config.gateway_url}/v1)\n"
+            f"  inference  {config.inference_addr}  (gRPC)\n"
+            f"  storage    {config.storage_addr}  (gRPC, LMDB at {activation_lmdb_path})\n"
+            "Press Ctrl-C to stop."
+        )
+        while all(p.poll() is None for p in stack.procs.values()):
+            time.sleep(0.5)
+        dead = [n for n, p in stack.procs.items() if p.poll() is not None]
+        typer.echo(f"{', '.join(dead)} exited; stopping the rest", err=True)
+        raise typer.Exit(1)
+    except KeyboardInterrupt:
+        typer.echo("stopping...")
+    finally:
+        stack.stop()
+
+
+@app.command("prepare-model")
+def prepare_model(
+    model_cache_dir: Annotated[str, typer.Option(envvar="MODEL_CACHE_DIR")] = "",
+    force: bool = False,
+) -> None:
+    """Convert the packaged SmolLM2-135M-Instruct GGUF into a Hugging Face directory (once)."""
+    from inference_service.default_model import prepare_default_model
+
+    logging.basicConfig(level=logging.INFO)
+    path = prepare_default_model(Path(model_cache_dir) if model_cache_dir else None, force)
+    typer.echo(str(path))
+
+
+def _parse_layers(layers: str | None) -> list[int] | None:
+    if not layers:
+        return None
+    return [int(x) for x in layers.split(",") if x.strip()]
+
+
+@app.command()
+def export(
+    output: Annotated[Path, typer.Option("--output", "-o", help="file.safetensors")],
+    prompt_hash: Annotated[str | None, typer.Option(help="SHA-256 of the prompt")] = None,
+    record_id: Annotated[str | None, typer.Option()] = None,
+    layers: Annotated[str | None, typer.Option(help="comma-separated, e.g. 0,15,-1")] = None,
+    model: Annotated[str | None, typer.Option(help="only records of this model")] = None,
+    storage: StorageOpt = "127.0.0.1:50052",
+) -> None:
+    """Write a record's activations (`layer_<i>`), token ids and metadata to safetensors."""
+    from actlog.client import StorageClient
+    from actlog.errors import ActlogError
+    from actlog.export import export_record
+
+    key = record_id or prompt_hash
+    if not key or (record_id and prompt_hash):
+        raise typer.BadParameter("give exactly one of --prompt-hash or --record-id")
+    try:
+        with StorageClient(storage) as client:
+            summary = export_record(client, key, output, _parse_layers(layers), model)
+    except ActlogError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(
+        f"wrote {summary.path} ({summary.file_bytes} bytes): record {summary.record_id}, "
+        f"layers {list(summary.layers)}, {summary.num_positions} positions x "
+        f"{summary.hidden_size} ({summary.dtype})"
+    )
+    if summary.note:
+        typer.echo(summary.note)
+
+
+@app.command()
+def find(
+    prompt: Annotated[str | None, typer.Option(help="the prompt text (hashed for you)")] = None,
+    prompt_hash: Annotated[str | None, typer.Option()] = None,
+    model: Annotated[str | None, typer.Option()] = None,
+    storage: StorageOpt = "127.0.0.1:50052",
+) -> None:
+    """List the records stored for a prompt, newest first, as JSON lines."""
+    from actlog.client import StorageClient
+    from actlog.errors import ActlogError
+    from actlog.hashing import prompt_hash as hash_prompt
+
+    if (prompt is None) == (prompt_hash is None):
+        raise typer.BadParameter("give exactly one of --prompt or --prompt-hash")
+    key = prompt_hash or hash_prompt(prompt or "")
+    try:
+        with StorageClient(storage) as client:
+            records = client.find_by_prompt_hash(key, model)
+    except ActlogError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    for r in records:
+        typer.echo(json.dumps({
+            "record_id": r.record_id, "model": r.model, "status": r.status,
+            "layers": list(r.layers), "num_positions": r.num_positions,
+            "prompt_length": r.prompt_length, "response": r.response,
+        }))
+
+
+def main() -> None:
+    app(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    main()

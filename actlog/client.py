@@ -1,0 +1,288 @@
+"""Python client of the storage service: find records, read their activations.
+
+    from actlog.client import StorageClient
+
+    with StorageClient("127.0.0.1:50052") as client:
+        records = client.find_by_prompt("What is the capital of France?")
+        acts = client.get_activations(records[0].record_id, layers=[-1])
+        acts[30].shape  # (num_positions, hidden_size), float32
+
+Failed calls raise the typed errors of `actlog.errors`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import numpy as np
+
+from actlog.errors import ActlogError, WaitTimeoutError, from_rpc_error
+from actlog.hashing import prompt_hash as hash_prompt
+from actlog.v1 import storage_pb2, storage_pb2_grpc
+
+DEFAULT_ADDRESS = "127.0.0.1:50052"
+
+# Raw (stored) numpy dtype of each record dtype. bfloat16 has no numpy dtype: its raw
+# form is the uint16 bit pattern (the high half of the float32 with the same value).
+RAW_DTYPES: dict[str, np.dtype] = {
+    "bfloat16": np.dtype("<u2"),
+    "float16": np.dtype("<f2"),
+    "float32": np.dtype("<f4"),
+}
+
+
+def bf16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
+    """Exact float32 values of bfloat16 numbers given as their uint16 bit patterns."""
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def to_float32(raw: np.ndarray, dtype: str) -> np.ndarray:
+    """Raw stored values (as returned with ``as_float32=False``) as float32, exactly."""
+    if dtype == "bfloat16":
+        return bf16_bits_to_float32(raw)
+    return raw.astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Record:
+    """One stored completion choice: everything but its activations (see RecordHeader)."""
+
+    record_id: str
+    prompt_hash: str
+    prompt: str
+    response: str
+    model: str
+    token_ids: tuple[int, ...]
+    token_strings: tuple[str, ...]
+    prompt_length: int
+    sampling_params: dict[str, Any]
+    layers: tuple[int, ...]
+    num_positions: int
+    hidden_size: int
+    dtype: str
+    num_layers: int
+    finish_reason: str
+    created_at_ms: int
+    labels: dict[str, str]
+    status: str  # "COMPLETE", "PARTIAL" or "UNSPECIFIED"
+    activation_bytes: int
+    choice_index: int
+    request_id: str
+
+    @property
+    def is_complete(self) -> bool:
+        return self.status == "COMPLETE"
+
+    @classmethod
+    def from_pb(cls, header: storage_pb2.RecordHeader) -> Record:
+        return cls(
+            record_id=header.record_id,
+            prompt_hash=header.prompt_hash,
+            prompt=header.prompt,
+            response=header.response,
+            model=header.model,
+            token_ids=tuple(header.token_ids),
+            token_strings=tuple(header.token_strings),
+            prompt_length=header.prompt_length,
+            sampling_params=_parse_json(header.sampling_params_json),
+            layers=tuple(header.layers),
+            num_positions=header.num_positions,
+            hidden_size=header.hidden_size,
+            dtype=header.dtype,
+            num_layers=header.num_layers,
+            finish_reason=header.finish_reason,
+            created_at_ms=header.created_at_ms,
+            labels=dict(header.labels),
+            status=storage_pb2.RecordStatus.Name(header.status).removeprefix("RECORD_STATUS_"),
+            activation_bytes=header.activation_bytes,
+            choice_index=header.choice_index,
+            request_id=header.request_id,
+        )
+
+
+def _parse_json(text: str) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return {"_unparsed": text}
+    return value if isinstance(value, dict) else {"_value": value}
+
+
+@dataclass(frozen=True)
+class ModelStats:
+    records: int
+    activation_bytes: int
+
+
+@dataclass(frozen=True)
+class StorageStats:
+    records: int
+    complete_records: int
+    activation_bytes: int
+    prompt_hashes: int
+    models: dict[str, ModelStats] = field(default_factory=dict)
+    lmdb_used_bytes: int = 0
+    lmdb_map_size: int = 0
+
+
+class StorageClient:
+    """Blocking client of the storage service; usable as a context manager.
+
+    `timeout` (seconds) bounds every call, a whole activation stream included.
+    """
+
+    def __init__(self, address: str = DEFAULT_ADDRESS, timeout: float = 30.0) -> None:
+        self.address = address
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(
+            address,
+            options=[
+                ("grpc.max_receive_message_length", -1),
+                ("grpc.max_send_message_length", -1),
+            ],
+        )
+        self._stub = storage_pb2_grpc.StorageStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> StorageClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- records --------------------------------------------------------------------
+
+    def find_by_prompt_hash(self, prompt_hash: str, model: str | None = None) -> list[Record]:
+        """Every record (complete or partial) of this prompt hash, newest first."""
+        request = storage_pb2.FindByPromptHashRequest(prompt_hash=prompt_hash, model=model or "")
+        response = self._call(self._stub.FindByPromptHash, request)
+        return [Record.from_pb(header) for header in response.records]
+
+    def find_by_prompt(self, prompt: str, model: str | None = None) -> list[Record]:
+        """Records of this exact prompt text (hashed as SHA-256 of its UTF-8), newest first."""
+        return self.find_by_prompt_hash(hash_prompt(prompt), model=model)
+
+    def get_record(self, record_id: str) -> Record:
+        request = storage_pb2.GetRecordRequest(record_id=record_id)
+        return Record.from_pb(self._call(self._stub.GetRecord, request))
+
+    def wait_for_record(
+        self,
+        prompt_hash: str,
+        count: int = 1,
+        timeout: float = 30.0,
+        model: str | None = None,
+        poll_interval: float = 0.1,
+    ) -> list[Record]:
+        """Poll until at least `count` COMPLETE records of `prompt_hash` exist.
+
+        Storage is asynchronous (captures reach it after the response); this returns the
+        complete records, newest first, or raises WaitTimeoutError after `timeout` s.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            complete = [r for r in self.find_by_prompt_hash(prompt_hash, model) if r.is_complete]
+            if len(complete) >= count:
+                return complete
+            if time.monotonic() >= deadline:
+                raise WaitTimeoutError(
+                    f"{len(complete)} complete record(s) of prompt hash {prompt_hash} after "
+                    f"{timeout} s, wanted {count}"
+                )
+            time.sleep(poll_interval)
+
+    def stats(self) -> StorageStats:
+        response = self._call(self._stub.Stats, storage_pb2.StatsRequest())
+        return StorageStats(
+            records=response.records,
+            complete_records=response.complete_records,
+            activation_bytes=response.activation_bytes,
+            prompt_hashes=response.prompt_hashes,
+            models={
+                m.model: ModelStats(records=m.records, activation_bytes=m.activation_bytes)
+                for m in response.models
+            },
+            lmdb_used_bytes=response.lmdb_used_bytes,
+            lmdb_map_size=response.lmdb_map_size,
+        )
+
+    # -- activations ----------------------------------------------------------------
+
+    def get_activations(
+        self,
+        record_id: str,
+        layers: int | Sequence[int] | None = None,
+        row_start: int = 0,
+        row_end: int | None = None,
+        as_float32: bool = True,
+    ) -> dict[int, np.ndarray]:
+        """Activations of one complete record: {layer: array of (rows, hidden_size)}.
+
+        `layers`: stored layer numbers (0 = embeddings ... num_layers = final-normed
+        output); negative counts from the end (-1 = num_layers); None = every stored
+        layer. Keys of the result are the non-negative layer numbers. Rows are
+        [row_start, row_end), row_end None (or 0) = to the end.
+
+        With `as_float32` the values are float32 (bfloat16 and float16 convert exactly).
+        Without it they keep the stored dtype; bfloat16, which numpy lacks, comes back as
+        its uint16 bit patterns (convert with `bf16_bits_to_float32`).
+        """
+        record = self.get_record(record_id)
+        requested = [layers] if isinstance(layers, int) else list(layers or [])
+        wanted = _resolve_layers(record, requested)
+        end = row_end or record.num_positions
+        n_rows = max(end - row_start, 0)
+        raw_dtype = RAW_DTYPES[record.dtype]
+        arrays = {layer: np.empty((n_rows, record.hidden_size), raw_dtype) for layer in wanted}
+        filled = dict.fromkeys(wanted, 0)
+        request = storage_pb2.StreamActivationsRequest(
+            record_id=record_id, layers=requested, row_start=row_start, row_end=row_end or 0
+        )
+        for chunk in self._stream(self._stub.StreamActivations, request):
+            block = np.frombuffer(chunk.data, dtype=raw_dtype)
+            offset = chunk.row_start - row_start
+            arrays[chunk.layer][offset : offset + chunk.row_count] = block.reshape(
+                chunk.row_count, record.hidden_size
+            )
+            filled[chunk.layer] += chunk.row_count
+        short = {layer: rows for layer, rows in filled.items() if rows != n_rows}
+        if short:
+            raise ActlogError(
+                f"record {record_id}: the stream returned {short} rows per layer, expected {n_rows}"
+            )
+        if not as_float32:
+            return arrays
+        return {layer: to_float32(raw, record.dtype) for layer, raw in arrays.items()}
+
+    # -- plumbing -------------------------------------------------------------------
+
+    def _call(self, method: Any, request: Any) -> Any:
+        try:
+            return method(request, timeout=self.timeout)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+
+    def _stream(self, method: Any, request: Any) -> Iterator[Any]:
+        try:
+            yield from method(request, timeout=self.timeout)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+
+
+def _resolve_layers(record: Record, requested: list[int]) -> list[int]:
+    """Layer numbers as the server resolves them (it reports unknown layers itself)."""
+    resolved: list[int] = []
+    for layer in requested or record.layers:
+        index = record.num_layers + 1 + layer if layer < 0 else layer
+        if index not in resolved:
+            resolved.append(index)
+    return resolved

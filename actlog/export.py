@@ -1,0 +1,156 @@
+"""Export one record to a safetensors file, in its stored dtype.
+
+Tensors: ``layer_<i>`` (num_positions x hidden_size) for each exported layer and
+``token_ids`` (int64, 1-D). Metadata (strings): prompt, response, model, prompt_length,
+prompt_hash, record_id, dtype, num_positions, hidden_size, num_layers, layers (JSON),
+token_strings (JSON), sampling_params (JSON), finish_reason, created_at_ms.
+
+bfloat16 stays bfloat16 (safetensors "BF16"), so `safetensors.torch.load_file` gives the
+tensors the model computed; numpy cannot read BF16, torch (or jax) can.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import safetensors
+
+from actlog.client import Record, StorageClient
+from actlog.errors import InvalidArgumentError, NotFoundError
+from actlog.hashing import is_prompt_hash
+from actlog.ids import is_record_id
+
+# Record dtype -> name for safetensors' TensorSpec (>= 0.8) and the on-disk dtype tag.
+_ST_DTYPES = {"bfloat16": ("bfloat16", "BF16"), "float16": ("float16", "F16"),
+              "float32": ("float32", "F32")}  # fmt: skip
+_NUMPY_ST_DTYPES = {np.dtype("<i8"): ("int64", "I64")}
+
+
+@dataclass(frozen=True)
+class ExportSummary:
+    path: Path
+    record_id: str
+    prompt_hash: str
+    model: str
+    layers: tuple[int, ...]
+    num_positions: int
+    hidden_size: int
+    dtype: str
+    file_bytes: int
+    # Records that matched the prompt hash (and model); the newest one was exported.
+    matched_records: int = 1
+    note: str = ""
+
+
+def export_record(
+    client: StorageClient,
+    key: str,
+    output_path: str | os.PathLike[str],
+    layers: int | list[int] | None = None,
+    model: str | None = None,
+) -> ExportSummary:
+    """Write one record's activations and metadata to `output_path` (safetensors).
+
+    `key` is a record id (32 hex chars) or a prompt hash (64 hex chars). A prompt hash
+    may have several records: the newest COMPLETE one (of `model` when given) is exported
+    and the summary says how many matched. `layers` as in `StorageClient.get_activations`
+    (None = every stored layer).
+    """
+    record, matched, note = _choose_record(client, key, model)
+    arrays = client.get_activations(record.record_id, layers=layers, as_float32=False)
+    tensors: dict[str, tuple[np.ndarray, str, str]] = {}
+    for layer, raw in arrays.items():
+        spec_name, tag = _ST_DTYPES[record.dtype]
+        tensors[f"layer_{layer}"] = (np.ascontiguousarray(raw), spec_name, tag)
+    token_ids = np.asarray(record.token_ids, dtype="<i8")
+    tensors["token_ids"] = (token_ids, *_NUMPY_ST_DTYPES[token_ids.dtype])
+    path = Path(output_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _serialize_file(tensors, path, _metadata(record, sorted(arrays)))
+    return ExportSummary(
+        path=path,
+        record_id=record.record_id,
+        prompt_hash=record.prompt_hash,
+        model=record.model,
+        layers=tuple(sorted(arrays)),
+        num_positions=record.num_positions,
+        hidden_size=record.hidden_size,
+        dtype=record.dtype,
+        file_bytes=path.stat().st_size,
+        matched_records=matched,
+        note=note,
+    )
+
+
+def _choose_record(client: StorageClient, key: str, model: str | None) -> tuple[Record, int, str]:
+    if is_record_id(key):
+        return client.get_record(key), 1, ""
+    if not is_prompt_hash(key):
+        raise InvalidArgumentError(
+            f"{key!r} is neither a record id (32 lowercase hex chars) nor a prompt hash "
+            "(64 lowercase hex chars)"
+        )
+    complete = [r for r in client.find_by_prompt_hash(key, model=model) if r.is_complete]
+    if not complete:
+        of_model = f" of model {model!r}" if model else ""
+        raise NotFoundError(f"no complete record{of_model} with prompt hash {key}")
+    newest = complete[0]
+    note = ""
+    if len(complete) > 1:
+        note = (
+            f"{len(complete)} complete records share prompt hash {key}; exported the newest, "
+            f"{newest.record_id} ({newest.model})"
+        )
+    return newest, len(complete), note
+
+
+def _metadata(record: Record, layers: list[int]) -> dict[str, str]:
+    return {
+        "record_id": record.record_id,
+        "prompt_hash": record.prompt_hash,
+        "prompt": record.prompt,
+        "response": record.response,
+        "model": record.model,
+        "prompt_length": str(record.prompt_length),
+        "num_positions": str(record.num_positions),
+        "hidden_size": str(record.hidden_size),
+        "num_layers": str(record.num_layers),
+        "dtype": record.dtype,
+        "layers": json.dumps(layers),
+        "token_strings": json.dumps(list(record.token_strings), ensure_ascii=False),
+        "sampling_params": json.dumps(record.sampling_params, ensure_ascii=False),
+        "finish_reason": record.finish_reason,
+        "created_at_ms": str(record.created_at_ms),
+    }
+
+
+def _serialize_file(
+    tensors: dict[str, tuple[np.ndarray, str, str]], path: Path, metadata: dict[str, str]
+) -> None:
+    """Write raw buffers with a dtype safetensors' numpy front end cannot express (BF16).
+
+    safetensors >= 0.8 takes `TensorSpec`s pointing at the buffers (kept alive here by
+    `tensors` for the duration of the call); older releases take dicts of bytes.
+    """
+    spec_type: Any = getattr(safetensors, "TensorSpec", None)
+    if spec_type is not None:
+        flat = {
+            name: spec_type(
+                dtype=spec_name,
+                shape=list(array.shape),
+                data_ptr=array.ctypes.data,
+                data_len=array.nbytes,
+            )
+            for name, (array, spec_name, _) in tensors.items()
+        }
+    else:
+        flat = {
+            name: {"dtype": tag, "shape": list(array.shape), "data": array.tobytes()}
+            for name, (array, _, tag) in tensors.items()
+        }
+    safetensors.serialize_file(flat, str(path), metadata=metadata)

@@ -1,0 +1,166 @@
+"""Runs storage, inference and gateway as local processes and waits until all are healthy.
+
+Each service reads its own settings from environment variables; the launcher passes the
+configuration down the same way, so the names here, in the services and in the compose file
+are one set.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StackConfig:
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 8000
+    inference_host: str = "127.0.0.1"
+    inference_port: int = 50051
+    storage_host: str = "127.0.0.1"
+    storage_port: int = 50052
+    activation_lmdb_path: str = "lmdb_data/activations.lmdb"
+    model: str = "default"
+    dtype: str = "auto"
+    log_dir: str | None = None
+    # Further variables for the services (e.g. MAX_MODEL_LEN, VLLM_CPU_KVCACHE_SPACE).
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def storage_addr(self) -> str:
+        return f"{self.storage_host}:{self.storage_port}"
+
+    @property
+    def inference_addr(self) -> str:
+        return f"{self.inference_host}:{self.inference_port}"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://{self.gateway_host}:{self.gateway_port}"
+
+
+def grpc_serving(address: str, timeout: float = 2.0) -> bool:
+    try:
+        with grpc.insecure_channel(address) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=timeout
+            )
+        return reply.status == health_pb2.HealthCheckResponse.SERVING
+    except grpc.RpcError:
+        return False
+
+
+def http_ok(url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as reply:  # noqa: S310 (loopback)
+            return reply.status == 200
+    except OSError:
+        return False
+
+
+class Stack:
+    """The three services as child processes."""
+
+    SERVICES = ("storage", "inference", "gateway")
+
+    def __init__(self, config: StackConfig) -> None:
+        self.config = config
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._logs: list = []
+
+    def _env(self) -> dict[str, str]:
+        c = self.config
+        env = dict(os.environ)
+        env.update(
+            {
+                "STORAGE_HOST": c.storage_host,
+                "STORAGE_PORT": str(c.storage_port),
+                "ACTIVATION_LMDB_PATH": c.activation_lmdb_path,
+                "INFERENCE_HOST": c.inference_host,
+                "INFERENCE_PORT": str(c.inference_port),
+                "STORAGE_ADDR": c.storage_addr,
+                "MODEL": c.model,
+                "DTYPE": c.dtype,
+                "GATEWAY_HOST": c.gateway_host,
+                "GATEWAY_PORT": str(c.gateway_port),
+                "INFERENCE_ADDR": c.inference_addr,
+                # vLLM's own log noise (Triton, LD_PRELOAD hints) drowns ours otherwise.
+                "VLLM_LOGGING_LEVEL": env.get("VLLM_LOGGING_LEVEL", "WARNING"),
+            }
+        )
+        env.update(c.extra_env)
+        return env
+
+    def start_service(self, name: str) -> subprocess.Popen[bytes]:
+        module = {"storage": "storage_service", "inference": "inference_service",
+                  "gateway": "gateway"}[name]
+        out = None
+        if self.config.log_dir:
+            Path(self.config.log_dir).mkdir(parents=True, exist_ok=True)
+            out = open(Path(self.config.log_dir) / f"{name}.log", "ab")  # noqa: SIM115
+            self._logs.append(out)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", module], env=self._env(), stdout=out,
+            stderr=subprocess.STDOUT if out else None,
+        )
+        self.procs[name] = proc
+        return proc
+
+    def start(self) -> None:
+        for name in self.SERVICES:
+            self.start_service(name)
+
+    def healthy(self, name: str) -> bool:
+        c = self.config
+        if name == "storage":
+            return grpc_serving(c.storage_addr)
+        if name == "inference":
+            return grpc_serving(c.inference_addr)
+        return http_ok(f"{c.gateway_url}/health")
+
+    def wait_healthy(self, timeout: float = 600.0, names: tuple[str, ...] | None = None) -> None:
+        deadline = time.monotonic() + timeout
+        waiting = list(names or self.SERVICES)
+        while waiting:
+            for name in list(waiting):
+                proc = self.procs.get(name)
+                if proc is not None and proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited with code {proc.returncode} while starting")
+                if self.healthy(name):
+                    waiting.remove(name)
+            if waiting and time.monotonic() > deadline:
+                raise TimeoutError(f"not healthy after {timeout:.0f}s: {', '.join(waiting)}")
+            if waiting:
+                time.sleep(0.5)
+
+    def stop_service(self, name: str, timeout: float = 30.0, kill: bool = False) -> None:
+        proc = self.procs.pop(name, None)
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            logger.warning("%s did not stop within %.0fs; killing it", name, timeout)
+            proc.kill()
+            proc.wait()
+
+    def stop(self) -> None:
+        # Gateway first (no new requests), then inference (drains captures into storage).
+        for name in reversed(self.SERVICES):
+            self.stop_service(name)
+        for handle in self._logs:
+            handle.close()
+        self._logs.clear()

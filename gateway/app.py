@@ -1,0 +1,68 @@
+"""FastAPI application: OpenAI-compatible routes over the inference service."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from gateway.backends import InferenceBackend
+from gateway.config import GatewaySettings
+from gateway.errors import GatewayError, error_response, status_phrase
+from gateway.routes import router
+from gateway.serving_completion import OpenAIServingCompletion
+
+logger = logging.getLogger(__name__)
+
+
+def build_app(settings: GatewaySettings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        backend = InferenceBackend(
+            settings.inference_addr, settings.grpc_max_message_bytes, settings.request_timeout_s
+        )
+        app.state.backend = backend
+        app.state.completions = OpenAIServingCompletion(backend)
+        try:
+            yield
+        finally:
+            await backend.close()
+
+    app = FastAPI(title="actlog gateway", version="0.1.0", lifespan=lifespan)
+    app.include_router(router)
+
+    @app.exception_handler(GatewayError)
+    async def _gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
+        if exc.status >= 500:
+            logger.warning("%s %s -> %d: %s", request.method, request.url.path, exc.status,
+                           exc.message)
+        return error_response(exc.message, exc.status, exc.type, exc.param, exc.code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+        param = ".".join(loc) or None
+        message = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'body'}: {e.get('msg')}"
+            for e in errors[:5]
+        )
+        return error_response(message or "invalid request", 400, "BadRequestError", param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(str(exc.detail or status_phrase(exc.status_code)), exc.status_code,
+                              status_phrase(exc.status_code).replace(" ", ""))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response("internal server error", 500, "InternalServerError")
+
+    return app

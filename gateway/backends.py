@@ -1,0 +1,46 @@
+"""The gateway's client of the inference service (gRPC)."""
+
+from __future__ import annotations
+
+import grpc
+
+from actlog.v1 import inference_pb2, inference_pb2_grpc
+from gateway.errors import from_grpc
+
+
+class InferenceBackend:
+    def __init__(self, address: str, max_message_bytes: int, timeout_s: float) -> None:
+        self._channel = grpc.aio.insecure_channel(
+            address,
+            options=[
+                ("grpc.max_send_message_length", max_message_bytes),
+                ("grpc.max_receive_message_length", max_message_bytes),
+            ],
+        )
+        self._stub = inference_pb2_grpc.InferenceStub(self._channel)
+        self._timeout = timeout_s
+        self._info: inference_pb2.ModelInfo | None = None
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def model_info(self) -> inference_pb2.ModelInfo:
+        # Fetched lazily: the gateway may start before the engine has loaded.
+        if self._info is None:
+            try:
+                self._info = await self._stub.GetModelInfo(
+                    inference_pb2.ModelInfoRequest(), timeout=5
+                )
+            except grpc.aio.AioRpcError as exc:
+                raise from_grpc(exc) from exc
+        return self._info
+
+    async def generate(self, request: inference_pb2.GenerateRequest) -> inference_pb2.GenerateResult:
+        """Run one generation to the end and return its final result."""
+        try:
+            async for message in self._stub.Generate(request, timeout=self._timeout):
+                if message.WhichOneof("kind") == "result":
+                    return message.result
+        except grpc.aio.AioRpcError as exc:
+            raise from_grpc(exc) from exc
+        raise RuntimeError("the inference stream ended without a result")

@@ -1,0 +1,43 @@
+"""Inference service settings: environment variables, or CLI flags of the same names."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class InferenceSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        cli_kebab_case=True, cli_implicit_flags=True, protected_namespaces=()
+    )
+
+    inference_host: str = "127.0.0.1"
+    inference_port: int = 50051
+    model: str = Field("default", description="`default` (offline SmolLM2-135M-Instruct), "
+                       "a local Hugging Face directory or a hub id")
+    served_model_name: str = Field("", description="name clients use; defaults to the model's")
+    model_cache_dir: str = Field("", description="where the default model is prepared")
+    dtype: str = Field("auto", description="auto, bfloat16, float16 or float32")
+    max_model_len: int = Field(0, description="0 = the model's own limit")
+    max_num_seqs: int = 0
+    max_num_batched_tokens: int = 0
+    gpu_memory_utilization: float = Field(
+        0.0, description="vLLM's share of memory to reserve; 0 = vLLM's default"
+    )
+    enable_chunked_prefill: Literal["auto", "true", "false"] = Field(
+        "auto",
+        description="auto = off on CPU, where a per-request seed on a split prompt kills the "
+        "engine; on elsewhere",
+    )
+    enable_prefix_caching: bool = True
+    storage_addr: str = "127.0.0.1:50052"
+    capture_default: bool = Field(True, description="capture requests that do not say")
+    capture_default_layers: str = Field(
+        "last", description="last, all, recommended or comma-separated indices"
+    )
+    capture_timeout_s: float = 60.0
+    capture_socket_dir: str = Field("", description="directory for the worker's capture socket")
+    grpc_max_message_bytes: int = 64 * 1024 * 1024
+    log_level: str = "INFO"

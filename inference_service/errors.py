@@ -1,0 +1,19 @@
+"""Domain errors of the inference service, mapped to gRPC status codes in one interceptor."""
+
+from __future__ import annotations
+
+
+class InferenceError(Exception):
+    """Base of errors a client can act on."""
+
+
+class InvalidRequest(InferenceError):
+    """The request cannot be served as given (INVALID_ARGUMENT)."""
+
+
+class CaptureIncomplete(InferenceError):
+    """A capture did not receive all its rows in time (logged; never reaches a client)."""
+
+
+class EngineNotReady(InferenceError):
+    """The engine is still loading (UNAVAILABLE)."""

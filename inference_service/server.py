@@ -1,0 +1,87 @@
+"""Inference gRPC server: a vLLM engine with capture, health and reflection."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from actlog.v1 import inference_pb2, inference_pb2_grpc
+from inference_service.config import InferenceSettings
+from inference_service.engine import CaptureEngine
+from inference_service.interceptors import ErrorMappingInterceptor
+from inference_service.servicer import InferenceServicer
+from inference_service.sink import RecordSink
+
+logger = logging.getLogger("inference_service")
+
+SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
+GRACE_S = 10.0
+
+
+async def serve(settings: InferenceSettings) -> None:
+    sink = RecordSink(settings.storage_addr, settings.grpc_max_message_bytes)
+    engine = CaptureEngine(settings, sink)
+    server = grpc.aio.server(
+        interceptors=[ErrorMappingInterceptor()],
+        options=[
+            ("grpc.max_send_message_length", settings.grpc_max_message_bytes),
+            ("grpc.max_receive_message_length", settings.grpc_max_message_bytes),
+        ],
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    inference_pb2_grpc.add_InferenceServicer_to_server(InferenceServicer(engine), server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    address = f"{settings.inference_host}:{settings.inference_port}"
+    port = server.add_insecure_port(address)
+    # Health answers NOT_SERVING while the engine loads, so probes can tell "starting" from "down".
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await server.start()
+    logger.info("inference listening on %s:%d (loading model)", settings.inference_host, port)
+
+    await sink.start()
+    try:
+        await engine.start()
+    except BaseException:
+        logger.exception("the engine failed to start")
+        await server.stop(None)
+        await sink.stop()
+        raise
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    logger.info("inference ready on %s:%d", settings.inference_host, port)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+    logger.info("shutting down: draining requests and captures")
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(GRACE_S)
+    await engine.stop()
+    if not await sink.drain(GRACE_S):
+        logger.warning("%d captured records were not stored before shutdown", sink.backlog)
+    await sink.stop()
+
+
+def main() -> None:
+    settings = InferenceSettings(_cli_parse_args=True)  # type: ignore[call-arg]
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

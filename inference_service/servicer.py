@@ -1,0 +1,37 @@
+"""gRPC servicer: protobuf -> domain -> engine -> protobuf. Errors are mapped by the interceptor."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+
+from actlog.v1 import inference_pb2, inference_pb2_grpc
+from inference_service.engine import CaptureEngine
+from inference_service.types import GenerationRequest
+
+
+class InferenceServicer(inference_pb2_grpc.InferenceServicer):
+    def __init__(self, engine: CaptureEngine) -> None:
+        self._engine = engine
+
+    async def Generate(  # noqa: N802 (gRPC method name)
+        self, request: inference_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[inference_pb2.GenerateResponse]:
+        req = GenerationRequest.from_pb(request)
+        async for item in self._engine.generate(req):
+            yield item.to_pb()
+
+    async def GetModelInfo(  # noqa: N802
+        self, request: inference_pb2.ModelInfoRequest, context: grpc.aio.ServicerContext
+    ) -> inference_pb2.ModelInfo:
+        info = self._engine.require_ready()
+        return inference_pb2.ModelInfo(
+            model=info.model,
+            num_layers=info.num_layers,
+            hidden_size=info.hidden_size,
+            dtype=info.dtype,
+            max_model_len=info.max_model_len,
+            default_layers=info.default_layers,
+            recommended_layers=info.recommended_layers,
+        )

@@ -1,0 +1,140 @@
+"""Domain types of the inference service and their protobuf conversions."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+from actlog.v1 import inference_pb2
+from inference_service.errors import InvalidRequest
+
+
+def prompt_hash(prompt: str) -> str:
+    return hashlib.sha256(prompt.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Sampling:
+    max_tokens: int = 16
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+
+    @classmethod
+    def from_pb(cls, pb: inference_pb2.SamplingParams) -> Sampling:
+        def opt(name: str) -> object | None:
+            return getattr(pb, name) if pb.HasField(name) else None
+
+        return cls(
+            max_tokens=pb.max_tokens,
+            temperature=opt("temperature"),  # type: ignore[arg-type]
+            top_p=opt("top_p"),  # type: ignore[arg-type]
+            top_k=opt("top_k"),  # type: ignore[arg-type]
+            stop=tuple(pb.stop),
+            seed=opt("seed"),  # type: ignore[arg-type]
+            presence_penalty=opt("presence_penalty"),  # type: ignore[arg-type]
+            frequency_penalty=opt("frequency_penalty"),  # type: ignore[arg-type]
+        )
+
+
+@dataclass(frozen=True)
+class CaptureRequest:
+    enabled: bool | None = None
+    layers: tuple[int, ...] = ()
+    preset: str = ""
+
+    @classmethod
+    def from_pb(cls, pb: inference_pb2.CaptureOptions) -> CaptureRequest:
+        return cls(
+            enabled=pb.enabled if pb.HasField("enabled") else None,
+            layers=tuple(pb.layers),
+            preset=pb.preset,
+        )
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str | None
+    prompt_token_ids: tuple[int, ...] | None
+    sampling: Sampling
+    capture: CaptureRequest
+    request_id: str = ""
+
+    @classmethod
+    def from_pb(cls, pb: inference_pb2.GenerateRequest) -> GenerationRequest:
+        which = pb.WhichOneof("input")
+        if which is None:
+            raise InvalidRequest("give a prompt or prompt token ids")
+        return cls(
+            prompt=pb.prompt if which == "prompt" else None,
+            prompt_token_ids=tuple(pb.prompt_token_ids.ids) if which == "prompt_token_ids" else None,
+            sampling=Sampling.from_pb(pb.sampling),
+            capture=CaptureRequest.from_pb(pb.capture),
+            request_id=pb.request_id,
+        )
+
+
+@dataclass(frozen=True)
+class TokenDelta:
+    token_ids: tuple[int, ...]
+    text: str
+
+    def to_pb(self) -> inference_pb2.GenerateResponse:
+        return inference_pb2.GenerateResponse(
+            delta=inference_pb2.TokenDelta(token_ids=self.token_ids, text=self.text)
+        )
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    text: str
+    prompt_token_ids: tuple[int, ...]
+    output_token_ids: tuple[int, ...]
+    finish_reason: str
+    prompt_hash: str
+    record_id: str
+    layers: tuple[int, ...]
+    model: str
+
+    def to_pb(self) -> inference_pb2.GenerateResponse:
+        return inference_pb2.GenerateResponse(
+            result=inference_pb2.GenerateResult(
+                text=self.text,
+                prompt_token_ids=self.prompt_token_ids,
+                output_token_ids=self.output_token_ids,
+                finish_reason=self.finish_reason,
+                prompt_hash=self.prompt_hash,
+                record_id=self.record_id,
+                layers=self.layers,
+                model=self.model,
+            )
+        )
+
+
+@dataclass
+class CapturedRecord:
+    """A finished capture on its way to storage: header fields plus one buffer per layer."""
+
+    record_id: str
+    request_id: str
+    prompt: str
+    prompt_hash: str
+    response: str
+    model: str
+    token_ids: list[int]
+    token_strings: list[str]
+    prompt_length: int
+    sampling_params_json: str
+    layers: list[int]
+    num_positions: int
+    hidden_size: int
+    dtype: str
+    num_layers: int
+    finish_reason: str
+    created_at_ms: int
+    choice_index: int = 0
+    activations: dict[int, bytes] = field(default_factory=dict)

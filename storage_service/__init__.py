@@ -1,0 +1,1 @@
+"""Storage service: persists activation records in LMDB and serves them over gRPC."""

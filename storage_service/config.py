@@ -1,0 +1,48 @@
+"""Storage service settings: environment variables (upper-case field names) or CLI flags."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIB = 1 << 20
+GIB = 1 << 30
+
+
+class StorageSettings(BaseSettings):
+    """Settings of the storage service.
+
+    Each field is read from the environment variable of the same name in upper case
+    (``ACTIVATION_LMDB_PATH``, ``STORAGE_PORT``...) and, when built by `load_settings`,
+    from the command line in kebab case (``--activation-lmdb-path``, ``--storage-port``...).
+    Command-line flags win over the environment.
+    """
+
+    model_config = SettingsConfigDict(
+        case_sensitive=False,
+        extra="ignore",
+        cli_kebab_case=True,
+        cli_prog_name="python -m storage_service",
+    )
+
+    activation_lmdb_path: str = Field(
+        "lmdb_data/activations.lmdb", description="LMDB environment directory (created if absent)."
+    )
+    storage_host: str = Field("127.0.0.1", description="Address the gRPC server binds.")
+    storage_port: int = Field(50052, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
+    lmdb_map_size: int = Field(
+        GIB, gt=0, description="Initial LMDB map size in bytes; doubled whenever it fills up."
+    )
+    grpc_max_message_bytes: int = Field(
+        64 * MIB, gt=0, description="Largest gRPC message sent or received, in bytes."
+    )
+    storage_max_workers: int = Field(16, gt=0, description="Threads serving gRPC calls.")
+    log_level: str = Field("INFO", description="Python logging level.")
+
+
+def load_settings(argv: Sequence[str] | None = None) -> StorageSettings:
+    """Build the settings from the environment and `argv` (defaults to ``sys.argv[1:]``)."""
+    cli_args: bool | list[str] = True if argv is None else list(argv)
+    return StorageSettings(_cli_parse_args=cli_args)  # type: ignore[call-arg]

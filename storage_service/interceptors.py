@@ -1,0 +1,101 @@
+"""Maps the storage service's domain errors to gRPC status codes, in one place."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+
+from actlog.errors import ERROR_TYPE_KEY
+from storage_service.errors import FailedPrecondition, InvalidArgument, NotFound, StorageError
+
+logger = logging.getLogger(__name__)
+
+_CODES: tuple[tuple[type[StorageError], grpc.StatusCode], ...] = (
+    (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+)
+
+
+def status_code(error: StorageError) -> grpc.StatusCode:
+    for error_type, code in _CODES:
+        if isinstance(error, error_type):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def _abort(context: grpc.ServicerContext, method: str, error: Exception) -> None:
+    """End the call with the status `error` maps to; never returns."""
+    if isinstance(error, StorageError):
+        code, message = status_code(error), str(error)
+        logger.info("%s -> %s: %s", method, code.name, message)
+    elif not context.is_active():
+        code, message = grpc.StatusCode.CANCELLED, "call cancelled"
+        logger.info("%s: the client went away (%r)", method, error)
+    else:
+        code, message = grpc.StatusCode.INTERNAL, "internal error in the storage service"
+        logger.error("%s failed", method, exc_info=error)
+    context.set_trailing_metadata(((ERROR_TYPE_KEY, type(error).__name__),))
+    context.abort(code, message)
+
+
+def _wrap_unary(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+    def handler(request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return behavior(request, context)
+        except Exception as error:  # every error becomes a status
+            _abort(context, method, error)
+
+    return handler
+
+
+def _wrap_stream(behavior: Callable[..., Iterator[Any]], method: str) -> Callable[..., Any]:
+    def handler(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        try:
+            yield from behavior(request, context)
+        except Exception as error:  # every error becomes a status
+            _abort(context, method, error)
+
+    return handler
+
+
+class ErrorInterceptor(grpc.ServerInterceptor):
+    """Turns exceptions raised by servicer methods into gRPC statuses.
+
+    StorageError subclasses keep their message; anything else is logged with its
+    traceback and reported as INTERNAL with a generic message.
+    """
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        codec = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap_unary(handler.unary_unary, method), **codec
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                _wrap_unary(handler.stream_unary, method), **codec
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_stream(handler.unary_stream, method), **codec
+            )
+        if handler.stream_stream:
+            return grpc.stream_stream_rpc_method_handler(
+                _wrap_stream(handler.stream_stream, method), **codec
+            )
+        return handler

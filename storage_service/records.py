@@ -1,0 +1,153 @@
+"""Record layout: key encodings, dtypes and header validation (no LMDB, no gRPC)."""
+
+from __future__ import annotations
+
+import struct
+
+from actlog.hashing import is_prompt_hash
+from actlog.ids import is_record_id
+from actlog.v1 import storage_pb2
+from storage_service.errors import InvalidArgument
+
+DTYPE_SIZES: dict[str, int] = {"bfloat16": 2, "float16": 2, "float32": 4}
+MAX_LAYER = 0xFFFF
+
+_LAYER_ROW = struct.Struct(">HI")  # layer u16 BE, row_start u32 BE
+CHUNK_KEY_LEN = 16 + _LAYER_ROW.size
+
+
+def record_key(record_id: str) -> bytes:
+    """The 16 raw bytes of a record id; InvalidArgument when it is malformed."""
+    if not is_record_id(record_id):
+        raise InvalidArgument(f"malformed record id {record_id!r}: expected 32 lowercase hex chars")
+    return bytes.fromhex(record_id)
+
+
+def hash_key(prompt_hash: str) -> bytes:
+    """The 32 raw bytes of a prompt hash; InvalidArgument when it is malformed."""
+    if not is_prompt_hash(prompt_hash):
+        raise InvalidArgument(
+            f"malformed prompt hash {prompt_hash!r}: expected 64 lowercase hex chars "
+            "(SHA-256 of the prompt's UTF-8 bytes)"
+        )
+    return bytes.fromhex(prompt_hash)
+
+
+def chunk_key(rid: bytes, layer: int, row_start: int) -> bytes:
+    """Key of the chunk of record `rid` (16 bytes) holding `layer` from `row_start`."""
+    return rid + _LAYER_ROW.pack(layer, row_start)
+
+
+def layer_prefix(rid: bytes, layer: int) -> bytes:
+    return rid + struct.pack(">H", layer)
+
+
+def split_chunk_key(key: bytes) -> tuple[int, int]:
+    """(layer, row_start) of a chunk key."""
+    layer, row_start = _LAYER_ROW.unpack_from(key, 16)
+    return layer, row_start
+
+
+def row_bytes(header: storage_pb2.RecordHeader) -> int:
+    """Bytes of one row (one position of one layer)."""
+    return header.hidden_size * DTYPE_SIZES[header.dtype]
+
+
+def activation_bytes(header: storage_pb2.RecordHeader) -> int:
+    return len(header.layers) * header.num_positions * row_bytes(header)
+
+
+def validate_header(header: storage_pb2.RecordHeader) -> None:
+    """Raise InvalidArgument unless `header` describes a record storage can hold."""
+    record_key(header.record_id)
+    hash_key(header.prompt_hash)
+    if header.dtype not in DTYPE_SIZES:
+        raise InvalidArgument(
+            f"record {header.record_id}: dtype {header.dtype!r} is not one of {sorted(DTYPE_SIZES)}"
+        )
+    layers = list(header.layers)
+    if layers != sorted(set(layers)):
+        raise InvalidArgument(
+            f"record {header.record_id}: layers must be ascending without repeats, got {layers}"
+        )
+    if layers and layers[-1] > MAX_LAYER:
+        raise InvalidArgument(f"record {header.record_id}: layer {layers[-1]} > {MAX_LAYER}")
+    if header.num_layers and layers and layers[-1] > header.num_layers:
+        raise InvalidArgument(
+            f"record {header.record_id}: layer {layers[-1]} beyond num_layers "
+            f"{header.num_layers} (layers run 0..num_layers as in output_hidden_states)"
+        )
+    if layers and header.num_positions and header.hidden_size == 0:
+        raise InvalidArgument(f"record {header.record_id}: hidden_size is 0")
+    n_tokens = len(header.token_ids)
+    if header.token_strings and len(header.token_strings) != n_tokens:
+        raise InvalidArgument(
+            f"record {header.record_id}: {len(header.token_strings)} token_strings for "
+            f"{n_tokens} token_ids"
+        )
+    if header.prompt_length > n_tokens and n_tokens:
+        raise InvalidArgument(
+            f"record {header.record_id}: prompt_length {header.prompt_length} > "
+            f"{n_tokens} token_ids"
+        )
+    if n_tokens and header.num_positions > n_tokens:
+        raise InvalidArgument(
+            f"record {header.record_id}: num_positions {header.num_positions} > "
+            f"{n_tokens} token_ids"
+        )
+
+
+def validate_chunk(header: storage_pb2.RecordHeader, chunk: storage_pb2.ActivationChunk) -> None:
+    """Raise InvalidArgument unless `chunk` fits the record described by `header`."""
+    rid = header.record_id
+    if chunk.record_id != rid:
+        raise InvalidArgument(
+            f"chunk {chunk.sequence} is for record {chunk.record_id!r}, "
+            f"but this stream ingests record {rid}"
+        )
+    if chunk.layer not in header.layers:
+        raise InvalidArgument(
+            f"record {rid} chunk {chunk.sequence}: layer {chunk.layer} is not in the "
+            f"header's layers {list(header.layers)}"
+        )
+    if chunk.row_count == 0:
+        raise InvalidArgument(f"record {rid} chunk {chunk.sequence}: row_count is 0")
+    if chunk.row_start + chunk.row_count > header.num_positions:
+        raise InvalidArgument(
+            f"record {rid} chunk {chunk.sequence}: rows [{chunk.row_start}, "
+            f"{chunk.row_start + chunk.row_count}) beyond num_positions {header.num_positions}"
+        )
+    expected = chunk.row_count * row_bytes(header)
+    if len(chunk.data) != expected:
+        raise InvalidArgument(
+            f"record {rid} chunk {chunk.sequence}: {len(chunk.data)} data bytes, expected "
+            f"{expected} (row_count {chunk.row_count} x hidden_size {header.hidden_size} x "
+            f"{DTYPE_SIZES[header.dtype]} bytes of {header.dtype})"
+        )
+
+
+def resolve_layers(header: storage_pb2.RecordHeader, requested: list[int]) -> list[int]:
+    """Requested layers as stored layer numbers, in request order without repeats.
+
+    Empty = every stored layer. Negative indices count from the end of the model's
+    hidden states (num_layers + 1 of them): -1 is num_layers, the final-normed output.
+    """
+    stored = list(header.layers)
+    if not requested:
+        return stored
+    resolved: list[int] = []
+    for layer in requested:
+        if layer < 0 and header.num_layers == 0:
+            raise InvalidArgument(
+                f"negative layer {layer}: record {header.record_id} does not say num_layers"
+            )
+        index = header.num_layers + 1 + layer if layer < 0 else layer
+        if index not in stored:
+            shown = f"{layer} (= layer {index})" if layer < 0 else str(layer)
+            raise InvalidArgument(
+                f"layer {shown} was not stored for record {header.record_id}; "
+                f"stored layers: {stored}"
+            )
+        if index not in resolved:
+            resolved.append(index)
+    return resolved

@@ -1,0 +1,117 @@
+"""gRPC server of the storage service: wiring, health, reflection, graceful shutdown."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Sequence
+from concurrent import futures
+from types import FrameType
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from actlog.v1 import storage_pb2, storage_pb2_grpc
+from storage_service.config import StorageSettings, load_settings
+from storage_service.interceptors import ErrorInterceptor
+from storage_service.servicer import StorageServicer
+from storage_service.store import ActivationStore
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = storage_pb2.DESCRIPTOR.services_by_name["Storage"].full_name
+SHUTDOWN_GRACE_S = 10.0
+
+
+class StorageServer:
+    """The running parts of one storage service: gRPC server, health and LMDB store."""
+
+    def __init__(
+        self, server: grpc.Server, health_servicer: health.HealthServicer, store: ActivationStore
+    ) -> None:
+        self.grpc_server = server
+        self.health = health_servicer
+        self.store = store
+
+    def start(self) -> None:
+        self.grpc_server.start()
+        for service in ("", SERVICE_NAME):
+            self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+
+    def stop(self, grace: float | None = SHUTDOWN_GRACE_S) -> None:
+        """Report NOT_SERVING, let calls in flight finish within `grace` s, close LMDB."""
+        self.health.enter_graceful_shutdown()
+        self.grpc_server.stop(grace).wait()
+        self.store.close()
+
+    def wait_for_termination(self, timeout: float | None = None) -> bool:
+        return self.grpc_server.wait_for_termination(timeout)
+
+
+def _bind_address(host: str, port: int) -> str:
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{host}:{port}"
+
+
+def create_server(settings: StorageSettings) -> tuple[StorageServer, int]:
+    """Build (not start) the server; returns it and the bound port (settings may ask 0)."""
+    store = ActivationStore(settings.activation_lmdb_path, settings.lmdb_map_size)
+    options = [
+        ("grpc.max_receive_message_length", settings.grpc_max_message_bytes),
+        ("grpc.max_send_message_length", settings.grpc_max_message_bytes),
+    ]
+    server = grpc.server(
+        futures.ThreadPoolExecutor(
+            max_workers=settings.storage_max_workers, thread_name_prefix="storage-rpc"
+        ),
+        interceptors=[ErrorInterceptor()],
+        options=options,
+    )
+    storage_pb2_grpc.add_StorageServicer_to_server(StorageServicer(store), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for service in ("", SERVICE_NAME):
+        health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    address = _bind_address(settings.storage_host, settings.storage_port)
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as error:
+        store.close()
+        raise RuntimeError(f"storage could not bind {address}: {error}") from error
+    if port == 0:
+        store.close()
+        raise RuntimeError(f"storage could not bind {address}")
+    return StorageServer(server, health_servicer, store), port
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    settings = load_settings(argv)
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    server, port = create_server(settings)
+    stopping = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        logger.info("received %s, shutting down", signal.Signals(signum).name)
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server.start()
+    logger.info(
+        "storage listening on %s (lmdb %s, map size %d bytes)",
+        _bind_address(settings.storage_host, port),
+        settings.activation_lmdb_path,
+        server.store.map_size,
+    )
+    stopping.wait()
+    server.stop(SHUTDOWN_GRACE_S)
+    logger.info("storage stopped")

@@ -1,0 +1,66 @@
+"""gRPC servicer: protobuf in, store call, protobuf out. Errors are mapped by interceptors.py."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+
+from actlog.v1 import storage_pb2, storage_pb2_grpc
+from storage_service.ingest import IngestSession
+from storage_service.store import ActivationStore
+
+
+class StorageServicer(storage_pb2_grpc.StorageServicer):
+    def __init__(self, store: ActivationStore) -> None:
+        self._store = store
+
+    def Ingest(
+        self,
+        request_iterator: Iterator[storage_pb2.IngestRequest],
+        context: grpc.ServicerContext,
+    ) -> storage_pb2.IngestResponse:
+        session = IngestSession(self._store)
+        for request in request_iterator:
+            session.add(request)
+        result = session.finish()
+        return storage_pb2.IngestResponse(
+            record_id=result.record_id, status=result.status, bytes_written=result.bytes_written
+        )
+
+    def GetRecord(
+        self, request: storage_pb2.GetRecordRequest, context: grpc.ServicerContext
+    ) -> storage_pb2.RecordHeader:
+        return self._store.get(request.record_id)
+
+    def FindByPromptHash(
+        self, request: storage_pb2.FindByPromptHashRequest, context: grpc.ServicerContext
+    ) -> storage_pb2.RecordList:
+        headers = self._store.find_by_prompt_hash(request.prompt_hash, request.model)
+        return storage_pb2.RecordList(records=headers)
+
+    def StreamActivations(
+        self, request: storage_pb2.StreamActivationsRequest, context: grpc.ServicerContext
+    ) -> Iterator[storage_pb2.ActivationChunk]:
+        return self._store.stream_activations(
+            request.record_id, list(request.layers), request.row_start, request.row_end
+        )
+
+    def Stats(
+        self, request: storage_pb2.StatsRequest, context: grpc.ServicerContext
+    ) -> storage_pb2.StatsResponse:
+        stats = self._store.stats()
+        return storage_pb2.StatsResponse(
+            records=stats.records,
+            complete_records=stats.complete_records,
+            activation_bytes=stats.activation_bytes,
+            prompt_hashes=stats.prompt_hashes,
+            models=[
+                storage_pb2.ModelStats(
+                    model=model, records=m.records, activation_bytes=m.activation_bytes
+                )
+                for model, m in stats.models.items()
+            ],
+            lmdb_used_bytes=stats.lmdb_used_bytes,
+            lmdb_map_size=stats.lmdb_map_size,
+        )
