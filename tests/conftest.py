@@ -1,0 +1,95 @@
+"""Shared fixtures: one real stack (storage, vLLM inference, gateway) per test session."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from actlog.launcher import Stack, StackConfig
+
+# Two engines may run at once (the float32 session stack and a bf16 one): keep each small.
+ENGINE_ENV = {
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+    "GPU_MEMORY_UTILIZATION": "0.3",
+    "MAX_MODEL_LEN": "2048",
+    "VLLM_LOGGING_LEVEL": "WARNING",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stack_config(tmp: Path, dtype: str) -> StackConfig:
+    return StackConfig(
+        gateway_port=free_port(),
+        inference_port=free_port(),
+        storage_port=free_port(),
+        activation_lmdb_path=str(tmp / "activations.lmdb"),
+        dtype=dtype,
+        log_dir=str(tmp / "logs"),
+        extra_env=dict(ENGINE_ENV),
+    )
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> str:
+    from inference_service.default_model import prepare_default_model
+
+    return str(prepare_default_model())
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory, model_dir: str) -> Iterator[Stack]:
+    """The whole stack on the default model, in float32 (exact comparisons, and 3x faster on CPU)."""
+    tmp = tmp_path_factory.mktemp("stack")
+    running = Stack(stack_config(tmp, "float32"))
+    running.start()
+    try:
+        running.wait_healthy(timeout=900)
+        yield running
+    except BaseException:
+        for log in sorted((tmp / "logs").glob("*.log")):
+            print(f"==== {log.name}\n{log.read_text()[-4000:]}")
+        raise
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="session")
+def openai_client(stack: Stack):
+    import openai
+
+    # Clients send a bearer token even when none is configured: any value must be accepted.
+    return openai.OpenAI(base_url=f"{stack.config.gateway_url}/v1", api_key="unused",
+                         max_retries=0, timeout=300)
+
+
+@pytest.fixture(scope="session")
+def served_model(openai_client) -> str:
+    return openai_client.models.list().data[0].id
+
+
+@pytest.fixture(scope="session")
+def storage(stack: Stack):
+    from actlog.client import StorageClient
+
+    with StorageClient(stack.config.storage_addr) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def reference_fp32(model_dir: str):
+    from tests.reference import load_reference
+
+    return load_reference(model_dir, "float32")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
