@@ -27,6 +27,7 @@ up: model
 	$(VENV)/bin/actlog up
 
 test: model
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
 lint: install

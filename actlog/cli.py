@@ -42,12 +42,20 @@ def up(
     timeout: Annotated[float, typer.Option(help="seconds to wait for all to be healthy")] = 600,
 ) -> None:
     """Start storage, inference and gateway; stop all three on Ctrl-C."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     config = StackConfig(
-        gateway_host=gateway_host, gateway_port=gateway_port,
-        inference_host=inference_host, inference_port=inference_port,
-        storage_host=storage_host, storage_port=storage_port,
-        activation_lmdb_path=activation_lmdb_path, model=model, dtype=dtype, log_dir=log_dir,
+        gateway_host=gateway_host,
+        gateway_port=gateway_port,
+        inference_host=inference_host,
+        inference_port=inference_port,
+        storage_host=storage_host,
+        storage_port=storage_port,
+        activation_lmdb_path=activation_lmdb_path,
+        model=model,
+        dtype=dtype,
+        log_dir=log_dir,
     )
     stack = Stack(config)
     stopping = False
@@ -155,11 +163,19 @@ def find(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     for r in records:
-        typer.echo(json.dumps({
-            "record_id": r.record_id, "model": r.model, "status": r.status,
-            "layers": list(r.layers), "num_positions": r.num_positions,
-            "prompt_length": r.prompt_length, "response": r.response,
-        }))
+        typer.echo(
+            json.dumps(
+                {
+                    "record_id": r.record_id,
+                    "model": r.model,
+                    "status": r.status,
+                    "layers": list(r.layers),
+                    "num_positions": r.num_positions,
+                    "prompt_length": r.prompt_length,
+                    "response": r.response,
+                }
+            )
+        )
 
 
 def main() -> None:

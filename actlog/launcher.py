@@ -104,15 +104,20 @@ class Stack:
         return env
 
     def start_service(self, name: str) -> subprocess.Popen[bytes]:
-        module = {"storage": "storage_service", "inference": "inference_service",
-                  "gateway": "gateway"}[name]
+        module = {
+            "storage": "storage_service",
+            "inference": "inference_service",
+            "gateway": "gateway",
+        }[name]
         out = None
         if self.config.log_dir:
             Path(self.config.log_dir).mkdir(parents=True, exist_ok=True)
             out = open(Path(self.config.log_dir) / f"{name}.log", "ab")  # noqa: SIM115
             self._logs.append(out)
         proc = subprocess.Popen(
-            [sys.executable, "-m", module], env=self._env(), stdout=out,
+            [sys.executable, "-m", module],
+            env=self._env(),
+            stdout=out,
             stderr=subprocess.STDOUT if out else None,
         )
         self.procs[name] = proc

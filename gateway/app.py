@@ -39,8 +39,9 @@ def build_app(settings: GatewaySettings) -> FastAPI:
     @app.exception_handler(GatewayError)
     async def _gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
         if exc.status >= 500:
-            logger.warning("%s %s -> %d: %s", request.method, request.url.path, exc.status,
-                           exc.message)
+            logger.warning(
+                "%s %s -> %d: %s", request.method, request.url.path, exc.status, exc.message
+            )
         return error_response(exc.message, exc.status, exc.type, exc.param, exc.code)
 
     @app.exception_handler(RequestValidationError)
@@ -57,8 +58,11 @@ def build_app(settings: GatewaySettings) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(str(exc.detail or status_phrase(exc.status_code)), exc.status_code,
-                              status_phrase(exc.status_code).replace(" ", ""))
+        return error_response(
+            str(exc.detail or status_phrase(exc.status_code)),
+            exc.status_code,
+            status_phrase(exc.status_code).replace(" ", ""),
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

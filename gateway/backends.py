@@ -35,7 +35,9 @@ class InferenceBackend:
                 raise from_grpc(exc) from exc
         return self._info
 
-    async def generate(self, request: inference_pb2.GenerateRequest) -> inference_pb2.GenerateResult:
+    async def generate(
+        self, request: inference_pb2.GenerateRequest
+    ) -> inference_pb2.GenerateResult:
         """Run one generation to the end and return its final result."""
         try:
             async for message in self._stub.Generate(request, timeout=self._timeout):

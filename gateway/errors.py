@@ -12,8 +12,12 @@ from gateway.protocol import ErrorInfo, ErrorResponse
 
 class GatewayError(Exception):
     def __init__(
-        self, message: str, status: int = 400, type_: str = "invalid_request_error",
-        param: str | None = None, code: str | None = None,
+        self,
+        message: str,
+        status: int = 400,
+        type_: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -44,8 +48,11 @@ def from_grpc(exc: grpc.aio.AioRpcError) -> GatewayError:
 
 
 def error_response(
-    message: str, status: int = 400, type_: str = "invalid_request_error",
-    param: str | None = None, code: str | None = None,
+    message: str,
+    status: int = 400,
+    type_: str = "invalid_request_error",
+    param: str | None = None,
+    code: str | None = None,
 ) -> JSONResponse:
     body = ErrorResponse(
         error=ErrorInfo(message=message, type=type_, param=param, code=code or str(status))

@@ -56,7 +56,10 @@ class OpenAIServingCompletion:
         if req.model not in (info.model, "default"):
             raise GatewayError(
                 f"The model `{req.model}` does not exist. Available: {info.model}",
-                status=404, type_="NotFoundError", param="model", code="model_not_found",
+                status=404,
+                type_="NotFoundError",
+                param="model",
+                code="model_not_found",
             )
         prompts = req.prompts()
         if not prompts:

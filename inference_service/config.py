@@ -15,8 +15,11 @@ class InferenceSettings(BaseSettings):
 
     inference_host: str = "127.0.0.1"
     inference_port: int = 50051
-    model: str = Field("default", description="`default` (offline SmolLM2-135M-Instruct), "
-                       "a local Hugging Face directory or a hub id")
+    model: str = Field(
+        "default",
+        description="`default` (offline SmolLM2-135M-Instruct), "
+        "a local Hugging Face directory or a hub id",
+    )
     served_model_name: str = Field("", description="name clients use; defaults to the model's")
     model_cache_dir: str = Field("", description="where the default model is prepared")
     dtype: str = Field("auto", description="auto, bfloat16, float16 or float32")

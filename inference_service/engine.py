@@ -74,7 +74,8 @@ class CaptureEngine:
         )
         self._is_cpu = current_platform.is_cpu()
         self._chunked_prefill = (
-            not self._is_cpu if s.enable_chunked_prefill == "auto"
+            not self._is_cpu
+            if s.enable_chunked_prefill == "auto"
             else s.enable_chunked_prefill == "true"
         )
         kwargs: dict[str, object] = {
@@ -187,7 +188,9 @@ class CaptureEngine:
             return list(info.default_layers)
         return resolve_layers(c.layers, c.preset, info.num_layers)
 
-    async def generate(self, req: GenerationRequest) -> AsyncIterator[TokenDelta | GenerationResult]:
+    async def generate(
+        self, req: GenerationRequest
+    ) -> AsyncIterator[TokenDelta | GenerationResult]:
         info = self.require_ready()
         if req.prompt is not None:
             if not req.prompt:
@@ -217,9 +220,7 @@ class CaptureEngine:
             async for out in self._llm.generate(prompt, params, request_id):  # type: ignore[union-attr]
                 choice = out.outputs[0]
                 if len(choice.token_ids) > sent_tokens or len(choice.text) > sent_text:
-                    yield TokenDelta(
-                        tuple(choice.token_ids[sent_tokens:]), choice.text[sent_text:]
-                    )
+                    yield TokenDelta(tuple(choice.token_ids[sent_tokens:]), choice.text[sent_text:])
                     sent_tokens, sent_text = len(choice.token_ids), len(choice.text)
                 final = out
         except ValueError as exc:

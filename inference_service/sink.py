@@ -131,12 +131,15 @@ class RecordSink:
                 except grpc.aio.AioRpcError as exc:
                     self.failures += 1
                     if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT,):
-                        logger.error("storage rejected record %s: %s", record.record_id,
-                                     exc.details())
+                        logger.error(
+                            "storage rejected record %s: %s", record.record_id, exc.details()
+                        )
                         break
                     logger.warning(
                         "storage unavailable for record %s (%s); retrying in %.1fs",
-                        record.record_id, exc.code().name, delay,
+                        record.record_id,
+                        exc.code().name,
+                        delay,
                     )
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 5.0)

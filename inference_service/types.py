@@ -71,7 +71,9 @@ class GenerationRequest:
             raise InvalidRequest("give a prompt or prompt token ids")
         return cls(
             prompt=pb.prompt if which == "prompt" else None,
-            prompt_token_ids=tuple(pb.prompt_token_ids.ids) if which == "prompt_token_ids" else None,
+            prompt_token_ids=tuple(pb.prompt_token_ids.ids)
+            if which == "prompt_token_ids"
+            else None,
             sampling=Sampling.from_pb(pb.sampling),
             capture=CaptureRequest.from_pb(pb.capture),
             request_id=pb.request_id,

@@ -47,7 +47,7 @@ def model_dir() -> str:
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory, model_dir: str) -> Iterator[Stack]:
-    """The whole stack on the default model, in float32 (exact comparisons, and 3x faster on CPU)."""
+    """The whole stack on the default model, in float32 (exact comparisons; 3x faster on CPU)."""
     tmp = tmp_path_factory.mktemp("stack")
     running = Stack(stack_config(tmp, "float32"))
     running.start()
@@ -67,8 +67,9 @@ def openai_client(stack: Stack):
     import openai
 
     # Clients send a bearer token even when none is configured: any value must be accepted.
-    return openai.OpenAI(base_url=f"{stack.config.gateway_url}/v1", api_key="unused",
-                         max_retries=0, timeout=300)
+    return openai.OpenAI(
+        base_url=f"{stack.config.gateway_url}/v1", api_key="unused", max_retries=0, timeout=300
+    )
 
 
 @pytest.fixture(scope="session")

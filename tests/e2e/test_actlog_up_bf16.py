@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import openai
@@ -29,16 +28,28 @@ def bf16_stack(tmp_path_factory, model_dir):
     tmp = tmp_path_factory.mktemp("bf16")
     ports = {"gateway": free_port(), "inference": free_port(), "storage": free_port()}
     cmd = [
-        sys.executable, "-m", "actlog.cli", "up",
-        "--gateway-port", str(ports["gateway"]),
-        "--inference-port", str(ports["inference"]),
-        "--storage-port", str(ports["storage"]),
-        "--activation-lmdb-path", str(tmp / "db"),
-        "--dtype", "bfloat16",
-        "--log-dir", str(tmp / "logs"),
+        sys.executable,
+        "-m",
+        "actlog.cli",
+        "up",
+        "--gateway-port",
+        str(ports["gateway"]),
+        "--inference-port",
+        str(ports["inference"]),
+        "--storage-port",
+        str(ports["storage"]),
+        "--activation-lmdb-path",
+        str(tmp / "db"),
+        "--dtype",
+        "bfloat16",
+        "--log-dir",
+        str(tmp / "logs"),
     ]
     proc = subprocess.Popen(
-        cmd, env={**os.environ, **ENGINE_ENV}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        cmd,
+        env={**os.environ, **ENGINE_ENV},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
     )
     banner = []
@@ -66,12 +77,16 @@ def test_actlog_up_prints_where_each_service_listens(bf16_stack):
 
 def test_bf16_capture_matches_transformers_and_exports(bf16_stack, model_dir):
     _, ports, _, tmp = bf16_stack
-    client = openai.OpenAI(base_url=f"http://127.0.0.1:{ports['gateway']}/v1", api_key="k",
-                           max_retries=0, timeout=300)
+    client = openai.OpenAI(
+        base_url=f"http://127.0.0.1:{ports['gateway']}/v1", api_key="k", max_retries=0, timeout=300
+    )
     model = client.models.list().data[0].id
     prompt = "Explain in one sentence why the sky is blue."
     reply = client.completions.create(
-        model=model, prompt=prompt, max_tokens=12, temperature=0,
+        model=model,
+        prompt=prompt,
+        max_tokens=12,
+        temperature=0,
         extra_body={"capture_layers": [0, 10, 20, -1]},
     )
     storage_addr = f"127.0.0.1:{ports['storage']}"
@@ -81,15 +96,30 @@ def test_bf16_capture_matches_transformers_and_exports(bf16_stack, model_dir):
     assert record.dtype == "bfloat16"
     assert record.num_positions == record.prompt_length + reply.usage.completion_tokens - 1
     reference = load_reference(model_dir, "bfloat16")
-    assert record_mismatches(
-        activations, list(record.token_ids), record.num_positions, reference
-    ) == []
+    assert (
+        record_mismatches(activations, list(record.token_ids), record.num_positions, reference)
+        == []
+    )
 
     out = tmp / "record.safetensors"
     result = subprocess.run(
-        [sys.executable, "-m", "actlog.cli", "export", "--prompt-hash", prompt_hash(prompt),
-         "--output", str(out), "--layers", "0,-1", "--storage", storage_addr],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "actlog.cli",
+            "export",
+            "--prompt-hash",
+            prompt_hash(prompt),
+            "--output",
+            str(out),
+            "--layers",
+            "0,-1",
+            "--storage",
+            storage_addr,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     import torch

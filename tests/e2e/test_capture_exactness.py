@@ -23,7 +23,10 @@ PROMPT = "Write one sentence about the ocean, the moon and the tides."
 
 def capture(client, model, storage, prompt: str, layers, max_tokens: int = 12):
     reply = client.completions.create(
-        model=model, prompt=prompt, max_tokens=max_tokens, temperature=0,
+        model=model,
+        prompt=prompt,
+        max_tokens=max_tokens,
+        temperature=0,
         extra_body={"capture_layers": layers},
     )
     record_id = reply.model_extra["activations"][0]["record_ids"][0]
@@ -46,9 +49,10 @@ def test_every_position_of_every_layer_matches_transformers(captured, reference_
     for rows in activations.values():
         assert rows.shape == (record.num_positions, record.hidden_size)
     assert record.dtype == "float32"
-    assert record_mismatches(
-        activations, list(record.token_ids), record.num_positions, reference_fp32
-    ) == []
+    assert (
+        record_mismatches(activations, list(record.token_ids), record.num_positions, reference_fp32)
+        == []
+    )
 
 
 def test_the_check_catches_a_capture_shifted_by_one_position(captured, reference_fp32):
@@ -68,7 +72,9 @@ def test_the_check_catches_rows_swapped_between_requests(
 ):
     _, record, activations = captured
     other_prompt = "List three prime numbers greater than ten, please."
-    _, other, other_rows = capture(openai_client, served_model, storage, other_prompt, [0, 7, -12, -1])
+    _, other, other_rows = capture(
+        openai_client, served_model, storage, other_prompt, [0, 7, -12, -1]
+    )
     n = min(record.num_positions, other.num_positions)
     swapped = {layer: other_rows[layer][:n] for layer in activations}
     assert record_mismatches(swapped, list(record.token_ids), n, reference_fp32)
@@ -90,8 +96,9 @@ def test_eight_concurrent_requests_each_get_exactly_their_own_rows(
     layer_sets = [[-1], [0, 30], [5, 10, 15], [1], "recommended", [29, -1], [3, -3], "all"]
 
     def one(i: int):
-        return capture(openai_client, served_model, storage, prompts[i], layer_sets[i],
-                       max_tokens=6 + 2 * i)
+        return capture(
+            openai_client, served_model, storage, prompts[i], layer_sets[i], max_tokens=6 + 2 * i
+        )
 
     with concurrent.futures.ThreadPoolExecutor(len(prompts)) as pool:
         results = list(pool.map(one, range(len(prompts))))
@@ -102,8 +109,10 @@ def test_eight_concurrent_requests_each_get_exactly_their_own_rows(
         assert record.prompt == prompt
         n = record.num_layers
         expected = (
-            list(range(n + 1)) if layers == "all"
-            else recommended_layers(n) if layers == "recommended"
+            list(range(n + 1))
+            if layers == "all"
+            else recommended_layers(n)
+            if layers == "recommended"
             else sorted({x % (n + 1) for x in layers})
         )
         assert sorted(activations) == list(expected)

@@ -19,8 +19,12 @@ pytestmark = pytest.mark.vllm
 def complete(client: openai.OpenAI, model: str, prompt: str, **extra) -> openai.types.Completion:
     body = {k: extra.pop(k) for k in ("capture", "capture_layers") if k in extra}
     return client.completions.create(
-        model=model, prompt=prompt, max_tokens=extra.pop("max_tokens", 8), temperature=0,
-        extra_body=body or None, **extra,
+        model=model,
+        prompt=prompt,
+        max_tokens=extra.pop("max_tokens", 8),
+        temperature=0,
+        extra_body=body or None,
+        **extra,
     )
 
 
@@ -60,8 +64,10 @@ def test_same_prompt_twice_gives_two_records(openai_client, served_model, storag
     records = storage.wait_for_record(prompt_hash(prompt), count=2, timeout=60)
     ids = [r.record_id for r in records]
     assert len(set(ids)) == 2
-    expected = {first.model_extra["activations"][0]["record_ids"][0],
-                second.model_extra["activations"][0]["record_ids"][0]}
+    expected = {
+        first.model_extra["activations"][0]["record_ids"][0],
+        second.model_extra["activations"][0]["record_ids"][0],
+    }
     assert set(ids) == expected
     assert ids == sorted(ids, reverse=True), "newest first"
 
@@ -107,8 +113,10 @@ def test_unknown_model_is_404(stack):
 
 def test_non_json_body_is_400_and_the_gateway_stays_up(stack, openai_client, served_model):
     request = urllib.request.Request(
-        f"{stack.config.gateway_url}/v1/completions", data=b"{not json",
-        headers={"Content-Type": "application/json"}, method="POST",
+        f"{stack.config.gateway_url}/v1/completions",
+        data=b"{not json",
+        headers={"Content-Type": "application/json"},
+        method="POST",
     )
     status, payload = send(request)
     assert status == 400
@@ -144,7 +152,8 @@ def test_storage_grpc_errors(stack, storage):
 
 def post_json(stack, path: str, body: dict) -> tuple[int, dict]:
     request = urllib.request.Request(
-        f"{stack.config.gateway_url}{path}", data=json.dumps(body).encode(),
+        f"{stack.config.gateway_url}{path}",
+        data=json.dumps(body).encode(),
         headers={"Content-Type": "application/json", "Authorization": "Bearer anything"},
         method="POST",
     )

@@ -13,9 +13,17 @@ PROTOS = sorted((ROOT / "protos").rglob("*.proto"))
 def test_committed_stubs_match_the_protos(tmp_path):
     assert PROTOS, "no .proto files found"
     subprocess.run(
-        [sys.executable, "-m", "grpc_tools.protoc", "-I", str(ROOT / "protos"),
-         f"--python_out={tmp_path}", f"--grpc_python_out={tmp_path}", f"--pyi_out={tmp_path}",
-         *map(str, PROTOS)],
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            "-I",
+            str(ROOT / "protos"),
+            f"--python_out={tmp_path}",
+            f"--grpc_python_out={tmp_path}",
+            f"--pyi_out={tmp_path}",
+            *map(str, PROTOS),
+        ],
         check=True,
     )
     generated = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
