@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from storage_service.compression import Compression
+
 MIB = 1 << 20
 GIB = 1 << 30
 
@@ -37,6 +39,11 @@ class StorageSettings(BaseSettings):
     )
     grpc_max_message_bytes: int = Field(
         64 * MIB, gt=0, description="Largest gRPC message sent or received, in bytes."
+    )
+    storage_compression: Compression = Field(
+        Compression.NONE,
+        description="Compression of activation chunks on disk: none, zstd or lz4. Applies to "
+        "records ingested from then on; reads decompress transparently.",
     )
     storage_max_workers: int = Field(16, gt=0, description="Threads serving gRPC calls.")
     log_level: str = Field("INFO", description="Python logging level.")

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import hashlib
+from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 from actlog.v1 import storage_pb2
 from storage_service import records as rec
 from storage_service.errors import InvalidArgument
-from storage_service.store import ActivationStore
+from storage_service.store import ActivationStore, IngestTicket
 
-# Chunks are buffered and written this many bytes per write transaction (group commit).
-WRITE_BATCH_BYTES = 16 << 20
+# Chunks are buffered and handed to the writer thread this many bytes at a time; the
+# writer commits the writes of all streams together (group commit).
+WRITE_BATCH_BYTES = 4 << 20
+# Writes one stream may have queued before it waits for the oldest: the stream keeps
+# receiving while its previous rows are written, with bounded memory.
+MAX_WRITES_IN_FLIGHT = 2
 
 
 @dataclass(frozen=True)
@@ -26,17 +32,20 @@ class IngestSession:
 
     The record is written PARTIAL when its header arrives; chunks must follow with
     sequence 0, 1, 2... and are written in batches; the commit checks the chunk count,
-    the SHA-256 over the chunks' data in sequence order and that every stored layer's
-    rows are covered exactly once, then flips the record to COMPLETE in the same
-    transaction as its last chunks. Any error leaves the record PARTIAL.
+    the SHA-256 over the chunks' data (uncompressed) in sequence order and that every
+    stored layer's rows are covered exactly once, then flips the record to COMPLETE in
+    the same transaction as its last chunks, and waits for that to be durable. Any
+    error leaves the record PARTIAL.
     """
 
     def __init__(self, store: ActivationStore) -> None:
         self._store = store
+        self._ticket: IngestTicket | None = None
         self._header: storage_pb2.RecordHeader | None = None
         self._sha = hashlib.sha256()
         self._next_sequence = 0
-        self._pending: list[storage_pb2.ActivationChunk] = []
+        self._in_flight: deque[Future[object]] = deque()
+        self._pending: list[tuple[int, int, bytes]] = []
         self._pending_bytes = 0
         self._bytes = 0
         self._rows: dict[int, dict[int, int]] = {}  # layer -> row_start -> row_count
@@ -76,7 +85,9 @@ class IngestSession:
                 f"second header in the Ingest stream of record {self._header.record_id}: "
                 "one Ingest stream carries one record"
             )
-        self._header = self._store.put_header(header)
+        self._ticket, written = self._store.begin_ingest(header)
+        self._header = self._ticket.header
+        self._track(written)
 
     def _on_chunk(self, chunk: storage_pb2.ActivationChunk) -> None:
         header = self._header
@@ -90,12 +101,13 @@ class IngestSession:
                 f"record {header.record_id}: chunk sequence {chunk.sequence} out of order, "
                 f"expected {self._next_sequence}"
             )
-        rec.validate_chunk(header, chunk)
+        data = chunk.data  # each read of a bytes field copies it: read it once
+        rec.validate_chunk(header, chunk, len(data))
         self._next_sequence += 1
-        self._sha.update(chunk.data)
+        self._sha.update(data)
         self._rows.setdefault(chunk.layer, {})[chunk.row_start] = chunk.row_count
-        self._pending.append(chunk)
-        self._pending_bytes += len(chunk.data)
+        self._pending.append((chunk.layer, chunk.row_start, data))
+        self._pending_bytes += len(data)
         if self._pending_bytes >= WRITE_BATCH_BYTES:
             self._flush(complete=False)
 
@@ -121,6 +133,8 @@ class IngestSession:
             )
         self._check_coverage(header)
         self._flush(complete=True)
+        while self._in_flight:
+            self._in_flight.popleft().result()
         self._result = IngestResult(rid, storage_pb2.RECORD_STATUS_COMPLETE, self._bytes)
 
     def _check_coverage(self, header: storage_pb2.RecordHeader) -> None:
@@ -138,7 +152,15 @@ class IngestSession:
                 )
 
     def _flush(self, *, complete: bool) -> None:
-        assert self._header is not None
-        self._store.put_chunks(self._header, self._pending, complete=complete)
+        assert self._ticket is not None
+        self._track(self._store.write_chunks(self._ticket, self._pending, complete=complete))
         self._bytes += self._pending_bytes
         self._pending, self._pending_bytes = [], 0
+
+    def _track(self, write: Future[object]) -> None:
+        """Remember a queued write; raise what the oldest raised once too many are queued."""
+        self._in_flight.append(write)
+        while self._in_flight and (
+            len(self._in_flight) > MAX_WRITES_IN_FLIGHT or self._in_flight[0].done()
+        ):
+            self._in_flight.popleft().result()

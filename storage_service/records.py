@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable, Mapping
 
 from actlog.hashing import is_prompt_hash
 from actlog.ids import is_record_id
@@ -11,6 +12,9 @@ from storage_service.errors import InvalidArgument
 
 DTYPE_SIZES: dict[str, int] = {"bfloat16": 2, "float16": 2, "float32": 4}
 MAX_LAYER = 0xFFFF
+# Label keys are part of an LMDB key (record id + key, at most 511 bytes); values are not.
+MAX_LABEL_KEY_BYTES = 256
+MAX_LABEL_VALUE_BYTES = 64 << 10
 
 _LAYER_ROW = struct.Struct(">HI")  # layer u16 BE, row_start u32 BE
 CHUNK_KEY_LEN = 16 + _LAYER_ROW.size
@@ -40,6 +44,33 @@ def chunk_key(rid: bytes, layer: int, row_start: int) -> bytes:
 
 def layer_prefix(rid: bytes, layer: int) -> bytes:
     return rid + struct.pack(">H", layer)
+
+
+def label_key(rid: bytes, key: str) -> bytes:
+    """Key of label `key` of record `rid` (16 bytes) in the labels sub-database."""
+    return rid + key.encode()
+
+
+def validate_labels(record_id: str, labels: Mapping[str, str], remove: Iterable[str] = ()) -> None:
+    """Raise InvalidArgument unless `labels` (and keys to `remove`) can be stored."""
+    removed = set(remove)
+    for key in [*labels, *removed]:
+        if not key:
+            raise InvalidArgument(f"record {record_id}: empty label key")
+        if len(key.encode()) > MAX_LABEL_KEY_BYTES:
+            raise InvalidArgument(
+                f"record {record_id}: label key {key[:40]!r}... is longer than "
+                f"{MAX_LABEL_KEY_BYTES} bytes"
+            )
+    for key, value in labels.items():
+        if len(value.encode()) > MAX_LABEL_VALUE_BYTES:
+            raise InvalidArgument(
+                f"record {record_id}: value of label {key!r} is longer than "
+                f"{MAX_LABEL_VALUE_BYTES} bytes"
+            )
+    both = sorted(removed & set(labels))
+    if both:
+        raise InvalidArgument(f"record {record_id}: labels {both} are both set and removed")
 
 
 def split_chunk_key(key: bytes) -> tuple[int, int]:
@@ -95,10 +126,16 @@ def validate_header(header: storage_pb2.RecordHeader) -> None:
             f"record {header.record_id}: num_positions {header.num_positions} > "
             f"{n_tokens} token_ids"
         )
+    validate_labels(header.record_id, header.labels)
 
 
-def validate_chunk(header: storage_pb2.RecordHeader, chunk: storage_pb2.ActivationChunk) -> None:
-    """Raise InvalidArgument unless `chunk` fits the record described by `header`."""
+def validate_chunk(
+    header: storage_pb2.RecordHeader, chunk: storage_pb2.ActivationChunk, data_len: int
+) -> None:
+    """Raise InvalidArgument unless `chunk` (with `data_len` data bytes) fits `header`.
+
+    The length is passed in because each read of a protobuf bytes field copies it.
+    """
     rid = header.record_id
     if chunk.record_id != rid:
         raise InvalidArgument(
@@ -118,9 +155,9 @@ def validate_chunk(header: storage_pb2.RecordHeader, chunk: storage_pb2.Activati
             f"{chunk.row_start + chunk.row_count}) beyond num_positions {header.num_positions}"
         )
     expected = chunk.row_count * row_bytes(header)
-    if len(chunk.data) != expected:
+    if data_len != expected:
         raise InvalidArgument(
-            f"record {rid} chunk {chunk.sequence}: {len(chunk.data)} data bytes, expected "
+            f"record {rid} chunk {chunk.sequence}: {data_len} data bytes, expected "
             f"{expected} (row_count {chunk.row_count} x hidden_size {header.hidden_size} x "
             f"{DTYPE_SIZES[header.dtype]} bytes of {header.dtype})"
         )

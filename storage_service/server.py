@@ -58,7 +58,9 @@ def _bind_address(host: str, port: int) -> str:
 
 def create_server(settings: StorageSettings) -> tuple[StorageServer, int]:
     """Build (not start) the server; returns it and the bound port (settings may ask 0)."""
-    store = ActivationStore(settings.activation_lmdb_path, settings.lmdb_map_size)
+    store = ActivationStore(
+        settings.activation_lmdb_path, settings.lmdb_map_size, settings.storage_compression
+    )
     options = [
         ("grpc.max_receive_message_length", settings.grpc_max_message_bytes),
         ("grpc.max_send_message_length", settings.grpc_max_message_bytes),
@@ -107,10 +109,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     signal.signal(signal.SIGINT, on_signal)
     server.start()
     logger.info(
-        "storage listening on %s (lmdb %s, map size %d bytes)",
+        "storage listening on %s (lmdb %s, map size %d bytes, compression %s)",
         _bind_address(settings.storage_host, port),
         settings.activation_lmdb_path,
         server.store.map_size,
+        settings.storage_compression.value,
     )
     stopping.wait()
     server.stop(SHUTDOWN_GRACE_S)

@@ -51,6 +51,7 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
     ) -> storage_pb2.StatsResponse:
         stats = self._store.stats()
         return storage_pb2.StatsResponse(
+            stored_bytes=stats.stored_bytes,
             records=stats.records,
             complete_records=stats.complete_records,
             activation_bytes=stats.activation_bytes,
@@ -63,4 +64,32 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
             ],
             lmdb_used_bytes=stats.lmdb_used_bytes,
             lmdb_map_size=stats.lmdb_map_size,
+        )
+
+    def ListRecords(
+        self, request: storage_pb2.ListRecordsRequest, context: grpc.ServicerContext
+    ) -> storage_pb2.ListRecordsResponse:
+        headers, token = self._store.list_records(
+            model=request.model,
+            labels=dict(request.labels),
+            since_ms=request.since_ms,
+            until_ms=request.until_ms,
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return storage_pb2.ListRecordsResponse(records=headers, next_page_token=token)
+
+    def SetLabels(
+        self, request: storage_pb2.SetLabelsRequest, context: grpc.ServicerContext
+    ) -> storage_pb2.RecordHeader:
+        return self._store.set_labels(request.record_id, dict(request.labels), list(request.remove))
+
+    def DeleteRecord(
+        self, request: storage_pb2.DeleteRecordRequest, context: grpc.ServicerContext
+    ) -> storage_pb2.DeleteRecordResponse:
+        header = self._store.delete(request.record_id)
+        return storage_pb2.DeleteRecordResponse(
+            record_id=header.record_id,
+            activation_bytes=header.activation_bytes,
+            stored_bytes=header.stored_bytes,
         )

@@ -17,7 +17,7 @@ RECORD_STATUS_PARTIAL: RecordStatus
 RECORD_STATUS_COMPLETE: RecordStatus
 
 class RecordHeader(_message.Message):
-    __slots__ = ("record_id", "prompt_hash", "prompt", "response", "model", "token_ids", "token_strings", "prompt_length", "sampling_params_json", "layers", "num_positions", "hidden_size", "dtype", "num_layers", "finish_reason", "created_at_ms", "labels", "status", "activation_bytes", "choice_index", "request_id")
+    __slots__ = ("record_id", "prompt_hash", "prompt", "response", "model", "token_ids", "token_strings", "prompt_length", "sampling_params_json", "layers", "num_positions", "hidden_size", "dtype", "num_layers", "finish_reason", "created_at_ms", "labels", "status", "activation_bytes", "choice_index", "request_id", "compression", "stored_bytes")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -46,6 +46,8 @@ class RecordHeader(_message.Message):
     ACTIVATION_BYTES_FIELD_NUMBER: _ClassVar[int]
     CHOICE_INDEX_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    COMPRESSION_FIELD_NUMBER: _ClassVar[int]
+    STORED_BYTES_FIELD_NUMBER: _ClassVar[int]
     record_id: str
     prompt_hash: str
     prompt: str
@@ -67,7 +69,9 @@ class RecordHeader(_message.Message):
     activation_bytes: int
     choice_index: int
     request_id: str
-    def __init__(self, record_id: _Optional[str] = ..., prompt_hash: _Optional[str] = ..., prompt: _Optional[str] = ..., response: _Optional[str] = ..., model: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., token_strings: _Optional[_Iterable[str]] = ..., prompt_length: _Optional[int] = ..., sampling_params_json: _Optional[str] = ..., layers: _Optional[_Iterable[int]] = ..., num_positions: _Optional[int] = ..., hidden_size: _Optional[int] = ..., dtype: _Optional[str] = ..., num_layers: _Optional[int] = ..., finish_reason: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., status: _Optional[_Union[RecordStatus, str]] = ..., activation_bytes: _Optional[int] = ..., choice_index: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+    compression: str
+    stored_bytes: int
+    def __init__(self, record_id: _Optional[str] = ..., prompt_hash: _Optional[str] = ..., prompt: _Optional[str] = ..., response: _Optional[str] = ..., model: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., token_strings: _Optional[_Iterable[str]] = ..., prompt_length: _Optional[int] = ..., sampling_params_json: _Optional[str] = ..., layers: _Optional[_Iterable[int]] = ..., num_positions: _Optional[int] = ..., hidden_size: _Optional[int] = ..., dtype: _Optional[str] = ..., num_layers: _Optional[int] = ..., finish_reason: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., status: _Optional[_Union[RecordStatus, str]] = ..., activation_bytes: _Optional[int] = ..., choice_index: _Optional[int] = ..., request_id: _Optional[str] = ..., compression: _Optional[str] = ..., stored_bytes: _Optional[int] = ...) -> None: ...
 
 class ActivationChunk(_message.Message):
     __slots__ = ("record_id", "sequence", "layer", "row_start", "row_count", "data")
@@ -135,6 +139,70 @@ class RecordList(_message.Message):
     records: _containers.RepeatedCompositeFieldContainer[RecordHeader]
     def __init__(self, records: _Optional[_Iterable[_Union[RecordHeader, _Mapping]]] = ...) -> None: ...
 
+class ListRecordsRequest(_message.Message):
+    __slots__ = ("model", "labels", "since_ms", "until_ms", "page_size", "page_token")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    SINCE_MS_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_MS_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    labels: _containers.ScalarMap[str, str]
+    since_ms: int
+    until_ms: int
+    page_size: int
+    page_token: str
+    def __init__(self, model: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., since_ms: _Optional[int] = ..., until_ms: _Optional[int] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListRecordsResponse(_message.Message):
+    __slots__ = ("records", "next_page_token")
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedCompositeFieldContainer[RecordHeader]
+    next_page_token: str
+    def __init__(self, records: _Optional[_Iterable[_Union[RecordHeader, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class SetLabelsRequest(_message.Message):
+    __slots__ = ("record_id", "labels", "remove")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    RECORD_ID_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    REMOVE_FIELD_NUMBER: _ClassVar[int]
+    record_id: str
+    labels: _containers.ScalarMap[str, str]
+    remove: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, record_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., remove: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class DeleteRecordRequest(_message.Message):
+    __slots__ = ("record_id",)
+    RECORD_ID_FIELD_NUMBER: _ClassVar[int]
+    record_id: str
+    def __init__(self, record_id: _Optional[str] = ...) -> None: ...
+
+class DeleteRecordResponse(_message.Message):
+    __slots__ = ("record_id", "activation_bytes", "stored_bytes")
+    RECORD_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTIVATION_BYTES_FIELD_NUMBER: _ClassVar[int]
+    STORED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    record_id: str
+    activation_bytes: int
+    stored_bytes: int
+    def __init__(self, record_id: _Optional[str] = ..., activation_bytes: _Optional[int] = ..., stored_bytes: _Optional[int] = ...) -> None: ...
+
 class StreamActivationsRequest(_message.Message):
     __slots__ = ("record_id", "layers", "row_start", "row_end")
     RECORD_ID_FIELD_NUMBER: _ClassVar[int]
@@ -162,7 +230,7 @@ class ModelStats(_message.Message):
     def __init__(self, model: _Optional[str] = ..., records: _Optional[int] = ..., activation_bytes: _Optional[int] = ...) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("records", "complete_records", "activation_bytes", "prompt_hashes", "models", "lmdb_used_bytes", "lmdb_map_size")
+    __slots__ = ("records", "complete_records", "activation_bytes", "prompt_hashes", "models", "lmdb_used_bytes", "lmdb_map_size", "stored_bytes")
     RECORDS_FIELD_NUMBER: _ClassVar[int]
     COMPLETE_RECORDS_FIELD_NUMBER: _ClassVar[int]
     ACTIVATION_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -170,6 +238,7 @@ class StatsResponse(_message.Message):
     MODELS_FIELD_NUMBER: _ClassVar[int]
     LMDB_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
     LMDB_MAP_SIZE_FIELD_NUMBER: _ClassVar[int]
+    STORED_BYTES_FIELD_NUMBER: _ClassVar[int]
     records: int
     complete_records: int
     activation_bytes: int
@@ -177,4 +246,5 @@ class StatsResponse(_message.Message):
     models: _containers.RepeatedCompositeFieldContainer[ModelStats]
     lmdb_used_bytes: int
     lmdb_map_size: int
-    def __init__(self, records: _Optional[int] = ..., complete_records: _Optional[int] = ..., activation_bytes: _Optional[int] = ..., prompt_hashes: _Optional[int] = ..., models: _Optional[_Iterable[_Union[ModelStats, _Mapping]]] = ..., lmdb_used_bytes: _Optional[int] = ..., lmdb_map_size: _Optional[int] = ...) -> None: ...
+    stored_bytes: int
+    def __init__(self, records: _Optional[int] = ..., complete_records: _Optional[int] = ..., activation_bytes: _Optional[int] = ..., prompt_hashes: _Optional[int] = ..., models: _Optional[_Iterable[_Union[ModelStats, _Mapping]]] = ..., lmdb_used_bytes: _Optional[int] = ..., lmdb_map_size: _Optional[int] = ..., stored_bytes: _Optional[int] = ...) -> None: ...

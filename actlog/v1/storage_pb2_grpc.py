@@ -59,6 +59,21 @@ class StorageStub:
                 request_serializer=actlog_dot_v1_dot_storage__pb2.StatsRequest.SerializeToString,
                 response_deserializer=actlog_dot_v1_dot_storage__pb2.StatsResponse.FromString,
                 _registered_method=True)
+        self.ListRecords = channel.unary_unary(
+                '/actlog.v1.Storage/ListRecords',
+                request_serializer=actlog_dot_v1_dot_storage__pb2.ListRecordsRequest.SerializeToString,
+                response_deserializer=actlog_dot_v1_dot_storage__pb2.ListRecordsResponse.FromString,
+                _registered_method=True)
+        self.SetLabels = channel.unary_unary(
+                '/actlog.v1.Storage/SetLabels',
+                request_serializer=actlog_dot_v1_dot_storage__pb2.SetLabelsRequest.SerializeToString,
+                response_deserializer=actlog_dot_v1_dot_storage__pb2.RecordHeader.FromString,
+                _registered_method=True)
+        self.DeleteRecord = channel.unary_unary(
+                '/actlog.v1.Storage/DeleteRecord',
+                request_serializer=actlog_dot_v1_dot_storage__pb2.DeleteRecordRequest.SerializeToString,
+                response_deserializer=actlog_dot_v1_dot_storage__pb2.DeleteRecordResponse.FromString,
+                _registered_method=True)
 
 
 class StorageServicer:
@@ -91,7 +106,30 @@ class StorageServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Stats(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Counters kept up to date by every write (no scan).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRecords(self, request, context):
+        """Records matching every filter given, newest first, a page at a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetLabels(self, request, context):
+        """Add, overwrite or remove labels of a record (its activations are not rewritten);
+        returns the record's header with its labels as they now are.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteRecord(self, request, context):
+        """Remove a record: header, activations, labels, prompt-hash index entry.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -123,6 +161,21 @@ def add_StorageServicer_to_server(servicer, server):
                     servicer.Stats,
                     request_deserializer=actlog_dot_v1_dot_storage__pb2.StatsRequest.FromString,
                     response_serializer=actlog_dot_v1_dot_storage__pb2.StatsResponse.SerializeToString,
+            ),
+            'ListRecords': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRecords,
+                    request_deserializer=actlog_dot_v1_dot_storage__pb2.ListRecordsRequest.FromString,
+                    response_serializer=actlog_dot_v1_dot_storage__pb2.ListRecordsResponse.SerializeToString,
+            ),
+            'SetLabels': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetLabels,
+                    request_deserializer=actlog_dot_v1_dot_storage__pb2.SetLabelsRequest.FromString,
+                    response_serializer=actlog_dot_v1_dot_storage__pb2.RecordHeader.SerializeToString,
+            ),
+            'DeleteRecord': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteRecord,
+                    request_deserializer=actlog_dot_v1_dot_storage__pb2.DeleteRecordRequest.FromString,
+                    response_serializer=actlog_dot_v1_dot_storage__pb2.DeleteRecordResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -260,6 +313,87 @@ class Storage:
             '/actlog.v1.Storage/Stats',
             actlog_dot_v1_dot_storage__pb2.StatsRequest.SerializeToString,
             actlog_dot_v1_dot_storage__pb2.StatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRecords(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/actlog.v1.Storage/ListRecords',
+            actlog_dot_v1_dot_storage__pb2.ListRecordsRequest.SerializeToString,
+            actlog_dot_v1_dot_storage__pb2.ListRecordsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetLabels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/actlog.v1.Storage/SetLabels',
+            actlog_dot_v1_dot_storage__pb2.SetLabelsRequest.SerializeToString,
+            actlog_dot_v1_dot_storage__pb2.RecordHeader.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteRecord(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/actlog.v1.Storage/DeleteRecord',
+            actlog_dot_v1_dot_storage__pb2.DeleteRecordRequest.SerializeToString,
+            actlog_dot_v1_dot_storage__pb2.DeleteRecordResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,285 @@
+"""Reads of the activation store: parallel read transactions on zero-copy buffers.
+
+Values are read as buffers into LMDB's map and only what is returned is copied out.
+Long reads (activation streams) are cut into batches, each in its own short
+transaction, so a slow client never holds a transaction open (which would block a
+map resize). See store.py for the sub-databases.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import lmdb
+
+from actlog.v1 import storage_pb2
+from storage_service import compression as codecs
+from storage_service import records as rec
+from storage_service.counters import Counters, ModelCounts
+from storage_service.errors import InvalidArgument, NotFound, PartialRecord
+from storage_service.writer import TxnGuard
+
+COMPLETE = storage_pb2.RECORD_STATUS_COMPLETE
+# Bytes copied out of one read transaction before it is closed and the batch yielded.
+READ_BATCH_BYTES = 8 << 20
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+# Records ListRecords examines per call; past that it returns a short page and a token.
+LIST_SCAN_LIMIT = 20_000
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    records: int
+    complete_records: int
+    activation_bytes: int
+    prompt_hashes: int
+    models: dict[str, ModelCounts] = field(default_factory=dict)
+    lmdb_used_bytes: int = 0
+    lmdb_map_size: int = 0
+    stored_bytes: int = 0
+
+
+class Queries:
+    """The read side of `ActivationStore` (which adds the writes)."""
+
+    def __init__(self, env: lmdb.Environment, guard: TxnGuard) -> None:
+        self._env = env
+        self._guard = guard
+        self._records = env.open_db(b"records")
+        self._chunks = env.open_db(b"chunks")
+        self._by_hash = env.open_db(b"by_hash")
+        self._labels = env.open_db(b"labels")
+        self._meta = env.open_db(b"meta")
+        self._counters = Counters(self._meta)
+
+    @property
+    def map_size(self) -> int:
+        """The current LMDB map size in bytes (it doubles whenever it fills up)."""
+        return self._env.info()["map_size"]
+
+    @contextmanager
+    def _read(self) -> Iterator[lmdb.Transaction]:
+        with self._guard.txn(), self._env.begin(buffers=True) as txn:
+            yield txn
+
+    def _load(
+        self, txn: lmdb.Transaction, rid: bytes, *, labels: bool = True
+    ) -> storage_pb2.RecordHeader | None:
+        """The stored header of record `rid` with its labels; None when unknown."""
+        value = txn.get(rid, db=self._records)
+        if value is None:
+            return None
+        header = storage_pb2.RecordHeader.FromString(value)
+        if labels:
+            cursor = txn.cursor(db=self._labels)
+            found = cursor.set_range(rid)
+            while found:
+                key = cursor.key()
+                if key[:16] != rid:
+                    break
+                header.labels[bytes(key[16:]).decode()] = bytes(cursor.value()).decode()
+                found = cursor.next()
+        return header
+
+    # -- records --------------------------------------------------------------------
+
+    def get(self, record_id: str) -> storage_pb2.RecordHeader:
+        """The header of one record (PARTIAL or COMPLETE); NotFound when unknown."""
+        rid = rec.record_key(record_id)
+        with self._read() as txn:
+            header = self._load(txn, rid)
+        if header is None:
+            raise NotFound(f"no record with id {record_id}")
+        return header
+
+    def find_by_prompt_hash(
+        self, prompt_hash: str, model: str = ""
+    ) -> list[storage_pb2.RecordHeader]:
+        """Every record of this prompt hash (of `model` when set), newest first."""
+        prefix = rec.hash_key(prompt_hash)
+        headers: list[storage_pb2.RecordHeader] = []
+        with self._read() as txn:
+            cursor = txn.cursor(db=self._by_hash)
+            found = cursor.set_range(prefix)
+            rids: list[bytes] = []
+            while found:
+                key = bytes(cursor.key())
+                if key[:32] != prefix:
+                    break
+                rids.append(key[32:])
+                found = cursor.next()
+            for rid in reversed(rids):
+                header = self._load(txn, rid)
+                if header is not None and (not model or header.model == model):
+                    headers.append(header)
+        return headers
+
+    def list_records(
+        self,
+        model: str = "",
+        labels: Mapping[str, str] | None = None,
+        since_ms: int = 0,
+        until_ms: int = 0,
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> tuple[list[storage_pb2.RecordHeader], str]:
+        """Records matching every filter, newest first; (page, next page token).
+
+        Times are [since_ms, until_ms) on created_at_ms, 0 = unbounded. A page may be
+        short (even empty) with a token when LIST_SCAN_LIMIT records were examined;
+        the token is empty once no records are left.
+        """
+        if since_ms < 0 or until_ms < 0:
+            raise InvalidArgument("since_ms and until_ms must be >= 0 (0 = unbounded)")
+        if since_ms and until_ms and since_ms >= until_ms:
+            raise InvalidArgument(f"empty time range: since_ms {since_ms} >= until_ms {until_ms}")
+        size = page_size or DEFAULT_PAGE_SIZE
+        if not 0 < size <= MAX_PAGE_SIZE:
+            raise InvalidArgument(f"page_size {page_size} outside 1..{MAX_PAGE_SIZE}")
+        start: bytes | None = None
+        if page_token:
+            try:
+                start = rec.record_key(page_token)
+            except InvalidArgument:
+                raise InvalidArgument(f"malformed page token {page_token!r}") from None
+        wanted = [(k.encode(), v.encode()) for k, v in (labels or {}).items()]
+        page: list[storage_pb2.RecordHeader] = []
+        with self._read() as txn:
+            cursor = txn.cursor(db=self._records)
+            if start is None:
+                found = cursor.last()
+            else:  # the record just before the token (the token's may have been deleted)
+                found = cursor.prev() if cursor.set_range(start) else cursor.last()
+            examined = 0
+            while found:
+                rid = bytes(cursor.key())
+                examined += 1
+                if all(txn.get(rid + k, db=self._labels) == v for k, v in wanted):
+                    header = storage_pb2.RecordHeader.FromString(cursor.value())
+                    if (
+                        (not model or header.model == model)
+                        and header.created_at_ms >= since_ms
+                        and (not until_ms or header.created_at_ms < until_ms)
+                    ):
+                        loaded = self._load(txn, rid)
+                        assert loaded is not None
+                        page.append(loaded)
+                found = cursor.prev()
+                if found and (len(page) >= size or examined >= LIST_SCAN_LIMIT):
+                    return page, rid.hex()
+        return page, ""
+
+    def stats(self) -> StoreStats:
+        """Counters kept by the writes (no scan) and the size of the LMDB file."""
+        with self._read() as txn:
+            counts = self._counters.read(txn)
+            page_size = txn.stat(self._records)["psize"]
+        info = self._env.info()
+        return StoreStats(
+            records=counts.records,
+            complete_records=counts.complete_records,
+            activation_bytes=counts.activation_bytes,
+            prompt_hashes=counts.prompt_hashes,
+            models=dict(sorted(counts.models.items())),
+            lmdb_used_bytes=(info["last_pgno"] + 1) * page_size,
+            lmdb_map_size=info["map_size"],
+            stored_bytes=counts.stored_bytes,
+        )
+
+    # -- activations ----------------------------------------------------------------
+
+    def stream_activations(
+        self,
+        record_id: str,
+        layers: Sequence[int] = (),
+        row_start: int = 0,
+        row_end: int = 0,
+    ) -> Iterator[storage_pb2.ActivationChunk]:
+        """Chunks of the chosen layers clipped to rows [row_start, row_end).
+
+        Layers come one after another (in request order, every stored layer when empty),
+        each in ascending rows. `row_end` 0 means to the end. Arguments are checked
+        before this returns; the chunks are read lazily, in batches, and decompressed.
+        """
+        header = self.get(record_id)
+        if header.status != COMPLETE:
+            raise PartialRecord(
+                f"record {record_id} is partial: its activations have not all arrived"
+            )
+        chosen = rec.resolve_layers(header, list(layers))
+        end = row_end or header.num_positions
+        if not row_start <= end <= header.num_positions:
+            raise InvalidArgument(
+                f"rows [{row_start}, {row_end or 'end'}) outside record {record_id}, "
+                f"which has {header.num_positions} positions"
+            )
+        return self._iter_chunks(header, chosen, row_start, end)
+
+    def _iter_chunks(
+        self, header: storage_pb2.RecordHeader, layers: list[int], start: int, end: int
+    ) -> Iterator[storage_pb2.ActivationChunk]:
+        rid = rec.record_key(header.record_id)
+        width = rec.row_bytes(header)
+        sequence = 0
+        if start >= end or width == 0:
+            return
+        for layer in layers:
+            resume: bytes | None = rec.layer_prefix(rid, layer)
+            while resume is not None:
+                batch, resume = self._read_batch(header, rid, layer, resume, start, end, width)
+                for chunk in batch:
+                    chunk.sequence = sequence
+                    sequence += 1
+                    yield chunk
+
+    def _read_batch(
+        self,
+        header: storage_pb2.RecordHeader,
+        rid: bytes,
+        layer: int,
+        first_key: bytes,
+        start: int,
+        end: int,
+        width: int,
+    ) -> tuple[list[storage_pb2.ActivationChunk], bytes | None]:
+        """Chunks of `layer` from `first_key` on, up to about READ_BATCH_BYTES.
+
+        Returns the batch and the key to resume from (None when the layer is done).
+        """
+        prefix = rec.layer_prefix(rid, layer)
+        decompress = codecs.decompressor(codecs.parse(header.compression))
+        batch: list[storage_pb2.ActivationChunk] = []
+        size = 0
+        with self._read() as txn:
+            cursor = txn.cursor(db=self._chunks)
+            found = cursor.set_range(first_key)
+            while found:
+                key = bytes(cursor.key())
+                if key[: len(prefix)] != prefix:
+                    break
+                _, chunk_start = rec.split_chunk_key(key)
+                if chunk_start >= end:
+                    break
+                value = cursor.value()
+                if decompress is not None:
+                    value = memoryview(decompress(value))
+                lo, hi = max(start, chunk_start), min(end, chunk_start + len(value) // width)
+                if lo < hi:
+                    data = value[(lo - chunk_start) * width : (hi - chunk_start) * width]
+                    batch.append(
+                        storage_pb2.ActivationChunk(
+                            record_id=header.record_id,
+                            layer=layer,
+                            row_start=lo,
+                            row_count=hi - lo,
+                            data=bytes(data),
+                        )
+                    )
+                    size += len(data)
+                    if size >= READ_BATCH_BYTES:
+                        return batch, rec.chunk_key(rid, layer, chunk_start + 1)
+                found = cursor.next()
+        return batch, None
