@@ -79,6 +79,11 @@ class IngestSession:
             f"after {self._next_sequence} chunks; the record stays partial"
         )
 
+    def settle(self) -> None:
+        """Wait for this stream's queued writes (after an error: their errors are moot)."""
+        while self._in_flight:
+            self._in_flight.popleft().exception()
+
     def _on_header(self, header: storage_pb2.RecordHeader) -> None:
         if self._header is not None:
             raise InvalidArgument(

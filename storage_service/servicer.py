@@ -21,9 +21,12 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
         context: grpc.ServicerContext,
     ) -> storage_pb2.IngestResponse:
         session = IngestSession(self._store)
-        for request in request_iterator:
-            session.add(request)
-        result = session.finish()
+        try:
+            for request in request_iterator:
+                session.add(request)
+            result = session.finish()
+        finally:
+            session.settle()  # answer only once this stream's writes are settled
         return storage_pb2.IngestResponse(
             record_id=result.record_id, status=result.status, bytes_written=result.bytes_written
         )
