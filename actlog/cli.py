@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import signal
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from actlog.launcher import Stack, StackConfig
+
+if TYPE_CHECKING:
+    from actlog.client import Record
 
 app = typer.Typer(help="Activation-logging LLM inference stack.", no_args_is_help=True)
 
@@ -176,6 +182,110 @@ def find(
                 }
             )
         )
+
+
+def _parse_labels(pairs: list[str] | None) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"expected key=value, got {pair!r}")
+        labels[key] = value
+    return labels
+
+
+def _record_line(r: Record) -> str:
+    return json.dumps(
+        {
+            "record_id": r.record_id,
+            "created_at_ms": r.created_at_ms,
+            "model": r.model,
+            "status": r.status,
+            "labels": r.labels,
+            "layers": list(r.layers),
+            "num_positions": r.num_positions,
+            "prompt_hash": r.prompt_hash,
+            "prompt": r.prompt,
+            "response": r.response,
+        },
+        ensure_ascii=False,
+    )
+
+
+@app.command("list")
+def list_records(
+    model: Annotated[str | None, typer.Option(help="only records of this model")] = None,
+    label: Annotated[
+        list[str] | None, typer.Option(help="key=value; repeat to require several")
+    ] = None,
+    since_ms: Annotated[int | None, typer.Option(help="created at or after (Unix ms)")] = None,
+    until_ms: Annotated[int | None, typer.Option(help="created before (Unix ms)")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="most records to print")] = 50,
+    storage: StorageOpt = "127.0.0.1:50052",
+) -> None:
+    """List stored records, newest first, as JSON lines."""
+    from actlog.client import StorageClient
+
+    labels = _parse_labels(label)
+    with _storage_errors(), StorageClient(storage) as client:
+        records = client.iter_records(model, labels, since_ms, until_ms, page_size=min(limit, 1000))
+        for _, record in zip(range(limit), records, strict=False):
+            typer.echo(_record_line(record))
+
+
+@app.command()
+def label(
+    record_id: Annotated[str, typer.Argument(help="the record to label")],
+    labels: Annotated[list[str] | None, typer.Argument(help="key=value pairs to set")] = None,
+    remove: Annotated[
+        list[str] | None, typer.Option(help="label key to remove; repeatable")
+    ] = None,
+    storage: StorageOpt = "127.0.0.1:50052",
+) -> None:
+    """Set (or with --remove, drop) evaluation labels of a record; prints its labels."""
+    from actlog.client import StorageClient
+
+    to_set = _parse_labels(labels)
+    if not to_set and not remove:
+        raise typer.BadParameter("give key=value labels to set and/or --remove KEY")
+    with _storage_errors(), StorageClient(storage) as client:
+        record = client.set_labels(record_id, to_set, remove or [])
+    typer.echo(json.dumps({"record_id": record.record_id, "labels": record.labels}))
+
+
+@app.command()
+def delete(
+    record_id: Annotated[str, typer.Argument(help="the record to delete")],
+    storage: StorageOpt = "127.0.0.1:50052",
+) -> None:
+    """Delete a record: its header, activations, labels and prompt-hash entry."""
+    from actlog.client import StorageClient
+
+    with _storage_errors(), StorageClient(storage) as client:
+        deleted = client.delete_record(record_id)
+    typer.echo(f"deleted {deleted.record_id} ({deleted.stored_bytes} bytes of activations)")
+
+
+@app.command()
+def stats(storage: StorageOpt = "127.0.0.1:50052") -> None:
+    """Print storage counters (records, bytes, per model) as JSON."""
+    from actlog.client import StorageClient
+
+    with _storage_errors(), StorageClient(storage) as client:
+        result = client.stats()
+    typer.echo(json.dumps(dataclasses.asdict(result), indent=2))
+
+
+@contextmanager
+def _storage_errors() -> Iterator[None]:
+    """Report a failed storage call as `error: ...` and exit 1."""
+    from actlog.errors import ActlogError
+
+    try:
+        yield
+    except ActlogError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
 
 
 def main() -> None:

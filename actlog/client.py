@@ -6,6 +6,9 @@
         records = client.find_by_prompt("What is the capital of France?")
         acts = client.get_activations(records[0].record_id, layers=[-1])
         acts[30].shape  # (num_positions, hidden_size), float32
+        client.set_labels(records[0].record_id, {"hallucinated": "false"})
+        for record in client.iter_records(model="m", labels={"hallucinated": "true"}):
+            ...
 
 Failed calls raise the typed errors of `actlog.errors`.
 """
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,6 +76,8 @@ class Record:
     activation_bytes: int
     choice_index: int
     request_id: str
+    compression: str = "none"  # how storage keeps the activations; reads are uncompressed
+    stored_bytes: int = 0  # activation bytes on disk (after compression), once complete
 
     @property
     def is_complete(self) -> bool:
@@ -102,6 +107,8 @@ class Record:
             activation_bytes=header.activation_bytes,
             choice_index=header.choice_index,
             request_id=header.request_id,
+            compression=header.compression or "none",
+            stored_bytes=header.stored_bytes,
         )
 
 
@@ -130,6 +137,14 @@ class StorageStats:
     models: dict[str, ModelStats] = field(default_factory=dict)
     lmdb_used_bytes: int = 0
     lmdb_map_size: int = 0
+    stored_bytes: int = 0  # activation bytes on disk, after compression
+
+
+@dataclass(frozen=True)
+class DeletedRecord:
+    record_id: str
+    activation_bytes: int
+    stored_bytes: int
 
 
 class StorageClient:
@@ -213,6 +228,74 @@ class StorageClient:
             },
             lmdb_used_bytes=response.lmdb_used_bytes,
             lmdb_map_size=response.lmdb_map_size,
+            stored_bytes=response.stored_bytes,
+        )
+
+    def list_records(
+        self,
+        model: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        page_size: int = 100,
+        page_token: str = "",
+    ) -> tuple[list[Record], str]:
+        """One page of the records matching every filter given, newest first.
+
+        `labels`: every key must be present with exactly this value. Times are Unix ms
+        on `created_at_ms`, `since_ms` included, `until_ms` excluded. Returns the page
+        and the token of the next one ("" when no records are left). A page may be
+        shorter than `page_size`, even empty, with a token: keep paging, or use
+        `iter_records`.
+        """
+        request = storage_pb2.ListRecordsRequest(
+            model=model or "",
+            labels=dict(labels or {}),
+            since_ms=since_ms or 0,
+            until_ms=until_ms or 0,
+            page_size=page_size,
+            page_token=page_token,
+        )
+        response = self._call(self._stub.ListRecords, request)
+        return [Record.from_pb(h) for h in response.records], response.next_page_token
+
+    def iter_records(
+        self,
+        model: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        page_size: int = 100,
+    ) -> Iterator[Record]:
+        """Every record matching the filters (as `list_records`), newest first, page by page."""
+        token = ""
+        while True:
+            page, token = self.list_records(model, labels, since_ms, until_ms, page_size, token)
+            yield from page
+            if not token:
+                return
+
+    def set_labels(
+        self, record_id: str, labels: Mapping[str, str], remove: Iterable[str] = ()
+    ) -> Record:
+        """Add or overwrite `labels` and drop the keys in `remove`; the updated record.
+
+        Labels are free-form strings (e.g. ``{"hallucinated": "true", "judge": "gpt"}``);
+        changing them never rewrites the record's activations.
+        """
+        request = storage_pb2.SetLabelsRequest(
+            record_id=record_id, labels=dict(labels), remove=list(remove)
+        )
+        return Record.from_pb(self._call(self._stub.SetLabels, request))
+
+    def delete_record(self, record_id: str) -> DeletedRecord:
+        """Remove a record, its activations and labels; NotFoundError when unknown."""
+        request = storage_pb2.DeleteRecordRequest(record_id=record_id)
+        response = self._call(self._stub.DeleteRecord, request)
+        return DeletedRecord(
+            record_id=response.record_id,
+            activation_bytes=response.activation_bytes,
+            stored_bytes=response.stored_bytes,
         )
 
     # -- activations ----------------------------------------------------------------
