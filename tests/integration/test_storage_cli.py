@@ -1,0 +1,58 @@
+"""`actlog list | label | delete | stats` against a real storage process."""
+
+from __future__ import annotations
+
+import json
+
+import grpc
+from typer.testing import CliRunner
+
+from actlog.cli import app
+from actlog.ids import new_record_id
+from actlog.v1 import storage_pb2_grpc
+from storage_service.testing import synthetic_record
+
+runner = CliRunner()
+
+
+def actlog(storage, *args: str):
+    return runner.invoke(app, [*args, "--storage", storage.address])
+
+
+def test_list_label_delete_stats(storage) -> None:
+    model = f"cli-model-{new_record_id()}"
+    prompts = [f"cli {i} {new_record_id()}" for i in range(3)]
+    records = [synthetic_record(p, model=model, seed=i) for i, p in enumerate(prompts)]
+    with grpc.insecure_channel(storage.address) as channel:
+        stub = storage_pb2_grpc.StorageStub(channel)
+        for record in records:
+            stub.Ingest(iter(record.requests(5)), timeout=30)
+    newest, middle, oldest = (r.header.record_id for r in reversed(records))
+
+    result = actlog(storage, "list", "--model", model)
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.output.splitlines()]
+    assert [line["record_id"] for line in lines] == [newest, middle, oldest]
+    assert lines[0]["model"] == model and lines[0]["status"] == "COMPLETE"
+    result = actlog(storage, "list", "--model", model, "--limit", "2")
+    assert len(result.output.splitlines()) == 2
+
+    result = actlog(storage, "label", middle, "hallucinated=true", "judge=a=b")
+    assert result.exit_code == 0, result.output
+    labels = json.loads(result.output)["labels"]
+    assert labels == {"source": "synthetic", "hallucinated": "true", "judge": "a=b"}
+    result = actlog(storage, "label", middle, "--remove", "judge", "--remove", "source")
+    assert json.loads(result.output)["labels"] == {"hallucinated": "true"}
+    result = actlog(storage, "list", "--label", "hallucinated=true", "--model", model)
+    assert [json.loads(line)["record_id"] for line in result.output.splitlines()] == [middle]
+    result = actlog(storage, "list", "--label", "hallucinated")
+    assert result.exit_code != 0 and "key=value" in result.output
+
+    stats = json.loads(actlog(storage, "stats").output)
+    assert stats["models"][model] == {"records": 3, "activation_bytes": 3 * 1152}
+    result = actlog(storage, "delete", oldest)
+    assert result.exit_code == 0 and f"deleted {oldest}" in result.output
+    stats = json.loads(actlog(storage, "stats").output)
+    assert stats["models"][model]["records"] == 2
+    result = actlog(storage, "delete", oldest)
+    assert result.exit_code == 1 and "no record with id" in result.output
