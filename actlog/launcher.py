@@ -35,7 +35,8 @@ class StackConfig:
     model: str = "default"
     dtype: str = "auto"
     log_dir: str | None = None
-    # Further variables for the services (e.g. MAX_MODEL_LEN, VLLM_CPU_KVCACHE_SPACE).
+    # Further variables for the services (e.g. MAX_MODEL_LEN, VLLM_CPU_KVCACHE_SPACE);
+    # an empty value removes the variable.
     extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -100,7 +101,12 @@ class Stack:
                 "VLLM_LOGGING_LEVEL": env.get("VLLM_LOGGING_LEVEL", "WARNING"),
             }
         )
-        env.update(c.extra_env)
+        for key, value in c.extra_env.items():
+            # An empty value unsets: some tools (vLLM among them) choke on empty variables.
+            if value:
+                env[key] = value
+            else:
+                env.pop(key, None)
         return env
 
     def start_service(self, name: str) -> subprocess.Popen[bytes]:

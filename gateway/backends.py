@@ -37,12 +37,15 @@ class InferenceBackend:
 
     async def generate(
         self, request: inference_pb2.GenerateRequest
-    ) -> inference_pb2.GenerateResult:
-        """Run one generation to the end and return its final result."""
+    ) -> list[inference_pb2.GenerateResult]:
+        """Run one generation to the end and return its final results, one per choice."""
+        results = []
         try:
             async for message in self._stub.Generate(request, timeout=self._timeout):
                 if message.WhichOneof("kind") == "result":
-                    return message.result
+                    results.append(message.result)
         except grpc.aio.AioRpcError as exc:
             raise from_grpc(exc) from exc
-        raise RuntimeError("the inference stream ended without a result")
+        if len(results) != max(request.sampling.n, 1):
+            raise RuntimeError("the inference stream ended without all its results")
+        return sorted(results, key=lambda r: r.index)

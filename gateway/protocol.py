@@ -45,7 +45,7 @@ class CompletionRequest(OpenAIBaseModel):
     top_k: int | None = None
     stop: str | list[str] | None = None
     seed: int | None = None
-    n: Annotated[int, Field(ge=1, le=1)] = 1
+    n: Annotated[int, Field(ge=1, le=16)] = 1
     stream: Literal[False] = False
     presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
     frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None

@@ -23,7 +23,9 @@ logger = logging.getLogger(__name__)
 def to_generate_request(
     req: CompletionRequest, prompt: str | list[int], request_id: str
 ) -> inference_pb2.GenerateRequest:
-    sampling = inference_pb2.SamplingParams(max_tokens=req.max_tokens or 16, stop=req.stop_list())
+    sampling = inference_pb2.SamplingParams(
+        max_tokens=req.max_tokens or 16, stop=req.stop_list(), n=req.n
+    )
     for name in ("temperature", "top_p", "top_k", "seed", "presence_penalty", "frequency_penalty"):
         value = getattr(req, name)
         if value is not None:
@@ -73,22 +75,25 @@ class OpenAIServingCompletion:
         messages = [
             to_generate_request(req, p, f"cmpl-{base_id}-{i}") for i, p in enumerate(prompts)
         ]
-        results = await asyncio.gather(*(self._backend.generate(m) for m in messages))
+        per_prompt = await asyncio.gather(*(self._backend.generate(m) for m in messages))
         choices = []
         refs = []
         usage = UsageInfo()
-        for i, result in enumerate(results):
-            choices.append(
-                CompletionChoice(index=i, text=result.text, finish_reason=result.finish_reason)
-            )
-            usage.prompt_tokens += len(result.prompt_token_ids)
-            usage.completion_tokens += len(result.output_token_ids)
-            if result.record_id:
+        for results in per_prompt:
+            usage.prompt_tokens += len(results[0].prompt_token_ids)
+            for result in results:
+                choices.append(
+                    CompletionChoice(
+                        index=len(choices), text=result.text, finish_reason=result.finish_reason
+                    )
+                )
+                usage.completion_tokens += len(result.output_token_ids)
+            if results[0].record_id:
                 refs.append(
                     ActivationRef(
-                        prompt_hash=result.prompt_hash,
-                        record_ids=[result.record_id],
-                        layers=list(result.layers),
+                        prompt_hash=results[0].prompt_hash,
+                        record_ids=[r.record_id for r in results],
+                        layers=list(results[0].layers),
                     )
                 )
         usage.total_tokens = usage.prompt_tokens + usage.completion_tokens

@@ -35,7 +35,9 @@ logger = logging.getLogger(__name__)
 KEY = "actlog_capture"
 LAYERS = "actlog_layers"
 SINK = "actlog_sink"
+N = "actlog_n"
 
+# n > 1: vLLM fans one request out into children "<index>_<parent id>" (each with n=1).
 _CHILD_ID = re.compile(r"^(\d+)_")
 _TORCH_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
@@ -49,14 +51,13 @@ class _Slot:
     row_start: int  # first row in the flattened batch
     row_end: int
     pos_start: int  # position of the first row in the request's sequence
-    layers: frozenset[int]
 
 
 @dataclass
 class _Step:
-    slots: list[_Slot] = field(default_factory=list)
-    # layer -> rows of every slot that wants it, concatenated in slot order
+    # layer -> the slots that want it, in batch order
     wanted: dict[int, list[_Slot]] = field(default_factory=dict)
+    # layer -> their rows, concatenated in the same order (still on the model's device)
     captured: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
@@ -118,10 +119,9 @@ class ActivationCaptureExtension:
         inner.norm.register_forward_hook(self._actlog_layer_hook(num_layers))
 
         dtype = next(model.parameters()).dtype
-        hidden = int(getattr(model.config, "hidden_size", 0))
         return {
             "num_layers": num_layers,
-            "hidden_size": hidden,
+            "hidden_size": int(getattr(model.config, "hidden_size", 0)),
             "dtype": _TORCH_DTYPES.get(dtype, str(dtype)),
         }
 
@@ -139,65 +139,75 @@ class ActivationCaptureExtension:
         computed = batch.num_computed_tokens_cpu
         for i, req_id in enumerate(batch.req_ids[:n]):
             state = runner.requests.get(req_id)
-            params = getattr(state, "sampling_params", None)
-            extra = getattr(params, "extra_args", None)
+            extra = getattr(getattr(state, "sampling_params", None), "extra_args", None)
             if not extra or KEY not in extra:
                 continue
             key = extra[KEY]
-            child = _CHILD_ID.match(req_id)
-            if child is not None and getattr(params, "n", 1) > 1:
-                # n > 1: vLLM fans one request out into children "<index>_<parent id>".
-                key = f"{key}:{child.group(1)}"
-            start, end = int(qsl[i]), int(qsl[i + 1])
+            if extra.get(N, 1) > 1:
+                child = _CHILD_ID.match(req_id)
+                key = f"{key}:{child.group(1) if child else 0}"
             slot = _Slot(
                 key=key,
                 sink=extra[SINK],
-                row_start=start,
-                row_end=end,
+                row_start=int(qsl[i]),
+                row_end=int(qsl[i + 1]),
                 pos_start=int(computed[i]),
-                layers=frozenset(extra[LAYERS]),
             )
-            step.slots.append(slot)
-            for layer in slot.layers:
+            for layer in extra[LAYERS]:
                 step.wanted.setdefault(layer, []).append(slot)
 
     def _actlog_layer_hook(self, index: int) -> Any:
+        final_norm = index == self._actlog_num_layers
+
         def hook(module: Any, args: Any, output: Any) -> None:
             step: _Step = self._actlog_step
             slots = step.wanted.get(index)
             if not slots:
                 return
+            residual = None
             if isinstance(output, tuple):
-                hidden, residual = output[0], output[1] if len(output) > 1 else None
                 # Decoder layers return (mlp output, residual): the residual stream is their
                 # sum. The final norm returns (normed, residual): the normed part is wanted.
-                if residual is not None and index != self._actlog_num_layers:
-                    hidden = hidden + residual
+                hidden = output[0]
+                if not final_norm and len(output) > 1:
+                    residual = output[1]
             else:
                 hidden = output
-            rows = [hidden[s.row_start : s.row_end] for s in slots]
-            # One gathered tensor and one device->host copy per layer per step; the copy
-            # also detaches the rows from buffers vLLM may reuse in place.
-            gathered = rows[0] if len(rows) == 1 else torch.cat(rows)
-            step.captured[index] = gathered.detach().to("cpu", copy=True)
+            # Only the rows of capturing requests are summed or copied. The result never
+            # aliases vLLM's buffers, which may be reused in place by later layers or steps.
+            parts = []
+            for s in slots:
+                rows = hidden[s.row_start : s.row_end]
+                if residual is not None:
+                    rows = rows + residual[s.row_start : s.row_end]
+                parts.append(rows)
+            if len(parts) > 1:
+                step.captured[index] = torch.cat(parts)
+            else:
+                step.captured[index] = parts[0] if residual is not None else parts[0].clone()
 
         return hook
 
     def _actlog_flush_step(self, module: Any, args: Any, output: Any) -> None:
         step: _Step = self._actlog_step
+        self._actlog_step = _Step()
         if not step.captured:
             return
-        for layer, tensor in step.captured.items():
+        layers = list(step.captured)
+        tensors = [step.captured[layer] for layer in layers]
+        if tensors[0].device.type != "cpu":
+            # One device->host copy per step for the whole batch, not one per layer/request.
+            sizes = [t.shape[0] for t in tensors]
+            tensors = list(torch.cat(tensors).to("cpu").split(sizes))
+        for layer, tensor in zip(layers, tensors, strict=True):
             dtype = _TORCH_DTYPES[tensor.dtype]
             hidden = tensor.shape[-1]
             offset = 0
             for slot in step.wanted[layer]:
                 n_rows = slot.row_end - slot.row_start
-                rows = tensor[offset : offset + n_rows]
+                payload = tensor[offset : offset + n_rows].contiguous().view(torch.uint8).numpy()
                 offset += n_rows
-                payload = rows.contiguous().view(torch.uint8).numpy()
                 header = encode_header(
                     slot.key, layer, slot.pos_start, n_rows, hidden, dtype, payload.nbytes
                 )
                 self._actlog_sender.send(slot.sink, header, payload)
-        self._actlog_step = _Step()

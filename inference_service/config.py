@@ -41,6 +41,14 @@ class InferenceSettings(BaseSettings):
         "last", description="last, all, recommended or comma-separated indices"
     )
     capture_timeout_s: float = 60.0
+    capture_max_bytes: int = Field(
+        2 << 30, description="per-request cap on captured bytes (all layers, all choices)"
+    )
+    capture_spool_dir: str = Field(
+        "capture_spool", description="on-disk spool of captures not yet stored"
+    )
+    capture_queue_size: int = Field(1024, description="finished captures queued in memory")
+    kv_cache_memory_bytes: int = Field(0, description="KV cache size; 0 = vLLM's default")
     capture_socket_dir: str = Field("", description="directory for the worker's capture socket")
     grpc_max_message_bytes: int = 64 * 1024 * 1024
     log_level: str = "INFO"

@@ -1,9 +1,10 @@
 """A vLLM AsyncLLM engine with per-request hidden-state capture.
 
 The engine core runs in its own process; capture hooks live in its worker
-(capture_worker.py) and stream rows back over a Unix socket to the CaptureCollector. When a
-request finishes, its rows are gathered and handed to the storage sink in the background: the
-caller gets the result without waiting for any of that.
+(capture_worker.py) and stream rows back over a Unix socket to the CaptureCollector, which files
+them in the on-disk spool. When a request finishes, its record header is written next to the
+rows and the sink sends it to storage in the background: the caller gets the result without
+waiting for any of that.
 """
 
 from __future__ import annotations
@@ -16,26 +17,24 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from actlog.ids import new_record_id
 from inference_service import capture_worker
 from inference_service.capture import CaptureCollector
+from inference_service.capture_frames import DTYPE_SIZES
 from inference_service.config import InferenceSettings
 from inference_service.default_model import DEFAULT_MODEL_NAME, resolve_model
 from inference_service.errors import CaptureIncomplete, EngineNotReady, InvalidRequest
 from inference_service.layers import recommended_layers, resolve_layers
 from inference_service.sink import RecordSink
-from inference_service.types import (
-    CapturedRecord,
-    GenerationRequest,
-    GenerationResult,
-    TokenDelta,
-    prompt_hash,
-)
+from inference_service.spool import Spool
+from inference_service.types import GenerationRequest, GenerationResult, TokenDelta, prompt_hash
 
 logger = logging.getLogger(__name__)
 
 WORKER_EXTENSION = f"{capture_worker.__name__}.ActivationCaptureExtension"
+MAX_N = 16
 
 
 @dataclass(frozen=True)
@@ -49,20 +48,64 @@ class ModelDescription:
     recommended_layers: tuple[int, ...]
 
 
+@dataclass
+class _Choice:
+    """Per-choice progress of one request."""
+
+    key: str
+    record_id: str
+    token_ids: tuple[int, ...] = ()
+    text: str = ""
+    finish_reason: str | None = None
+
+
 class CaptureEngine:
-    def __init__(self, settings: InferenceSettings, sink: RecordSink) -> None:
+    def __init__(self, settings: InferenceSettings) -> None:
         self._settings = settings
-        self._sink = sink
-        self._collector = CaptureCollector(settings.capture_socket_dir or None)
+        self.spool = Spool(Path(settings.capture_spool_dir))
+        self.sink = RecordSink(
+            self.spool,
+            settings.storage_addr,
+            settings.grpc_max_message_bytes,
+            settings.capture_queue_size,
+        )
+        self.collector = CaptureCollector(self.spool, settings.capture_socket_dir or None)
         self._background: set[asyncio.Task[None]] = set()
-        self._llm = None
-        self._tokenizer = None
+        self._llm: Any = None
+        self._tokenizer: Any = None
         self.info: ModelDescription | None = None
         self._chunked_prefill = False
         self._is_cpu = False
 
-    async def start(self) -> ModelDescription:
+    def engine_args(self, model_path: str, served: str) -> Any:
         from vllm.engine.arg_utils import AsyncEngineArgs
+
+        s = self._settings
+        kwargs: dict[str, Any] = {
+            "model": model_path,
+            "served_model_name": served,
+            "dtype": s.dtype,
+            # Hooks on inner layers never fire inside torch.compile'd / graph-captured regions.
+            "enforce_eager": True,
+            "worker_extension_cls": WORKER_EXTENSION,
+            "enable_chunked_prefill": self._chunked_prefill,
+            "enable_prefix_caching": s.enable_prefix_caching,
+        }
+        optional = {
+            "max_model_len": s.max_model_len,
+            "max_num_seqs": s.max_num_seqs,
+            "max_num_batched_tokens": s.max_num_batched_tokens,
+            "gpu_memory_utilization": s.gpu_memory_utilization,
+            "kv_cache_memory_bytes": s.kv_cache_memory_bytes,
+        }
+        kwargs.update({k: v for k, v in optional.items() if v})
+        args = AsyncEngineArgs(**kwargs)
+        if not self._chunked_prefill and not s.max_num_batched_tokens:
+            # Without chunked prefill a whole prompt must fit one step.
+            args.max_num_batched_tokens = max(s.max_model_len or 8192, 2048)
+        return args
+
+    async def start(self) -> ModelDescription:
         from vllm.platforms import current_platform
         from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -78,33 +121,14 @@ class CaptureEngine:
             if s.enable_chunked_prefill == "auto"
             else s.enable_chunked_prefill == "true"
         )
-        kwargs: dict[str, object] = {
-            "model": model_path,
-            "served_model_name": served,
-            "dtype": s.dtype,
-            # Hooks on inner layers never fire inside torch.compile'd / graph-captured regions.
-            "enforce_eager": True,
-            "worker_extension_cls": WORKER_EXTENSION,
-            "enable_chunked_prefill": self._chunked_prefill,
-            "enable_prefix_caching": s.enable_prefix_caching,
-        }
-        if s.max_model_len:
-            kwargs["max_model_len"] = s.max_model_len
-        if s.max_num_seqs:
-            kwargs["max_num_seqs"] = s.max_num_seqs
-        if s.max_num_batched_tokens:
-            kwargs["max_num_batched_tokens"] = s.max_num_batched_tokens
-        if s.gpu_memory_utilization:
-            kwargs["gpu_memory_utilization"] = s.gpu_memory_utilization
-        logger.info("starting vLLM engine: %s", kwargs)
-        args = AsyncEngineArgs(**kwargs)  # type: ignore[arg-type]
-        if not self._chunked_prefill and not s.max_num_batched_tokens:
-            # Without chunked prefill a whole prompt must fit one step.
-            args.max_num_batched_tokens = max(s.max_model_len or 8192, 2048)
+        await self.sink.start()
+        await self.collector.start()
+        args = self.engine_args(model_path, served)
+        logger.info(
+            "starting vLLM engine for %s (chunked prefill %s)", model_path, self._chunked_prefill
+        )
         self._llm = AsyncLLM.from_engine_args(args)
-        await self._collector.start()
-        shapes = await self._llm.collective_rpc("actlog_install")
-        shape = shapes[0]
+        [shape, *_] = await self._llm.collective_rpc("actlog_install")
         self._tokenizer = self._llm.get_tokenizer()
         num_layers = int(shape["num_layers"])
         default_layers = resolve_layers(*_parse_layers(s.capture_default_layers), num_layers)
@@ -120,29 +144,50 @@ class CaptureEngine:
         logger.info("engine ready: %s", self.info)
         return self.info
 
-    async def stop(self) -> None:
+    async def stop(self, grace_s: float) -> None:
         if self._background:
-            await asyncio.wait(self._background, timeout=self._settings.capture_timeout_s)
+            await asyncio.wait(self._background, timeout=grace_s)
         if self._llm is not None:
             self._llm.shutdown()
-        await self._collector.close()
+        await self.collector.close()
+        if not await self.sink.drain(grace_s):
+            logger.warning(
+                "%d captured records stay in the spool until the next start",
+                len(self.spool.ready()),
+            )
+        await self.sink.stop()
 
     def require_ready(self) -> ModelDescription:
         if self.info is None:
             raise EngineNotReady("the model is still loading")
         return self.info
 
-    @property
-    def pending_captures(self) -> int:
-        return self._collector.pending
+    def status(self) -> dict[str, int | bool]:
+        records, size = self.spool.usage()
+        return {
+            "pending_captures": self.collector.pending,
+            "queued_records": self.sink.backlog,
+            "spool_records": records,
+            "spool_bytes": size,
+            "stored_records": self.sink.stored,
+            "storage_failures": self.sink.failures,
+            "storage_reachable": self.sink.reachable,
+            "recomputed_rows": self.collector.recomputed_rows,
+        }
 
-    def _sampling_params(self, req: GenerationRequest, capture_key: str | None, layers: list[int]):
+    # -- requests ----------------------------------------------------------------------------
+
+    def _sampling_params(
+        self, req: GenerationRequest, capture_key: str | None, layers: list[int]
+    ) -> Any:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
         s = req.sampling
         if s.max_tokens < 1:
             raise InvalidRequest(f"max_tokens must be at least 1, got {s.max_tokens}")
+        if not 1 <= s.n <= MAX_N:
+            raise InvalidRequest(f"n must be between 1 and {MAX_N}, got {s.n}")
         seed = s.seed
         if seed is not None and self._is_cpu and self._chunked_prefill:
             # vLLM's CPU backend crashes the engine when a seeded request's prompt is split by
@@ -153,10 +198,12 @@ class CaptureEngine:
                 raise InvalidRequest(
                     "seed is not supported on this CPU engine with chunked prefill enabled"
                 )
-        kwargs: dict[str, object] = {
+        kwargs: dict[str, Any] = {
+            "n": s.n,
             "max_tokens": s.max_tokens,
             "stop": list(s.stop) or None,
             "seed": seed,
+            "ignore_eos": s.ignore_eos,
             "output_kind": RequestOutputKind.CUMULATIVE,
         }
         for name in ("temperature", "top_p", "top_k", "presence_penalty", "frequency_penalty"):
@@ -167,12 +214,13 @@ class CaptureEngine:
             kwargs["extra_args"] = {
                 capture_worker.KEY: capture_key,
                 capture_worker.LAYERS: layers,
-                capture_worker.SINK: self._collector.path,
+                capture_worker.SINK: self.collector.path,
+                capture_worker.N: s.n,
             }
             # Rows served from the prefix cache are never computed, so never captured.
             kwargs["skip_reading_prefix_cache"] = True
         try:
-            return SamplingParams(**kwargs)  # type: ignore[arg-type]
+            return SamplingParams(**kwargs)
         except (ValueError, TypeError) as exc:
             raise InvalidRequest(str(exc)) from exc
 
@@ -188,96 +236,133 @@ class CaptureEngine:
             return list(info.default_layers)
         return resolve_layers(c.layers, c.preset, info.num_layers)
 
+    def _prompt(self, req: GenerationRequest) -> tuple[list[int], str]:
+        """Token ids and text of the prompt, tokenized here exactly as vLLM would."""
+        if req.prompt is not None:
+            if not req.prompt:
+                raise InvalidRequest("prompt must not be empty")
+            return list(self._tokenizer.encode(req.prompt)), req.prompt
+        ids = list(req.prompt_token_ids or ())
+        if not ids:
+            raise InvalidRequest("prompt_token_ids must not be empty")
+        vocab = len(self._tokenizer)
+        if any(i >= vocab for i in ids):
+            raise InvalidRequest(f"prompt token ids must be below the vocabulary size {vocab}")
+        return ids, self._tokenizer.decode(ids)
+
+    def _check_capture_size(
+        self, info: ModelDescription, prompt_len: int, req: GenerationRequest, layers: list[int]
+    ) -> None:
+        rows = prompt_len + req.sampling.max_tokens - 1
+        need = rows * info.hidden_size * DTYPE_SIZES[info.dtype] * len(layers) * req.sampling.n
+        cap = self._settings.capture_max_bytes
+        if need > cap:
+            raise InvalidRequest(
+                f"capturing {len(layers)} layers of up to {rows} positions x {req.sampling.n} "
+                f"choices needs up to {need} bytes, above the per-request cap of {cap} bytes "
+                "(CAPTURE_MAX_BYTES): capture fewer layers or lower max_tokens"
+            )
+
     async def generate(
         self, req: GenerationRequest
     ) -> AsyncIterator[TokenDelta | GenerationResult]:
         info = self.require_ready()
-        if req.prompt is not None:
-            if not req.prompt:
-                raise InvalidRequest("prompt must not be empty")
-            prompt: object = req.prompt
-            prompt_text = req.prompt
-        else:
-            ids = list(req.prompt_token_ids or ())
-            if not ids:
-                raise InvalidRequest("prompt_token_ids must not be empty")
-            vocab = len(self._tokenizer)  # type: ignore[arg-type]
-            if any(i >= vocab for i in ids):
-                raise InvalidRequest(f"prompt token ids must be below the vocabulary size {vocab}")
-            prompt = {"prompt_token_ids": ids}
-            prompt_text = self._tokenizer.decode(ids)  # type: ignore[union-attr]
+        prompt_ids, prompt_text = self._prompt(req)
         layers = self._capture_layers(req)
-        record_id = new_record_id() if layers is not None else ""
         request_id = req.request_id or uuid.uuid4().hex
-        params = self._sampling_params(req, record_id or None, layers or [])
+        capture_key = new_record_id() if layers is not None else None
+        params = self._sampling_params(req, capture_key, layers or [])
         if layers is not None:
-            self._collector.register(record_id, layers, info.hidden_size, info.dtype)
-
-        sent_tokens = 0
-        sent_text = 0
+            self._check_capture_size(info, len(prompt_ids), req, layers)
+        n = req.sampling.n
+        choices = [
+            _Choice(
+                key=capture_key if n == 1 else f"{capture_key}:{i}",
+                record_id=(capture_key if i == 0 else new_record_id()) if capture_key else "",
+            )
+            for i in range(n)
+        ] if capture_key else [_Choice(key="", record_id="") for _ in range(n)]  # fmt: skip
+        for c in choices:
+            if c.key:
+                self.collector.register(
+                    c.key, c.record_id, layers or [], info.hidden_size, info.dtype
+                )
         final = None
         try:
-            async for out in self._llm.generate(prompt, params, request_id):  # type: ignore[union-attr]
-                choice = out.outputs[0]
-                if len(choice.token_ids) > sent_tokens or len(choice.text) > sent_text:
-                    yield TokenDelta(tuple(choice.token_ids[sent_tokens:]), choice.text[sent_text:])
-                    sent_tokens, sent_text = len(choice.token_ids), len(choice.text)
+            async for out in self._llm.generate(
+                {"prompt_token_ids": prompt_ids}, params, request_id
+            ):
+                for output in out.outputs:
+                    c = choices[output.index]
+                    new_ids = tuple(output.token_ids[len(c.token_ids) :])
+                    new_text = output.text[len(c.text) :]
+                    if new_ids or new_text:
+                        yield TokenDelta(new_ids, new_text, output.index)
+                    c.token_ids, c.text = tuple(output.token_ids), output.text
+                    c.finish_reason = output.finish_reason
                 final = out
         except ValueError as exc:
             # vLLM validates prompt length and parameters when the request is added.
-            self._collector.discard(record_id)
+            self._discard(choices)
             raise InvalidRequest(str(exc)) from exc
         except BaseException:
-            self._collector.discard(record_id)
+            self._discard(choices)
             raise
         assert final is not None
-        choice = final.outputs[0]
         phash = prompt_hash(prompt_text)
-        if layers is not None:
-            record = CapturedRecord(
-                record_id=record_id,
-                request_id=request_id,
-                prompt=prompt_text,
+        for index, c in enumerate(choices):
+            if c.key:
+                header = {
+                    "record_id": c.record_id,
+                    "request_id": request_id,
+                    "prompt": prompt_text,
+                    "prompt_hash": phash,
+                    "response": c.text,
+                    "model": info.model,
+                    "token_ids": prompt_ids + list(c.token_ids),
+                    "prompt_length": len(prompt_ids),
+                    "sampling_params_json": json.dumps(asdict(req.sampling)),
+                    "layers": layers,
+                    "num_positions": len(prompt_ids) + len(c.token_ids) - 1,
+                    "hidden_size": info.hidden_size,
+                    "dtype": info.dtype,
+                    "row_bytes": info.hidden_size * DTYPE_SIZES[info.dtype],
+                    "num_layers": info.num_layers,
+                    "finish_reason": str(c.finish_reason or ""),
+                    "created_at_ms": int(time.time() * 1000),
+                    "choice_index": index,
+                }
+                task = asyncio.create_task(self._finish_capture(c.key, header))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+            yield GenerationResult(
+                text=c.text,
+                prompt_token_ids=tuple(prompt_ids),
+                output_token_ids=c.token_ids,
+                finish_reason=str(c.finish_reason or ""),
                 prompt_hash=phash,
-                response=choice.text,
+                record_id=c.record_id,
+                layers=tuple(layers or ()),
                 model=info.model,
-                token_ids=list(final.prompt_token_ids) + list(choice.token_ids),
-                token_strings=[],
-                prompt_length=len(final.prompt_token_ids),
-                sampling_params_json=json.dumps(asdict(req.sampling)),
-                layers=layers,
-                num_positions=len(final.prompt_token_ids) + len(choice.token_ids) - 1,
-                hidden_size=info.hidden_size,
-                dtype=info.dtype,
-                num_layers=info.num_layers,
-                finish_reason=str(choice.finish_reason or ""),
-                created_at_ms=int(time.time() * 1000),
+                index=index,
             )
-            task = asyncio.create_task(self._finish_capture(record))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
-        yield GenerationResult(
-            text=choice.text,
-            prompt_token_ids=tuple(final.prompt_token_ids),
-            output_token_ids=tuple(choice.token_ids),
-            finish_reason=str(choice.finish_reason or ""),
-            prompt_hash=phash,
-            record_id=record_id,
-            layers=tuple(layers or ()),
-            model=info.model,
-        )
 
-    async def _finish_capture(self, record: CapturedRecord) -> None:
+    def _discard(self, choices: list[_Choice]) -> None:
+        for c in choices:
+            if c.key:
+                self.collector.discard(c.key)
+
+    async def _finish_capture(self, key: str, header: dict[str, Any]) -> None:
         try:
-            record.activations = await self._collector.collect(
-                record.record_id, record.num_positions, self._settings.capture_timeout_s
+            writer = await self.collector.wait_complete(
+                key, header["num_positions"], self._settings.capture_timeout_s
             )
         except CaptureIncomplete:
-            logger.exception("capture of record %s is incomplete; not stored", record.record_id)
+            logger.exception("capture of record %s is incomplete; not stored", header["record_id"])
             return
-        tok = self._tokenizer
-        record.token_strings = [tok.decode([t]) for t in record.token_ids]  # type: ignore[union-attr]
-        self._sink.submit(record)
+        header["token_strings"] = [self._tokenizer.decode([t]) for t in header["token_ids"]]
+        self.spool.finish(writer, header["record_id"], header)
+        self.sink.submit(header["record_id"])
 
 
 def _parse_layers(spec: str) -> tuple[list[int], str]:

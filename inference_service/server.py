@@ -15,7 +15,6 @@ from inference_service.config import InferenceSettings
 from inference_service.engine import CaptureEngine
 from inference_service.interceptors import ErrorMappingInterceptor
 from inference_service.servicer import InferenceServicer
-from inference_service.sink import RecordSink
 
 logger = logging.getLogger("inference_service")
 
@@ -24,8 +23,7 @@ GRACE_S = 10.0
 
 
 async def serve(settings: InferenceSettings) -> None:
-    sink = RecordSink(settings.storage_addr, settings.grpc_max_message_bytes)
-    engine = CaptureEngine(settings, sink)
+    engine = CaptureEngine(settings)
     server = grpc.aio.server(
         interceptors=[ErrorMappingInterceptor()],
         options=[
@@ -47,13 +45,12 @@ async def serve(settings: InferenceSettings) -> None:
     await server.start()
     logger.info("inference listening on %s:%d (loading model)", settings.inference_host, port)
 
-    await sink.start()
     try:
         await engine.start()
     except BaseException:
         logger.exception("the engine failed to start")
         await server.stop(None)
-        await sink.stop()
+        await engine.stop(0)
         raise
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -68,10 +65,7 @@ async def serve(settings: InferenceSettings) -> None:
     logger.info("shutting down: draining requests and captures")
     await health_servicer.enter_graceful_shutdown()
     await server.stop(GRACE_S)
-    await engine.stop()
-    if not await sink.drain(GRACE_S):
-        logger.warning("%d captured records were not stored before shutdown", sink.backlog)
-    await sink.stop()
+    await engine.stop(GRACE_S)
 
 
 def main() -> None:

@@ -35,3 +35,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             default_layers=info.default_layers,
             recommended_layers=info.recommended_layers,
         )
+
+    async def GetStatus(  # noqa: N802
+        self, request: inference_pb2.StatusRequest, context: grpc.aio.ServicerContext
+    ) -> inference_pb2.ServiceStatus:
+        return inference_pb2.ServiceStatus(**self._engine.status())

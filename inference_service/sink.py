@@ -1,8 +1,11 @@
-"""Streams finished captures to the storage service, off the response path.
+"""Streams finished captures from the spool to the storage service, off the response path.
 
-Records wait in a queue; one sender task streams each as header, ~1 MiB chunks and a commit
-carrying a SHA-256 of the chunk data. Ingest is idempotent (record id + chunk sequence), so a
-record whose stream broke is simply sent again, whole, after a back-off.
+Finished records are announced on a bounded queue; one sender task streams each as a header,
+~1 MiB chunks read from its spool files, and a commit carrying a SHA-256 of the chunk data,
+then deletes it from the spool. When storage is slow or down the sender retries the same
+record with back-off (order is kept) and records pile up on disk, not in memory; when the
+queue is full, new records wait in the spool and a rescan picks them up later. Ingest is
+idempotent, so a record whose stream broke is simply sent again, whole.
 """
 
 from __future__ import annotations
@@ -16,57 +19,47 @@ from collections.abc import Iterator
 import grpc
 
 from actlog.v1 import storage_pb2, storage_pb2_grpc
-from inference_service.types import CapturedRecord
+from inference_service.spool import Spool, SpooledRecord
 
 logger = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1 << 20
+HEADER_FIELDS = (
+    "record_id", "prompt_hash", "prompt", "response", "model", "token_ids", "token_strings",
+    "prompt_length", "sampling_params_json", "layers", "num_positions", "hidden_size", "dtype",
+    "num_layers", "finish_reason", "created_at_ms", "choice_index", "request_id",
+)  # fmt: skip
 
 
-def ingest_messages(record: CapturedRecord) -> Iterator[storage_pb2.IngestRequest]:
+def ingest_messages(record: SpooledRecord) -> Iterator[storage_pb2.IngestRequest]:
+    header = record.header
     yield storage_pb2.IngestRequest(
-        header=storage_pb2.RecordHeader(
-            record_id=record.record_id,
-            prompt_hash=record.prompt_hash,
-            prompt=record.prompt,
-            response=record.response,
-            model=record.model,
-            token_ids=record.token_ids,
-            token_strings=record.token_strings,
-            prompt_length=record.prompt_length,
-            sampling_params_json=record.sampling_params_json,
-            layers=record.layers,
-            num_positions=record.num_positions,
-            hidden_size=record.hidden_size,
-            dtype=record.dtype,
-            num_layers=record.num_layers,
-            finish_reason=record.finish_reason,
-            created_at_ms=record.created_at_ms,
-            choice_index=record.choice_index,
-            request_id=record.request_id,
-        )
+        header=storage_pb2.RecordHeader(**{k: header[k] for k in HEADER_FIELDS})
     )
+    n_rows = header["num_positions"]
+    row_bytes = header["row_bytes"]
+    rows_per_chunk = max(1, CHUNK_BYTES // row_bytes)
     digest = hashlib.sha256()
     sequence = 0
-    for layer in record.layers:
-        data = memoryview(record.activations[layer])
-        row_bytes = len(data) // max(record.num_positions, 1)
-        rows_per_chunk = max(1, CHUNK_BYTES // max(row_bytes, 1))
-        for row in range(0, record.num_positions, rows_per_chunk):
-            n_rows = min(rows_per_chunk, record.num_positions - row)
-            piece = bytes(data[row * row_bytes : (row + n_rows) * row_bytes])
-            digest.update(piece)
-            yield storage_pb2.IngestRequest(
-                chunk=storage_pb2.ActivationChunk(
-                    record_id=record.record_id,
-                    sequence=sequence,
-                    layer=layer,
-                    row_start=row,
-                    row_count=n_rows,
-                    data=piece,
+    for layer in header["layers"]:
+        with open(record.layer_path(layer), "rb") as f:
+            for row in range(0, n_rows, rows_per_chunk):
+                count = min(rows_per_chunk, n_rows - row)
+                piece = f.read(count * row_bytes)
+                if len(piece) != count * row_bytes:
+                    raise ValueError(f"spooled layer {layer} of {record.record_id} is truncated")
+                digest.update(piece)
+                yield storage_pb2.IngestRequest(
+                    chunk=storage_pb2.ActivationChunk(
+                        record_id=record.record_id,
+                        sequence=sequence,
+                        layer=layer,
+                        row_start=row,
+                        row_count=count,
+                        data=piece,
+                    )
                 )
-            )
-            sequence += 1
+                sequence += 1
     yield storage_pb2.IngestRequest(
         commit=storage_pb2.IngestCommit(
             record_id=record.record_id, num_chunks=sequence, sha256=digest.hexdigest()
@@ -75,72 +68,129 @@ def ingest_messages(record: CapturedRecord) -> Iterator[storage_pb2.IngestReques
 
 
 class RecordSink:
-    """Queue + sender task; `submit` never blocks the caller."""
+    """Bounded queue + sender task over the spool; `submit` never blocks the caller."""
 
-    def __init__(self, storage_addr: str, max_message_bytes: int = 64 << 20) -> None:
+    RESCAN_S = 2.0
+
+    def __init__(
+        self,
+        spool: Spool,
+        storage_addr: str,
+        max_message_bytes: int = 64 << 20,
+        queue_size: int = 1024,
+    ) -> None:
+        self._spool = spool
         self._addr = storage_addr
         self._options = [
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
         ]
-        self._queue: asyncio.Queue[CapturedRecord] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
+        self._queue: asyncio.Queue[str] = asyncio.Queue(maxsize=queue_size)
+        self._queued: set[str] = set()
+        self._overflow = False
+        self._tasks: list[asyncio.Task[None]] = []
         self._channel: grpc.aio.Channel | None = None
         self.stored = 0
         self.failures = 0
+        self.reachable = True
 
     async def start(self) -> None:
         self._channel = grpc.aio.insecure_channel(self._addr, options=self._options)
-        self._task = asyncio.create_task(self._run())
+        backlog = self._spool.ready()
+        if backlog:
+            logger.info("replaying %d spooled records to storage", len(backlog))
+        for record_id in backlog:
+            self.submit(record_id)
+        self._tasks = [
+            asyncio.create_task(self._send_forever()),
+            asyncio.create_task(self._rescan_forever()),
+        ]
 
-    def submit(self, record: CapturedRecord) -> None:
-        self._queue.put_nowait(record)
+    def submit(self, record_id: str) -> None:
+        if record_id in self._queued:
+            return
+        try:
+            self._queue.put_nowait(record_id)
+            self._queued.add(record_id)
+        except asyncio.QueueFull:
+            # The record is safe in the spool; the rescan queues it when there is room.
+            if not self._overflow:
+                logger.warning("send queue full; records wait in the spool")
+            self._overflow = True
 
     @property
     def backlog(self) -> int:
         return self._queue.qsize()
 
     async def drain(self, timeout: float) -> bool:
-        """Wait until every submitted record is stored (or the timeout passes)."""
-        try:
-            await asyncio.wait_for(self._queue.join(), timeout)
-            return True
-        except TimeoutError:
-            return False
+        """Wait until the spool is empty (or the timeout passes)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._spool.ready():
+            if loop.time() > deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
         if self._channel is not None:
             await self._channel.close()
 
-    async def _run(self) -> None:
+    async def _rescan_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.RESCAN_S)
+            if self._overflow and not self._queue.full():
+                self._overflow = False
+                for record_id in self._spool.ready():
+                    self.submit(record_id)
+
+    async def _send_forever(self) -> None:
         assert self._channel is not None
         stub = storage_pb2_grpc.StorageStub(self._channel)
         while True:
-            record = await self._queue.get()
-            delay = 0.2
-            while True:
-                try:
-                    await stub.Ingest(ingest_messages(record), timeout=60)
-                    self.stored += 1
-                    logger.debug("stored record %s", record.record_id)
-                    break
-                except grpc.aio.AioRpcError as exc:
-                    self.failures += 1
-                    if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT,):
-                        logger.error(
-                            "storage rejected record %s: %s", record.record_id, exc.details()
-                        )
-                        break
-                    logger.warning(
-                        "storage unavailable for record %s (%s); retrying in %.1fs",
-                        record.record_id,
-                        exc.code().name,
-                        delay,
-                    )
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
+            record_id = await self._queue.get()
+            await self._send_until_stored(stub, record_id)
+            self._queued.discard(record_id)
             self._queue.task_done()
+
+    async def _send_until_stored(self, stub: storage_pb2_grpc.StorageStub, record_id: str) -> None:
+        delay = 0.2
+        while True:
+            try:
+                record = self._spool.load(record_id)
+            except FileNotFoundError:
+                return  # already sent by an earlier pass
+            try:
+                await stub.Ingest(ingest_messages(record), timeout=120)
+            except grpc.aio.AioRpcError as exc:
+                self.failures += 1
+                if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                    # Retrying cannot help; keep the data on disk for inspection.
+                    logger.error(
+                        "storage rejected record %s: %s; left in the spool at %s",
+                        record_id,
+                        exc.details(),
+                        record.directory,
+                    )
+                    rejected = record.directory.with_name(record_id + ".rejected")
+                    record.directory.rename(rejected)
+                    return
+                if self.reachable:
+                    logger.warning(
+                        "storage unreachable (%s); records wait in the spool", exc.code().name
+                    )
+                self.reachable = False
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            if not self.reachable:
+                logger.info("storage reachable again; replaying the spool")
+            self.reachable = True
+            self.stored += 1
+            self._spool.remove(record_id)
+            return

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from actlog.v1 import inference_pb2
 from inference_service.errors import InvalidRequest
@@ -23,6 +23,8 @@ class Sampling:
     seed: int | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
+    n: int = 1
+    ignore_eos: bool = False
 
     @classmethod
     def from_pb(cls, pb: inference_pb2.SamplingParams) -> Sampling:
@@ -38,6 +40,8 @@ class Sampling:
             seed=opt("seed"),  # type: ignore[arg-type]
             presence_penalty=opt("presence_penalty"),  # type: ignore[arg-type]
             frequency_penalty=opt("frequency_penalty"),  # type: ignore[arg-type]
+            n=pb.n or 1,
+            ignore_eos=pb.ignore_eos,
         )
 
 
@@ -84,10 +88,13 @@ class GenerationRequest:
 class TokenDelta:
     token_ids: tuple[int, ...]
     text: str
+    index: int = 0
 
     def to_pb(self) -> inference_pb2.GenerateResponse:
         return inference_pb2.GenerateResponse(
-            delta=inference_pb2.TokenDelta(token_ids=self.token_ids, text=self.text)
+            delta=inference_pb2.TokenDelta(
+                token_ids=self.token_ids, text=self.text, index=self.index
+            )
         )
 
 
@@ -101,10 +108,12 @@ class GenerationResult:
     record_id: str
     layers: tuple[int, ...]
     model: str
+    index: int = 0
 
     def to_pb(self) -> inference_pb2.GenerateResponse:
         return inference_pb2.GenerateResponse(
             result=inference_pb2.GenerateResult(
+                index=self.index,
                 text=self.text,
                 prompt_token_ids=self.prompt_token_ids,
                 output_token_ids=self.output_token_ids,
@@ -115,28 +124,3 @@ class GenerationResult:
                 model=self.model,
             )
         )
-
-
-@dataclass
-class CapturedRecord:
-    """A finished capture on its way to storage: header fields plus one buffer per layer."""
-
-    record_id: str
-    request_id: str
-    prompt: str
-    prompt_hash: str
-    response: str
-    model: str
-    token_ids: list[int]
-    token_strings: list[str]
-    prompt_length: int
-    sampling_params_json: str
-    layers: list[int]
-    num_positions: int
-    hidden_size: int
-    dtype: str
-    num_layers: int
-    finish_reason: str
-    created_at_ms: int
-    choice_index: int = 0
-    activations: dict[int, bytes] = field(default_factory=dict)

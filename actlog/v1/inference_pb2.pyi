@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SamplingParams(_message.Message):
-    __slots__ = ("max_tokens", "temperature", "top_p", "stop", "seed", "top_k", "presence_penalty", "frequency_penalty")
+    __slots__ = ("max_tokens", "temperature", "top_p", "stop", "seed", "top_k", "presence_penalty", "frequency_penalty", "n", "ignore_eos")
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     TOP_P_FIELD_NUMBER: _ClassVar[int]
@@ -16,6 +16,8 @@ class SamplingParams(_message.Message):
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     PRESENCE_PENALTY_FIELD_NUMBER: _ClassVar[int]
     FREQUENCY_PENALTY_FIELD_NUMBER: _ClassVar[int]
+    N_FIELD_NUMBER: _ClassVar[int]
+    IGNORE_EOS_FIELD_NUMBER: _ClassVar[int]
     max_tokens: int
     temperature: float
     top_p: float
@@ -24,7 +26,9 @@ class SamplingParams(_message.Message):
     top_k: int
     presence_penalty: float
     frequency_penalty: float
-    def __init__(self, max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., stop: _Optional[_Iterable[str]] = ..., seed: _Optional[int] = ..., top_k: _Optional[int] = ..., presence_penalty: _Optional[float] = ..., frequency_penalty: _Optional[float] = ...) -> None: ...
+    n: int
+    ignore_eos: bool
+    def __init__(self, max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., stop: _Optional[_Iterable[str]] = ..., seed: _Optional[int] = ..., top_k: _Optional[int] = ..., presence_penalty: _Optional[float] = ..., frequency_penalty: _Optional[float] = ..., n: _Optional[int] = ..., ignore_eos: _Optional[bool] = ...) -> None: ...
 
 class CaptureOptions(_message.Message):
     __slots__ = ("enabled", "layers", "preset")
@@ -65,15 +69,17 @@ class GenerateResponse(_message.Message):
     def __init__(self, delta: _Optional[_Union[TokenDelta, _Mapping]] = ..., result: _Optional[_Union[GenerateResult, _Mapping]] = ...) -> None: ...
 
 class TokenDelta(_message.Message):
-    __slots__ = ("token_ids", "text")
+    __slots__ = ("token_ids", "text", "index")
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     text: str
-    def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., text: _Optional[str] = ...) -> None: ...
+    index: int
+    def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., text: _Optional[str] = ..., index: _Optional[int] = ...) -> None: ...
 
 class GenerateResult(_message.Message):
-    __slots__ = ("text", "prompt_token_ids", "output_token_ids", "finish_reason", "prompt_hash", "record_id", "layers", "model")
+    __slots__ = ("text", "prompt_token_ids", "output_token_ids", "finish_reason", "prompt_hash", "record_id", "layers", "model", "index")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -82,6 +88,7 @@ class GenerateResult(_message.Message):
     RECORD_ID_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
     text: str
     prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
     output_token_ids: _containers.RepeatedScalarFieldContainer[int]
@@ -90,7 +97,8 @@ class GenerateResult(_message.Message):
     record_id: str
     layers: _containers.RepeatedScalarFieldContainer[int]
     model: str
-    def __init__(self, text: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., output_token_ids: _Optional[_Iterable[int]] = ..., finish_reason: _Optional[str] = ..., prompt_hash: _Optional[str] = ..., record_id: _Optional[str] = ..., layers: _Optional[_Iterable[int]] = ..., model: _Optional[str] = ...) -> None: ...
+    index: int
+    def __init__(self, text: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., output_token_ids: _Optional[_Iterable[int]] = ..., finish_reason: _Optional[str] = ..., prompt_hash: _Optional[str] = ..., record_id: _Optional[str] = ..., layers: _Optional[_Iterable[int]] = ..., model: _Optional[str] = ..., index: _Optional[int] = ...) -> None: ...
 
 class ModelInfoRequest(_message.Message):
     __slots__ = ()
@@ -113,3 +121,27 @@ class ModelInfo(_message.Message):
     default_layers: _containers.RepeatedScalarFieldContainer[int]
     recommended_layers: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, model: _Optional[str] = ..., num_layers: _Optional[int] = ..., hidden_size: _Optional[int] = ..., dtype: _Optional[str] = ..., max_model_len: _Optional[int] = ..., default_layers: _Optional[_Iterable[int]] = ..., recommended_layers: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class StatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ServiceStatus(_message.Message):
+    __slots__ = ("pending_captures", "queued_records", "spool_records", "spool_bytes", "stored_records", "storage_failures", "storage_reachable", "recomputed_rows")
+    PENDING_CAPTURES_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_RECORDS_FIELD_NUMBER: _ClassVar[int]
+    SPOOL_RECORDS_FIELD_NUMBER: _ClassVar[int]
+    SPOOL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    STORED_RECORDS_FIELD_NUMBER: _ClassVar[int]
+    STORAGE_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    STORAGE_REACHABLE_FIELD_NUMBER: _ClassVar[int]
+    RECOMPUTED_ROWS_FIELD_NUMBER: _ClassVar[int]
+    pending_captures: int
+    queued_records: int
+    spool_records: int
+    spool_bytes: int
+    stored_records: int
+    storage_failures: int
+    storage_reachable: bool
+    recomputed_rows: int
+    def __init__(self, pending_captures: _Optional[int] = ..., queued_records: _Optional[int] = ..., spool_records: _Optional[int] = ..., spool_bytes: _Optional[int] = ..., stored_records: _Optional[int] = ..., storage_failures: _Optional[int] = ..., storage_reachable: _Optional[bool] = ..., recomputed_rows: _Optional[int] = ...) -> None: ...

@@ -44,18 +44,30 @@ class InferenceStub:
                 request_serializer=actlog_dot_v1_dot_inference__pb2.ModelInfoRequest.SerializeToString,
                 response_deserializer=actlog_dot_v1_dot_inference__pb2.ModelInfo.FromString,
                 _registered_method=True)
+        self.GetStatus = channel.unary_unary(
+                '/actlog.v1.Inference/GetStatus',
+                request_serializer=actlog_dot_v1_dot_inference__pb2.StatusRequest.SerializeToString,
+                response_deserializer=actlog_dot_v1_dot_inference__pb2.ServiceStatus.FromString,
+                _registered_method=True)
 
 
 class InferenceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Generate(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Tokens as they are generated, then one result per choice.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetModelInfo(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetStatus(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -73,6 +85,11 @@ def add_InferenceServicer_to_server(servicer, server):
                     servicer.GetModelInfo,
                     request_deserializer=actlog_dot_v1_dot_inference__pb2.ModelInfoRequest.FromString,
                     response_serializer=actlog_dot_v1_dot_inference__pb2.ModelInfo.SerializeToString,
+            ),
+            'GetStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStatus,
+                    request_deserializer=actlog_dot_v1_dot_inference__pb2.StatusRequest.FromString,
+                    response_serializer=actlog_dot_v1_dot_inference__pb2.ServiceStatus.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -129,6 +146,33 @@ class Inference:
             '/actlog.v1.Inference/GetModelInfo',
             actlog_dot_v1_dot_inference__pb2.ModelInfoRequest.SerializeToString,
             actlog_dot_v1_dot_inference__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/actlog.v1.Inference/GetStatus',
+            actlog_dot_v1_dot_inference__pb2.StatusRequest.SerializeToString,
+            actlog_dot_v1_dot_inference__pb2.ServiceStatus.FromString,
             options,
             channel_credentials,
             insecure,
