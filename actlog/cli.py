@@ -38,6 +38,9 @@ def up(
     activation_lmdb_path: Annotated[
         str, typer.Option(envvar="ACTIVATION_LMDB_PATH")
     ] = "lmdb_data/activations.lmdb",
+    capture_spool_dir: Annotated[
+        str, typer.Option(envvar="CAPTURE_SPOOL_DIR", help="captures waiting for storage")
+    ] = "capture_spool",
     model: Annotated[
         str, typer.Option(envvar="MODEL", help="`default`, a local HF directory or a hub id")
     ] = "default",
@@ -59,6 +62,7 @@ def up(
         storage_host=storage_host,
         storage_port=storage_port,
         activation_lmdb_path=activation_lmdb_path,
+        capture_spool_dir=capture_spool_dir,
         model=model,
         dtype=dtype,
         log_dir=log_dir,

@@ -32,6 +32,7 @@ class StackConfig:
     storage_host: str = "127.0.0.1"
     storage_port: int = 50052
     activation_lmdb_path: str = "lmdb_data/activations.lmdb"
+    capture_spool_dir: str = "capture_spool"
     model: str = "default"
     dtype: str = "auto"
     log_dir: str | None = None
@@ -92,6 +93,7 @@ class Stack:
                 "INFERENCE_HOST": c.inference_host,
                 "INFERENCE_PORT": str(c.inference_port),
                 "STORAGE_ADDR": c.storage_addr,
+                "CAPTURE_SPOOL_DIR": c.capture_spool_dir,
                 "MODEL": c.model,
                 "DTYPE": c.dtype,
                 "GATEWAY_HOST": c.gateway_host,

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
+from google.protobuf.json_format import MessageToDict
 
 from actlog.v1 import inference_pb2, inference_pb2_grpc
 from gateway.errors import from_grpc
@@ -34,6 +37,18 @@ class InferenceBackend:
             except grpc.aio.AioRpcError as exc:
                 raise from_grpc(exc) from exc
         return self._info
+
+    async def status(self) -> dict[str, Any]:
+        try:
+            reply = await self._stub.GetStatus(inference_pb2.StatusRequest(), timeout=2)
+        except grpc.aio.AioRpcError as exc:
+            return {"status": "unavailable", "detail": exc.code().name}
+        return {
+            "status": "ok",
+            **MessageToDict(
+                reply, always_print_fields_with_no_presence=True, preserving_proto_field_name=True
+            ),
+        }
 
     async def generate(
         self, request: inference_pb2.GenerateRequest

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 
 from gateway.protocol import CompletionRequest, CompletionResponse, ModelCard, ModelList
@@ -10,9 +12,10 @@ router = APIRouter()
 
 
 @router.get("/health")
-async def health(request: Request) -> dict[str, str]:
-    """The gateway itself is up; /v1/models tells whether the inference service answers."""
-    return {"status": "ok"}
+async def health(request: Request) -> dict[str, Any]:
+    """200 while the gateway is up; details say whether inference answers and what its
+    capture pipeline holds (records waiting in the spool when storage is slow or down)."""
+    return {"status": "ok", "inference": await request.app.state.backend.status()}
 
 
 @router.get("/v1/models", response_model=ModelList)

@@ -32,6 +32,7 @@ def stack_config(tmp: Path, dtype: str) -> StackConfig:
         inference_port=free_port(),
         storage_port=free_port(),
         activation_lmdb_path=str(tmp / "activations.lmdb"),
+        capture_spool_dir=str(tmp / "spool"),
         dtype=dtype,
         log_dir=str(tmp / "logs"),
         extra_env=dict(ENGINE_ENV),
