@@ -16,8 +16,9 @@ from storage_service.store import ActivationStore, IngestTicket
 # writer commits the writes of all streams together (group commit).
 WRITE_BATCH_BYTES = 4 << 20
 # Writes one stream may have queued before it waits for the oldest: the stream keeps
-# receiving while its previous rows are written, with bounded memory.
-MAX_WRITES_IN_FLIGHT = 2
+# receiving while its previous rows are written (2 measured about a third slower than 4
+# on 2 cores), and holds at most (4 + 1) x 4 MiB.
+MAX_WRITES_IN_FLIGHT = 4
 
 
 @dataclass(frozen=True)

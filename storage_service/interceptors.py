@@ -62,11 +62,24 @@ def _wrap_stream(behavior: Callable[..., Iterator[Any]], method: str) -> Callabl
     return handler
 
 
+def _pass_encoded(serializer: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
+    """`serializer`, except that responses already encoded (bytes) go out unchanged."""
+    if serializer is None:
+        return None
+
+    def serialize(message: Any) -> bytes:
+        return message if isinstance(message, bytes) else serializer(message)
+
+    return serialize
+
+
 class ErrorInterceptor(grpc.ServerInterceptor):
     """Turns exceptions raised by servicer methods into gRPC statuses.
 
     StorageError subclasses keep their message; anything else is logged with its
-    traceback and reported as INTERNAL with a generic message.
+    traceback and reported as INTERNAL with a generic message. Responses a servicer
+    yields already serialized (bytes, e.g. activation chunks encoded straight from
+    LMDB) are sent as they are.
     """
 
     def intercept_service(
@@ -80,7 +93,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         method = handler_call_details.method
         codec = {
             "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
+            "response_serializer": _pass_encoded(handler.response_serializer),
         }
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(

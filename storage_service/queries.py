@@ -19,6 +19,7 @@ from storage_service import compression as codecs
 from storage_service import records as rec
 from storage_service.counters import Counters, ModelCounts
 from storage_service.errors import InvalidArgument, NotFound, PartialRecord
+from storage_service.wire import encode_chunk
 from storage_service.writer import TxnGuard
 
 COMPLETE = storage_pb2.RECORD_STATUS_COMPLETE
@@ -197,12 +198,13 @@ class Queries:
         layers: Sequence[int] = (),
         row_start: int = 0,
         row_end: int = 0,
-    ) -> Iterator[storage_pb2.ActivationChunk]:
-        """Chunks of the chosen layers clipped to rows [row_start, row_end).
+    ) -> Iterator[bytes]:
+        """Serialized `ActivationChunk`s of the chosen layers, clipped to [row_start, row_end).
 
         Layers come one after another (in request order, every stored layer when empty),
         each in ascending rows. `row_end` 0 means to the end. Arguments are checked
-        before this returns; the chunks are read lazily, in batches, and decompressed.
+        before this returns; the chunks are read lazily, in batches, decompressed, and
+        encoded straight from LMDB's buffers (wire.py).
         """
         header = self.get(record_id)
         if header.status != COMPLETE:
@@ -220,7 +222,7 @@ class Queries:
 
     def _iter_chunks(
         self, header: storage_pb2.RecordHeader, layers: list[int], start: int, end: int
-    ) -> Iterator[storage_pb2.ActivationChunk]:
+    ) -> Iterator[bytes]:
         rid = rec.record_key(header.record_id)
         width = rec.row_bytes(header)
         sequence = 0
@@ -229,11 +231,11 @@ class Queries:
         for layer in layers:
             resume: bytes | None = rec.layer_prefix(rid, layer)
             while resume is not None:
-                batch, resume = self._read_batch(header, rid, layer, resume, start, end, width)
-                for chunk in batch:
-                    chunk.sequence = sequence
-                    sequence += 1
-                    yield chunk
+                batch, resume = self._read_batch(
+                    header, rid, layer, resume, start, end, width, sequence
+                )
+                sequence += len(batch)
+                yield from batch
 
     def _read_batch(
         self,
@@ -244,14 +246,15 @@ class Queries:
         start: int,
         end: int,
         width: int,
-    ) -> tuple[list[storage_pb2.ActivationChunk], bytes | None]:
-        """Chunks of `layer` from `first_key` on, up to about READ_BATCH_BYTES.
+        sequence: int,
+    ) -> tuple[list[bytes], bytes | None]:
+        """Encoded chunks of `layer` from `first_key` on, up to about READ_BATCH_BYTES.
 
         Returns the batch and the key to resume from (None when the layer is done).
         """
         prefix = rec.layer_prefix(rid, layer)
         decompress = codecs.decompressor(codecs.parse(header.compression))
-        batch: list[storage_pb2.ActivationChunk] = []
+        batch: list[bytes] = []
         size = 0
         with self._read() as txn:
             cursor = txn.cursor(db=self._chunks)
@@ -270,12 +273,8 @@ class Queries:
                 if lo < hi:
                     data = value[(lo - chunk_start) * width : (hi - chunk_start) * width]
                     batch.append(
-                        storage_pb2.ActivationChunk(
-                            record_id=header.record_id,
-                            layer=layer,
-                            row_start=lo,
-                            row_count=hi - lo,
-                            data=bytes(data),
+                        encode_chunk(
+                            header.record_id, sequence + len(batch), layer, lo, hi - lo, data
                         )
                     )
                     size += len(data)

@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from actlog.v1 import storage_pb2, storage_pb2_grpc
 from storage_service.config import StorageSettings, load_settings
 from storage_service.interceptors import ErrorInterceptor
+from storage_service.malloc import tune_for_large_buffers
 from storage_service.servicer import StorageServicer
 from storage_service.store import ActivationStore
 
@@ -93,6 +94,7 @@ def create_server(settings: StorageSettings) -> tuple[StorageServer, int]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    tune_for_large_buffers()
     settings = load_settings(argv)
     logging.basicConfig(
         level=settings.log_level.upper(),

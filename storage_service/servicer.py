@@ -44,7 +44,8 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
 
     def StreamActivations(
         self, request: storage_pb2.StreamActivationsRequest, context: grpc.ServicerContext
-    ) -> Iterator[storage_pb2.ActivationChunk]:
+    ) -> Iterator[bytes]:
+        """Serialized ActivationChunks, passed to gRPC as they are (see interceptors.py)."""
         return self._store.stream_activations(
             request.record_id, list(request.layers), request.row_start, request.row_end
         )
