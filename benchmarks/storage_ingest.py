@@ -1,0 +1,345 @@
+"""Storage throughput: the real service over gRPC against raw LMDB, in one run.
+
+    .venv/bin/python benchmarks/storage_ingest.py [--records 32 --streams 4 ...]
+
+Starts `python -m storage_service` on a free port with its LMDB in a temporary directory,
+streams synthetic records of realistic shape through it from several concurrent Ingest
+streams, then writes the same bytes straight into a second LMDB environment in-process
+(same chunk keys, same ~1 MiB values, one durable transaction per record, LMDB's default
+sync). Then reads every record back with StreamActivations and, in-process, with raw
+LMDB reads copying each value out. Prints both throughputs and their ratios (targets:
+ingest >= 0.7 of raw, reads >= 0.5 of raw).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import lmdb
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from actlog.hashing import prompt_hash  # noqa: E402
+from actlog.ids import new_record_id  # noqa: E402
+from actlog.v1 import storage_pb2, storage_pb2_grpc  # noqa: E402
+from storage_service import records as rec  # noqa: E402
+from storage_service.testing import float32_to_bf16_bits  # noqa: E402
+
+GRPC_OPTIONS = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
+
+
+@dataclass(frozen=True)
+class Shape:
+    positions: int
+    hidden: int
+    layers: tuple[int, ...]
+    dtype: str
+    rows_per_chunk: int
+
+    @property
+    def record_bytes(self) -> int:
+        return len(self.layers) * self.positions * self.hidden * DTYPE_BYTES[self.dtype]
+
+
+@dataclass(frozen=True)
+class Payload:
+    """One record's chunk data (reused for every record a stream sends) and its digest.
+
+    `encoded` holds each chunk as a serialized IngestRequest without its record id.
+    """
+
+    chunks: list[tuple[int, int, int, bytes]]  # layer, row_start, row_count, data
+    sha256: str
+    encoded: list[bytes]
+
+
+def make_payload(shape: Shape, seed: int) -> Payload:
+    rng = np.random.default_rng(seed)
+    chunks = []
+    digest = hashlib.sha256()
+    for layer in shape.layers:
+        values = rng.standard_normal((shape.positions, shape.hidden), dtype=np.float32)
+        if shape.dtype == "bfloat16":
+            wire = float32_to_bf16_bits(values)
+        else:
+            wire = values.astype("<f2" if shape.dtype == "float16" else "<f4")
+        for start in range(0, shape.positions, shape.rows_per_chunk):
+            rows = wire[start : start + shape.rows_per_chunk]
+            data = rows.tobytes()
+            digest.update(data)
+            chunks.append((layer, start, rows.shape[0], data))
+    encoded = [
+        storage_pb2.IngestRequest(
+            chunk=storage_pb2.ActivationChunk(
+                sequence=sequence, layer=layer, row_start=start, row_count=count, data=data
+            )
+        ).SerializeToString()
+        for sequence, (layer, start, count, data) in enumerate(chunks)
+    ]
+    return Payload(chunks, digest.hexdigest(), encoded)
+
+
+def header(shape: Shape, record_id: str, index: int) -> storage_pb2.RecordHeader:
+    prompt = f"benchmark prompt {index}"
+    num_tokens = shape.positions + 1
+    return storage_pb2.RecordHeader(
+        record_id=record_id,
+        prompt_hash=prompt_hash(prompt),
+        prompt=prompt,
+        response="benchmark response",
+        model="benchmark-model",
+        token_ids=list(range(num_tokens)),
+        token_strings=[f"t{i}" for i in range(num_tokens)],
+        prompt_length=shape.positions // 2,
+        layers=list(shape.layers),
+        num_positions=shape.positions,
+        hidden_size=shape.hidden,
+        dtype=shape.dtype,
+        num_layers=max(shape.layers),
+        created_at_ms=int(time.time() * 1000),
+    )
+
+
+def ingest_messages(shape: Shape, payload: Payload, record_id: str, index: int) -> Iterator[bytes]:
+    """One record's serialized IngestRequests: header, chunks, commit.
+
+    A sender's job, done cheaply so the client steals little CPU from the service on a
+    small machine: each chunk is the record id's IngestRequest followed by the
+    pre-encoded chunk (concatenated protobuf messages merge), one copy per chunk.
+    """
+    yield storage_pb2.IngestRequest(header=header(shape, record_id, index)).SerializeToString()
+    rid = storage_pb2.IngestRequest(
+        chunk=storage_pb2.ActivationChunk(record_id=record_id)
+    ).SerializeToString()
+    for encoded in payload.encoded:
+        yield rid + encoded
+    commit = storage_pb2.IngestCommit(
+        record_id=record_id, num_chunks=len(payload.chunks), sha256=payload.sha256
+    )
+    yield storage_pb2.IngestRequest(commit=commit).SerializeToString()
+
+
+# -- the service ---------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_service(lmdb_path: Path, map_size: int, compression: str, log: Path):
+    port = free_port()
+    args = [
+        sys.executable, "-m", "storage_service", "--storage-port", str(port),
+        "--activation-lmdb-path", str(lmdb_path), "--lmdb-map-size", str(map_size),
+        "--storage-compression", compression, "--log-level", "WARNING",
+    ]  # fmt: skip
+    with log.open("wb") as out:
+        proc = subprocess.Popen(args, cwd=ROOT, stdout=out, stderr=out)
+    address = f"127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    with grpc.insecure_channel(address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                sys.exit(f"storage exited with {proc.returncode}:\n{log.read_text()}")
+            try:
+                request = health_pb2.HealthCheckRequest(service="actlog.v1.Storage")
+                if (
+                    health.Check(request, timeout=1).status
+                    == health_pb2.HealthCheckResponse.SERVING
+                ):
+                    return proc, address
+            except grpc.RpcError:
+                time.sleep(0.05)
+    proc.kill()
+    sys.exit(f"storage not serving after 30 s:\n{log.read_text()}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds process `pid` used so far (Linux; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_threads(count: int, target) -> float:
+    """Run target(i) on `count` threads at once; the seconds they took together."""
+    barrier = threading.Barrier(count + 1)
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        barrier.wait()
+        try:
+            target(i)
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - start
+    if errors:
+        raise errors[0]
+    return elapsed
+
+
+def service_ingest(address: str, shape: Shape, payloads: list[Payload], ids: list[str]) -> float:
+    streams = len(payloads)
+    with grpc.insecure_channel(address, options=GRPC_OPTIONS) as channel:
+        ingest = channel.stream_unary(  # sends the already serialized messages as they are
+            "/actlog.v1.Storage/Ingest",
+            request_serializer=None,
+            response_deserializer=storage_pb2.IngestResponse.FromString,
+        )
+
+        def stream(s: int) -> None:
+            for index in range(s, len(ids), streams):
+                reply = ingest(ingest_messages(shape, payloads[s], ids[index], index))
+                assert reply.status == storage_pb2.RECORD_STATUS_COMPLETE, reply
+
+        return run_threads(streams, stream)
+
+
+def service_read(address: str, ids: list[str], readers: int, expected: int) -> float:
+    with grpc.insecure_channel(address, options=GRPC_OPTIONS) as channel:
+        stub = storage_pb2_grpc.StorageStub(channel)
+
+        def read(r: int) -> None:
+            for record_id in ids[r::readers]:
+                request = storage_pb2.StreamActivationsRequest(record_id=record_id)
+                got = sum(len(chunk.data) for chunk in stub.StreamActivations(request))
+                assert got == expected, (got, expected)
+
+        return run_threads(readers, read)
+
+
+# -- raw LMDB ------------------------------------------------------------------------------
+
+
+def raw_ingest(env: lmdb.Environment, shape: Shape, payloads: list[Payload], ids: list[str]):
+    chunks_db = env.open_db(b"chunks")
+    records_db = env.open_db(b"records")
+    start = time.perf_counter()
+    for index, record_id in enumerate(ids):
+        rid = bytes.fromhex(record_id)
+        payload = payloads[index % len(payloads)]
+        with env.begin(write=True) as txn:
+            txn.put(rid, header(shape, record_id, index).SerializeToString(), db=records_db)
+            for layer, row_start, _, data in payload.chunks:
+                txn.put(rec.chunk_key(rid, layer, row_start), data, db=chunks_db)
+    return time.perf_counter() - start
+
+
+def raw_read(env: lmdb.Environment, ids: list[str], expected: int) -> float:
+    chunks_db = env.open_db(b"chunks")
+    start = time.perf_counter()
+    for record_id in ids:
+        rid = bytes.fromhex(record_id)
+        got = 0
+        with env.begin(buffers=True) as txn:
+            cursor = txn.cursor(db=chunks_db)
+            found = cursor.set_range(rid)
+            while found and cursor.key()[:16] == rid:
+                got += len(bytes(cursor.value()))  # the copy out
+                found = cursor.next()
+        assert got == expected, (got, expected)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--records", type=int, default=32, help="records to ingest (each way)")
+    parser.add_argument("--positions", type=int, default=512)
+    parser.add_argument("--hidden", type=int, default=4096)
+    parser.add_argument("--layers", type=int, default=4, help="captured layers per record")
+    parser.add_argument("--dtype", choices=sorted(DTYPE_BYTES), default="bfloat16")
+    parser.add_argument("--chunk-mib", type=float, default=1.0, help="size of one chunk")
+    parser.add_argument("--streams", type=int, default=4, help="concurrent Ingest streams")
+    parser.add_argument("--readers", type=int, default=2, help="concurrent activation streams")
+    parser.add_argument("--compression", choices=["none", "zstd", "lz4"], default="none")
+    parser.add_argument("--dir", help="where the LMDB environments go (default: a temp dir)")
+    args = parser.parse_args()
+
+    row_bytes = args.hidden * DTYPE_BYTES[args.dtype]
+    rows_per_chunk = max(1, int(args.chunk_mib * (1 << 20)) // row_bytes)
+    shape = Shape(args.positions, args.hidden, tuple(range(args.layers)), args.dtype,
+                  rows_per_chunk)  # fmt: skip
+    total = shape.record_bytes * args.records
+    map_size = int(total * 1.25) + (64 << 20)
+    print(
+        f"{args.records} records x {shape.record_bytes / 2**20:.1f} MiB ({args.positions} "
+        f"positions x {args.hidden} hidden x {args.dtype} x {args.layers} layers), chunks of "
+        f"{rows_per_chunk * row_bytes / 2**20:.2f} MiB, {args.streams} ingest streams, "
+        f"{args.readers} readers, compression {args.compression}"
+    )
+    payloads = [make_payload(shape, seed) for seed in range(args.streams)]
+    service_ids = [new_record_id() for _ in range(args.records)]
+    raw_ids = [new_record_id() for _ in range(args.records)]
+
+    with tempfile.TemporaryDirectory(dir=args.dir, prefix="actlog-bench-") as tmp:
+        proc, address = start_service(
+            Path(tmp) / "service.lmdb", map_size, args.compression, Path(tmp) / "storage.log"
+        )
+        try:
+            cpu = [cpu_seconds(proc.pid), time.process_time()]
+            service_in = service_ingest(address, shape, payloads, service_ids)
+            cpu += [cpu_seconds(proc.pid), time.process_time()]
+            service_out = service_read(address, service_ids, args.readers, shape.record_bytes)
+            cpu += [cpu_seconds(proc.pid), time.process_time()]
+        finally:
+            proc.terminate()
+            proc.wait(30)
+        env = lmdb.open(str(Path(tmp) / "raw.lmdb"), map_size=map_size, max_dbs=8)
+        try:
+            cpu += [time.process_time()]
+            raw_in = raw_ingest(env, shape, payloads, raw_ids)
+            cpu += [time.process_time()]
+            raw_out = raw_read(env, raw_ids, shape.record_bytes)
+            cpu += [time.process_time()]
+        finally:
+            env.close()
+
+    def mbps(seconds: float) -> float:
+        return total / seconds / 1e6
+
+    print(f"ingest  service {mbps(service_in):8.0f} MB/s   raw LMDB {mbps(raw_in):8.0f} MB/s   "
+          f"ratio {raw_in / service_in:.2f} (target >= 0.7)")  # fmt: skip
+    print(f"read    service {mbps(service_out):8.0f} MB/s   raw LMDB {mbps(raw_out):8.0f} MB/s   "
+          f"ratio {raw_out / service_out:.2f} (target >= 0.5)")  # fmt: skip
+    gb = total / 1e9
+    print(
+        f"CPU seconds per GB: ingest service {(cpu[2] - cpu[0]) / gb:.2f}, client "
+        f"{(cpu[3] - cpu[1]) / gb:.2f}; read service {(cpu[4] - cpu[2]) / gb:.2f}, client "
+        f"{(cpu[5] - cpu[3]) / gb:.2f}; raw LMDB ingest {(cpu[7] - cpu[6]) / gb:.2f}, read "
+        f"{(cpu[8] - cpu[7]) / gb:.2f}"
+    )
+    print(f"({os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end; "
+          "MB = 10^6 bytes of activations)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
