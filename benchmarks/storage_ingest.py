@@ -17,6 +17,7 @@ import argparse
 import hashlib
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -24,6 +25,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import grpc
@@ -270,9 +272,26 @@ def raw_read(env: lmdb.Environment, ids: list[str], expected: int) -> float:
     return time.perf_counter() - start
 
 
+@dataclass
+class Tally:
+    """Seconds and CPU seconds (service process, this process) of one kind of work."""
+
+    seconds: list[float]
+    service_cpu: float = 0.0
+    client_cpu: float = 0.0
+
+    def timed(self, service_pid: int | None, work) -> None:
+        cpu = (cpu_seconds(service_pid) if service_pid else 0.0, time.process_time())
+        self.seconds.append(work())
+        if service_pid:
+            self.service_cpu += cpu_seconds(service_pid) - cpu[0]
+        self.client_cpu += time.process_time() - cpu[1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--records", type=int, default=32, help="records to ingest (each way)")
+    parser.add_argument("--records", type=int, default=16, help="records per round, each way")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds (medians are reported)")
     parser.add_argument("--positions", type=int, default=512)
     parser.add_argument("--hidden", type=int, default=4096)
     parser.add_argument("--layers", type=int, default=4, help="captured layers per record")
@@ -288,57 +307,64 @@ def main() -> None:
     rows_per_chunk = max(1, int(args.chunk_mib * (1 << 20)) // row_bytes)
     shape = Shape(args.positions, args.hidden, tuple(range(args.layers)), args.dtype,
                   rows_per_chunk)  # fmt: skip
-    total = shape.record_bytes * args.records
-    map_size = int(total * 1.25) + (64 << 20)
+    per_round = shape.record_bytes * args.records
+    map_size = int(per_round * args.rounds * 1.25) + (64 << 20)
     print(
-        f"{args.records} records x {shape.record_bytes / 2**20:.1f} MiB ({args.positions} "
-        f"positions x {args.hidden} hidden x {args.dtype} x {args.layers} layers), chunks of "
-        f"{rows_per_chunk * row_bytes / 2**20:.2f} MiB, {args.streams} ingest streams, "
-        f"{args.readers} readers, compression {args.compression}"
+        f"{args.rounds} rounds of {args.records} records x {shape.record_bytes / 2**20:.1f} MiB "
+        f"({args.positions} positions x {args.hidden} hidden x {args.dtype} x {args.layers} "
+        f"layers), chunks of {rows_per_chunk * row_bytes / 2**20:.2f} MiB, {args.streams} "
+        f"ingest streams, {args.readers} readers, compression {args.compression}"
     )
     payloads = [make_payload(shape, seed) for seed in range(args.streams)]
-    service_ids = [new_record_id() for _ in range(args.records)]
-    raw_ids = [new_record_id() for _ in range(args.records)]
+    tallies = {name: Tally([]) for name in ("service in", "raw in", "service out", "raw out")}
 
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="actlog-bench-") as tmp:
         proc, address = start_service(
             Path(tmp) / "service.lmdb", map_size, args.compression, Path(tmp) / "storage.log"
         )
-        try:
-            cpu = [cpu_seconds(proc.pid), time.process_time()]
-            service_in = service_ingest(address, shape, payloads, service_ids)
-            cpu += [cpu_seconds(proc.pid), time.process_time()]
-            service_out = service_read(address, service_ids, args.readers, shape.record_bytes)
-            cpu += [cpu_seconds(proc.pid), time.process_time()]
-        finally:
-            proc.terminate()
-            proc.wait(30)
         env = lmdb.open(str(Path(tmp) / "raw.lmdb"), map_size=map_size, max_dbs=8)
         try:
-            cpu += [time.process_time()]
-            raw_in = raw_ingest(env, shape, payloads, raw_ids)
-            cpu += [time.process_time()]
-            raw_out = raw_read(env, raw_ids, shape.record_bytes)
-            cpu += [time.process_time()]
+            for _ in range(args.rounds):  # alternate, so both see the same machine load
+                service_ids = [new_record_id() for _ in range(args.records)]
+                raw_ids = [new_record_id() for _ in range(args.records)]
+                t = tallies
+                t["service in"].timed(
+                    proc.pid, partial(service_ingest, address, shape, payloads, service_ids)
+                )
+                t["raw in"].timed(None, partial(raw_ingest, env, shape, payloads, raw_ids))
+                t["service out"].timed(
+                    proc.pid,
+                    partial(service_read, address, service_ids, args.readers, shape.record_bytes),
+                )
+                t["raw out"].timed(None, partial(raw_read, env, raw_ids, shape.record_bytes))
         finally:
             env.close()
+            proc.terminate()
+            proc.wait(30)
 
-    def mbps(seconds: float) -> float:
-        return total / seconds / 1e6
+    def mbps(name: str) -> float:
+        return per_round / statistics.median(tallies[name].seconds) / 1e6
 
-    print(f"ingest  service {mbps(service_in):8.0f} MB/s   raw LMDB {mbps(raw_in):8.0f} MB/s   "
-          f"ratio {raw_in / service_in:.2f} (target >= 0.7)")  # fmt: skip
-    print(f"read    service {mbps(service_out):8.0f} MB/s   raw LMDB {mbps(raw_out):8.0f} MB/s   "
-          f"ratio {raw_out / service_out:.2f} (target >= 0.5)")  # fmt: skip
-    gb = total / 1e9
+    def rounds(name: str) -> str:
+        return " ".join(f"{per_round / t / 1e6:.0f}" for t in tallies[name].seconds)
+
+    for what, target in (("in", 0.7), ("out", 0.5)):
+        service, raw = mbps(f"service {what}"), mbps(f"raw {what}")
+        print(
+            f"{'ingest' if what == 'in' else 'read':6s}  service {service:6.0f} MB/s   "
+            f"raw LMDB {raw:6.0f} MB/s   ratio {service / raw:.2f} (target >= {target})   "
+            f"[rounds: service {rounds(f'service {what}')}; raw {rounds(f'raw {what}')}]"
+        )
+    gb = per_round * args.rounds / 1e9
+    t = tallies
     print(
-        f"CPU seconds per GB: ingest service {(cpu[2] - cpu[0]) / gb:.2f}, client "
-        f"{(cpu[3] - cpu[1]) / gb:.2f}; read service {(cpu[4] - cpu[2]) / gb:.2f}, client "
-        f"{(cpu[5] - cpu[3]) / gb:.2f}; raw LMDB ingest {(cpu[7] - cpu[6]) / gb:.2f}, read "
-        f"{(cpu[8] - cpu[7]) / gb:.2f}"
+        f"CPU seconds per GB: ingest service {t['service in'].service_cpu / gb:.2f} + client "
+        f"{t['service in'].client_cpu / gb:.2f}, raw {t['raw in'].client_cpu / gb:.2f}; read "
+        f"service {t['service out'].service_cpu / gb:.2f} + client "
+        f"{t['service out'].client_cpu / gb:.2f}, raw {t['raw out'].client_cpu / gb:.2f}"
     )
-    print(f"({os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end; "
-          "MB = 10^6 bytes of activations)")  # fmt: skip
+    print(f"(medians of {args.rounds} rounds; {os.cpu_count()} CPUs, load average "
+          f"{os.getloadavg()[0]:.1f} at the end; MB = 10^6 bytes of activations)")  # fmt: skip
 
 
 if __name__ == "__main__":
