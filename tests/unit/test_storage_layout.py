@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import lmdb
+import pytest
 
 from actlog.v1 import storage_pb2
+from storage_service.errors import FailedPrecondition, NotFound
 from storage_service.ingest import IngestSession
 from storage_service.store import ActivationStore
 from storage_service.testing import synthetic_record
@@ -74,3 +76,35 @@ def test_an_older_environment_is_upgraded_once(tmp_path: Path) -> None:
         raw(tmp_path, b"records")[bytes.fromhex(records[0].header.record_id)]
     )
     assert not stored.labels  # moved to the labels sub-database
+
+
+def test_a_stale_stream_cannot_mix_rows_into_a_replay_or_a_deleted_record(tmp_path) -> None:
+    store = ActivationStore(tmp_path, 1 << 20)
+    record = synthetic_record(num_positions=12)
+    requests = record.requests(4)  # header, 9 chunks, commit
+    first, second = IngestSession(store), IngestSession(store)
+    first.add(requests[0])
+    first.add(requests[1])
+    second.add(requests[0])  # a replay starts: the first stream's rows are dropped
+    for request in requests[1:]:
+        second.add(request)
+    assert second.finish().status == storage_pb2.RECORD_STATUS_COMPLETE
+    with pytest.raises(FailedPrecondition, match="re-ingested or deleted"):
+        for request in requests[2:]:
+            first.add(request)
+    first.settle()
+    assert store.get(record.header.record_id).status == storage_pb2.RECORD_STATUS_COMPLETE
+    assert store.stats().stored_bytes == 3 * 12 * 16 * 2
+
+    third = IngestSession(store)
+    third.add(requests[0])
+    store.delete(record.header.record_id)
+    with pytest.raises(FailedPrecondition):
+        for request in requests[1:]:
+            third.add(request)
+    third.settle()
+    with pytest.raises(NotFound):
+        store.get(record.header.record_id)
+    stats = store.stats()
+    assert (stats.records, stats.stored_bytes, stats.prompt_hashes) == (0, 0, 0)
+    store.close()
