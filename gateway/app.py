@@ -14,7 +14,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from gateway.backends import InferenceBackend
 from gateway.config import GatewaySettings
 from gateway.errors import GatewayError, error_response, status_phrase
+from gateway.limits import ConcurrencyLimit, GuardMiddleware
 from gateway.routes import router
+from gateway.serving_chat import OpenAIServingChat
 from gateway.serving_completion import OpenAIServingCompletion
 
 logger = logging.getLogger(__name__)
@@ -27,7 +29,9 @@ def build_app(settings: GatewaySettings) -> FastAPI:
             settings.inference_addr, settings.grpc_max_message_bytes, settings.request_timeout_s
         )
         app.state.backend = backend
-        app.state.completions = OpenAIServingCompletion(backend)
+        app.state.completions = OpenAIServingCompletion(backend, settings)
+        app.state.chat = OpenAIServingChat(backend, settings)
+        app.state.limit = ConcurrencyLimit(settings.max_concurrent_requests)
         try:
             yield
         finally:
@@ -35,6 +39,9 @@ def build_app(settings: GatewaySettings) -> FastAPI:
 
     app = FastAPI(title="actlog gateway", version="0.1.0", lifespan=lifespan)
     app.include_router(router)
+    app.add_middleware(
+        GuardMiddleware, keys=settings.keys(), max_body_bytes=settings.max_body_bytes
+    )
 
     @app.exception_handler(GatewayError)
     async def _gateway_error(request: Request, exc: GatewayError) -> JSONResponse:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -16,6 +17,10 @@ class InferenceBackend:
         self._channel = grpc.aio.insecure_channel(
             address,
             options=[
+                # Reconnect fast when the inference service comes back after an outage.
+                ("grpc.initial_reconnect_backoff_ms", 100),
+                ("grpc.min_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", 1000),
                 ("grpc.max_send_message_length", max_message_bytes),
                 ("grpc.max_receive_message_length", max_message_bytes),
             ],
@@ -49,6 +54,15 @@ class InferenceBackend:
                 reply, always_print_fields_with_no_presence=True, preserving_proto_field_name=True
             ),
         }
+
+    async def stream(
+        self, request: inference_pb2.GenerateRequest
+    ) -> AsyncIterator[inference_pb2.GenerateResponse]:
+        try:
+            async for message in self._stub.Generate(request, timeout=self._timeout):
+                yield message
+        except grpc.aio.AioRpcError as exc:
+            raise from_grpc(exc) from exc
 
     async def generate(
         self, request: inference_pb2.GenerateRequest

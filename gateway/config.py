@@ -13,5 +13,18 @@ class GatewaySettings(BaseSettings):
     gateway_port: int = 8000
     inference_addr: str = "127.0.0.1:50051"
     request_timeout_s: float = Field(600.0, description="longest a generation may take")
+    api_keys: str = Field("", description="comma-separated keys; empty = no authentication")
+    api_keys_file: str = Field("", description="file with one API key per line")
+    max_tokens_limit: int = Field(4096, description="ceiling on max_tokens per request")
+    max_concurrent_requests: int = Field(256, description="beyond this, 429")
+    max_body_bytes: int = Field(4 * 1024 * 1024, description="larger request bodies get 413")
+    max_batch_prompts: int = Field(64, description="prompts per /v1/completions request")
     grpc_max_message_bytes: int = 64 * 1024 * 1024
     log_level: str = "INFO"
+
+    def keys(self) -> frozenset[str]:
+        keys = {k.strip() for k in self.api_keys.split(",") if k.strip()}
+        if self.api_keys_file:
+            with open(self.api_keys_file) as f:
+                keys |= {line.strip() for line in f if line.strip()}
+        return frozenset(keys)

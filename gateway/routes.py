@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
 
-from gateway.protocol import CompletionRequest, CompletionResponse, ModelCard, ModelList
+from gateway.protocol import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+    ModelCard,
+    ModelList,
+)
 
 router = APIRouter()
 
@@ -24,6 +33,54 @@ async def list_models(request: Request) -> ModelList:
     return ModelList(data=[ModelCard(id=info.model, max_model_len=info.max_model_len)])
 
 
+def _event_stream(request: Request, chunks: AsyncIterator[str]) -> StreamingResponse:
+    limit = request.app.state.limit
+
+    async def body() -> AsyncIterator[str]:
+        try:
+            async for chunk in chunks:
+                yield chunk
+        finally:
+            limit.release()
+
+    return StreamingResponse(body(), media_type="text/event-stream")
+
+
 @router.post("/v1/completions", response_model=CompletionResponse, response_model_exclude_none=True)
-async def create_completion(body: CompletionRequest, request: Request) -> CompletionResponse:
-    return await request.app.state.completions.create_completion(body)
+async def create_completion(body: CompletionRequest, request: Request) -> Any:
+    serving = request.app.state.completions
+    limit = request.app.state.limit
+    limit.acquire()
+    if body.stream:
+        try:
+            chunks = await serving.stream_completion(body)
+        except BaseException:
+            limit.release()
+            raise
+        return _event_stream(request, chunks)
+    try:
+        return await serving.create_completion(body)
+    finally:
+        limit.release()
+
+
+@router.post(
+    "/v1/chat/completions",
+    response_model=ChatCompletionResponse,
+    response_model_exclude_none=True,
+)
+async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Any:
+    serving = request.app.state.chat
+    limit = request.app.state.limit
+    limit.acquire()
+    if body.stream:
+        try:
+            chunks = await serving.stream_chat_completion(body)
+        except BaseException:
+            limit.release()
+            raise
+        return _event_stream(request, chunks)
+    try:
+        return await serving.create_chat_completion(body)
+    finally:
+        limit.release()

@@ -35,6 +35,7 @@ class InferenceSettings(BaseSettings):
         "engine; on elsewhere",
     )
     enable_prefix_caching: bool = True
+    max_prompt_tokens: int = Field(0, description="longest prompt accepted; 0 = the model's")
     storage_addr: str = "127.0.0.1:50052"
     capture_default: bool = Field(True, description="capture requests that do not say")
     capture_default_layers: str = Field(

@@ -25,11 +25,22 @@ from inference_service.capture import CaptureCollector
 from inference_service.capture_frames import DTYPE_SIZES
 from inference_service.config import InferenceSettings
 from inference_service.default_model import DEFAULT_MODEL_NAME, resolve_model
-from inference_service.errors import CaptureIncomplete, EngineNotReady, InvalidRequest
+from inference_service.errors import (
+    CaptureIncomplete,
+    EngineNotReady,
+    InvalidRequest,
+    PromptTooLong,
+)
 from inference_service.layers import recommended_layers, resolve_layers
 from inference_service.sink import RecordSink
 from inference_service.spool import Spool
-from inference_service.types import GenerationRequest, GenerationResult, TokenDelta, prompt_hash
+from inference_service.types import (
+    GenerationRequest,
+    GenerationResult,
+    TokenDelta,
+    TokenLogprob,
+    prompt_hash,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +68,7 @@ class _Choice:
     token_ids: tuple[int, ...] = ()
     text: str = ""
     finish_reason: str | None = None
+    logprobs: Any = None
 
 
 class CaptureEngine:
@@ -206,7 +218,10 @@ class CaptureEngine:
             "ignore_eos": s.ignore_eos,
             "output_kind": RequestOutputKind.CUMULATIVE,
         }
-        for name in ("temperature", "top_p", "top_k", "presence_penalty", "frequency_penalty"):
+        for name in (
+            "temperature", "top_p", "top_k", "presence_penalty", "frequency_penalty",
+            "logprobs", "prompt_logprobs",
+        ):  # fmt: skip
             value = getattr(s, name)
             if value is not None:
                 kwargs[name] = value
@@ -238,6 +253,18 @@ class CaptureEngine:
 
     def _prompt(self, req: GenerationRequest) -> tuple[list[int], str]:
         """Token ids and text of the prompt, tokenized here exactly as vLLM would."""
+        if req.chat is not None:
+            if not req.chat:
+                raise InvalidRequest("messages must not be empty")
+            messages = [{"role": role, "content": content} for role, content in req.chat]
+            try:
+                text = self._tokenizer.apply_chat_template(
+                    messages, add_generation_prompt=True, tokenize=False
+                )
+            except Exception as exc:  # the template rejects e.g. unknown role orders
+                raise InvalidRequest(f"cannot apply the chat template: {exc}") from exc
+            # The template already holds the special tokens it needs.
+            return list(self._tokenizer.encode(text, add_special_tokens=False)), text
         if req.prompt is not None:
             if not req.prompt:
                 raise InvalidRequest("prompt must not be empty")
@@ -268,6 +295,14 @@ class CaptureEngine:
     ) -> AsyncIterator[TokenDelta | GenerationResult]:
         info = self.require_ready()
         prompt_ids, prompt_text = self._prompt(req)
+        limit = self._settings.max_prompt_tokens or info.max_model_len - 1
+        if len(prompt_ids) > limit:
+            raise PromptTooLong(f"the prompt has {len(prompt_ids)} tokens; the limit is {limit}")
+        if len(prompt_ids) + req.sampling.max_tokens > info.max_model_len:
+            raise InvalidRequest(
+                f"max_tokens {req.sampling.max_tokens} plus the prompt's {len(prompt_ids)} "
+                f"tokens exceed the model's context of {info.max_model_len} tokens"
+            )
         layers = self._capture_layers(req)
         request_id = req.request_id or uuid.uuid4().hex
         capture_key = new_record_id() if layers is not None else None
@@ -288,6 +323,9 @@ class CaptureEngine:
                     c.key, c.record_id, layers or [], info.hidden_size, info.dtype
                 )
         final = None
+        prompt_lps = None
+        lp_k = req.sampling.logprobs
+        decode = self._tokenizer.decode
         try:
             async for out in self._llm.generate(
                 {"prompt_token_ids": prompt_ids}, params, request_id
@@ -297,9 +335,15 @@ class CaptureEngine:
                     new_ids = tuple(output.token_ids[len(c.token_ids) :])
                     new_text = output.text[len(c.text) :]
                     if new_ids or new_text:
-                        yield TokenDelta(new_ids, new_text, output.index)
+                        new_logprobs = _logprobs(
+                            output.token_ids, output.logprobs, len(c.token_ids), lp_k, decode
+                        )
+                        yield TokenDelta(new_ids, new_text, output.index, new_logprobs)
                     c.token_ids, c.text = tuple(output.token_ids), output.text
                     c.finish_reason = output.finish_reason
+                    c.logprobs = output.logprobs
+                if out.prompt_logprobs is not None:
+                    prompt_lps = out.prompt_logprobs
                 final = out
         except ValueError as exc:
             # vLLM validates prompt length and parameters when the request is added.
@@ -345,6 +389,11 @@ class CaptureEngine:
                 layers=tuple(layers or ()),
                 model=info.model,
                 index=index,
+                prompt=prompt_text,
+                logprobs=_logprobs(c.token_ids, c.logprobs, 0, lp_k, decode),
+                prompt_logprobs=_logprobs(
+                    prompt_ids, prompt_lps, 0, req.sampling.prompt_logprobs, decode
+                ),
             )
 
     def _discard(self, choices: list[_Choice]) -> None:
@@ -363,6 +412,38 @@ class CaptureEngine:
         header["token_strings"] = [self._tokenizer.decode([t]) for t in header["token_ids"]]
         self.spool.finish(writer, header["record_id"], header)
         self.sink.submit(header["record_id"])
+
+
+def _logprobs(
+    token_ids: Any, per_position: Any, start: int, k: int | None, decode: Any
+) -> tuple[TokenLogprob, ...]:
+    """vLLM's per-position {token id: Logprob} maps -> the chosen token's and the top k."""
+    if per_position is None or k is None:
+        return ()
+    out = []
+    for i in range(start, len(token_ids)):
+        token_id = token_ids[i]
+        entries = per_position[i] if i < len(per_position) else None
+        if not entries:
+            # The first prompt token: nothing predicts it.
+            out.append(TokenLogprob(token_id, decode([token_id]), None))
+            continue
+        chosen = entries.get(token_id)
+        ranked = sorted(
+            (item for item in entries.items() if item[1].rank is not None and item[1].rank <= k),
+            key=lambda item: item[1].rank,
+        )
+        out.append(
+            TokenLogprob(
+                token_id=token_id,
+                token=chosen.decoded_token
+                if chosen and chosen.decoded_token is not None
+                else decode([token_id]),
+                logprob=chosen.logprob if chosen else None,
+                top=tuple((tid, lp.decoded_token or "", lp.logprob) for tid, lp in ranked),
+            )
+        )
+    return tuple(out)
 
 
 def _parse_layers(spec: str) -> tuple[list[int], str]:

@@ -17,3 +17,7 @@ class CaptureIncomplete(InferenceError):
 
 class EngineNotReady(InferenceError):
     """The engine is still loading (UNAVAILABLE)."""
+
+
+class PromptTooLong(InvalidRequest):
+    """The prompt exceeds the configured or model limit (OUT_OF_RANGE)."""

@@ -8,12 +8,14 @@ from typing import Any
 
 import grpc
 
-from inference_service.errors import EngineNotReady, InvalidRequest
+from inference_service.errors import EngineNotReady, InvalidRequest, PromptTooLong
 
 logger = logging.getLogger(__name__)
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
+    if isinstance(exc, PromptTooLong):
+        await context.abort(grpc.StatusCode.OUT_OF_RANGE, str(exc))
     if isinstance(exc, InvalidRequest):
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
     if isinstance(exc, EngineNotReady):

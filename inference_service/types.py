@@ -25,6 +25,8 @@ class Sampling:
     frequency_penalty: float | None = None
     n: int = 1
     ignore_eos: bool = False
+    logprobs: int | None = None
+    prompt_logprobs: int | None = None
 
     @classmethod
     def from_pb(cls, pb: inference_pb2.SamplingParams) -> Sampling:
@@ -42,6 +44,8 @@ class Sampling:
             frequency_penalty=opt("frequency_penalty"),  # type: ignore[arg-type]
             n=pb.n or 1,
             ignore_eos=pb.ignore_eos,
+            logprobs=opt("logprobs"),  # type: ignore[arg-type]
+            prompt_logprobs=opt("prompt_logprobs"),  # type: ignore[arg-type]
         )
 
 
@@ -67,6 +71,7 @@ class GenerationRequest:
     sampling: Sampling
     capture: CaptureRequest
     request_id: str = ""
+    chat: tuple[tuple[str, str], ...] | None = None
 
     @classmethod
     def from_pb(cls, pb: inference_pb2.GenerateRequest) -> GenerationRequest:
@@ -81,7 +86,28 @@ class GenerationRequest:
             sampling=Sampling.from_pb(pb.sampling),
             capture=CaptureRequest.from_pb(pb.capture),
             request_id=pb.request_id,
+            chat=tuple((m.role, m.content) for m in pb.chat.messages) if which == "chat" else None,
         )
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token_id: int
+    token: str
+    logprob: float | None
+    top: tuple[tuple[int, str, float], ...] = ()
+
+    def to_pb(self) -> inference_pb2.TokenLogprob:
+        pb = inference_pb2.TokenLogprob(
+            token_id=self.token_id,
+            token=self.token,
+            top=[
+                inference_pb2.TopLogprob(token_id=i, token=t, logprob=lp) for i, t, lp in self.top
+            ],
+        )
+        if self.logprob is not None:
+            pb.logprob = self.logprob
+        return pb
 
 
 @dataclass(frozen=True)
@@ -89,11 +115,15 @@ class TokenDelta:
     token_ids: tuple[int, ...]
     text: str
     index: int = 0
+    logprobs: tuple[TokenLogprob, ...] = ()
 
     def to_pb(self) -> inference_pb2.GenerateResponse:
         return inference_pb2.GenerateResponse(
             delta=inference_pb2.TokenDelta(
-                token_ids=self.token_ids, text=self.text, index=self.index
+                token_ids=self.token_ids,
+                text=self.text,
+                index=self.index,
+                logprobs=[lp.to_pb() for lp in self.logprobs],
             )
         )
 
@@ -109,11 +139,17 @@ class GenerationResult:
     layers: tuple[int, ...]
     model: str
     index: int = 0
+    prompt: str = ""
+    logprobs: tuple[TokenLogprob, ...] = ()
+    prompt_logprobs: tuple[TokenLogprob, ...] = ()
 
     def to_pb(self) -> inference_pb2.GenerateResponse:
         return inference_pb2.GenerateResponse(
             result=inference_pb2.GenerateResult(
                 index=self.index,
+                prompt=self.prompt,
+                logprobs=[lp.to_pb() for lp in self.logprobs],
+                prompt_logprobs=[lp.to_pb() for lp in self.prompt_logprobs],
                 text=self.text,
                 prompt_token_ids=self.prompt_token_ids,
                 output_token_ids=self.output_token_ids,

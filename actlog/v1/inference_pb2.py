@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x61\x63tlog/v1/inference.proto\x12\tactlog.v1\"\xbd\x02\n\x0eSamplingParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\r\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12\x0c\n\x04stop\x18\x04 \x03(\t\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x02\x88\x01\x01\x12\x12\n\x05top_k\x18\x06 \x01(\x05H\x03\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\x07 \x01(\x02H\x04\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\x08 \x01(\x02H\x05\x88\x01\x01\x12\t\n\x01n\x18\t \x01(\r\x12\x12\n\nignore_eos\x18\n \x01(\x08\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seedB\x08\n\x06_top_kB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penalty\"R\n\x0e\x43\x61ptureOptions\x12\x14\n\x07\x65nabled\x18\x01 \x01(\x08H\x00\x88\x01\x01\x12\x0e\n\x06layers\x18\x02 \x03(\x05\x12\x0e\n\x06preset\x18\x03 \x01(\tB\n\n\x08_enabled\"\xca\x01\n\x0fGenerateRequest\x12\x10\n\x06prompt\x18\x01 \x01(\tH\x00\x12/\n\x10prompt_token_ids\x18\x02 \x01(\x0b\x32\x13.actlog.v1.TokenIdsH\x00\x12+\n\x08sampling\x18\x03 \x01(\x0b\x32\x19.actlog.v1.SamplingParams\x12*\n\x07\x63\x61pture\x18\x04 \x01(\x0b\x32\x19.actlog.v1.CaptureOptions\x12\x12\n\nrequest_id\x18\x05 \x01(\tB\x07\n\x05input\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\r\"o\n\x10GenerateResponse\x12&\n\x05\x64\x65lta\x18\x01 \x01(\x0b\x32\x15.actlog.v1.TokenDeltaH\x00\x12+\n\x06result\x18\x02 \x01(\x0b\x32\x19.actlog.v1.GenerateResultH\x00\x42\x06\n\x04kind\"<\n\nTokenDelta\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\r\n\x05index\x18\x03 \x01(\r\"\xbf\x01\n\x0eGenerateResult\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12\x18\n\x10output_token_ids\x18\x03 \x03(\r\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12\x13\n\x0bprompt_hash\x18\x05 \x01(\t\x12\x11\n\trecord_id\x18\x06 \x01(\t\x12\x0e\n\x06layers\x18\x07 \x03(\r\x12\r\n\x05model\x18\x08 \x01(\t\x12\r\n\x05index\x18\t \x01(\r\"\x12\n\x10ModelInfoRequest\"\x9d\x01\n\tModelInfo\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nnum_layers\x18\x02 \x01(\r\x12\x13\n\x0bhidden_size\x18\x03 \x01(\r\x12\r\n\x05\x64type\x18\x04 \x01(\t\x12\x15\n\rmax_model_len\x18\x05 \x01(\r\x12\x16\n\x0e\x64\x65\x66\x61ult_layers\x18\x06 \x03(\r\x12\x1a\n\x12recommended_layers\x18\x07 \x03(\r\"\x0f\n\rStatusRequest\"\xd3\x01\n\rServiceStatus\x12\x18\n\x10pending_captures\x18\x01 \x01(\r\x12\x16\n\x0equeued_records\x18\x02 \x01(\r\x12\x15\n\rspool_records\x18\x03 \x01(\r\x12\x13\n\x0bspool_bytes\x18\x04 \x01(\x04\x12\x16\n\x0estored_records\x18\x05 \x01(\x04\x12\x18\n\x10storage_failures\x18\x06 \x01(\x04\x12\x19\n\x11storage_reachable\x18\x07 \x01(\x08\x12\x17\n\x0frecomputed_rows\x18\x08 \x01(\x04\x32\xd6\x01\n\tInference\x12\x45\n\x08Generate\x12\x1a.actlog.v1.GenerateRequest\x1a\x1b.actlog.v1.GenerateResponse0\x01\x12\x41\n\x0cGetModelInfo\x12\x1b.actlog.v1.ModelInfoRequest\x1a\x14.actlog.v1.ModelInfo\x12?\n\tGetStatus\x12\x18.actlog.v1.StatusRequest\x1a\x18.actlog.v1.ServiceStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x61\x63tlog/v1/inference.proto\x12\tactlog.v1\"\x93\x03\n\x0eSamplingParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\r\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12\x0c\n\x04stop\x18\x04 \x03(\t\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x02\x88\x01\x01\x12\x12\n\x05top_k\x18\x06 \x01(\x05H\x03\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\x07 \x01(\x02H\x04\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\x08 \x01(\x02H\x05\x88\x01\x01\x12\t\n\x01n\x18\t \x01(\r\x12\x12\n\nignore_eos\x18\n \x01(\x08\x12\x15\n\x08logprobs\x18\x0b \x01(\rH\x06\x88\x01\x01\x12\x1c\n\x0fprompt_logprobs\x18\x0c \x01(\rH\x07\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seedB\x08\n\x06_top_kB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x0b\n\t_logprobsB\x12\n\x10_prompt_logprobs\"R\n\x0e\x43\x61ptureOptions\x12\x14\n\x07\x65nabled\x18\x01 \x01(\x08H\x00\x88\x01\x01\x12\x0e\n\x06layers\x18\x02 \x03(\x05\x12\x0e\n\x06preset\x18\x03 \x01(\tB\n\n\x08_enabled\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"8\n\x0c\x43hatMessages\x12(\n\x08messages\x18\x01 \x03(\x0b\x32\x16.actlog.v1.ChatMessage\"\xf3\x01\n\x0fGenerateRequest\x12\x10\n\x06prompt\x18\x01 \x01(\tH\x00\x12/\n\x10prompt_token_ids\x18\x02 \x01(\x0b\x32\x13.actlog.v1.TokenIdsH\x00\x12\'\n\x04\x63hat\x18\x06 \x01(\x0b\x32\x17.actlog.v1.ChatMessagesH\x00\x12+\n\x08sampling\x18\x03 \x01(\x0b\x32\x19.actlog.v1.SamplingParams\x12*\n\x07\x63\x61pture\x18\x04 \x01(\x0b\x32\x19.actlog.v1.CaptureOptions\x12\x12\n\nrequest_id\x18\x05 \x01(\tB\x07\n\x05input\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\r\"o\n\x10GenerateResponse\x12&\n\x05\x64\x65lta\x18\x01 \x01(\x0b\x32\x15.actlog.v1.TokenDeltaH\x00\x12+\n\x06result\x18\x02 \x01(\x0b\x32\x19.actlog.v1.GenerateResultH\x00\x42\x06\n\x04kind\">\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\"u\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\x14\n\x07logprob\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\"\n\x03top\x18\x04 \x03(\x0b\x32\x15.actlog.v1.TopLogprobB\n\n\x08_logprob\"g\n\nTokenDelta\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\r\n\x05index\x18\x03 \x01(\r\x12)\n\x08logprobs\x18\x04 \x03(\x0b\x32\x17.actlog.v1.TokenLogprob\"\xac\x02\n\x0eGenerateResult\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12\x18\n\x10output_token_ids\x18\x03 \x03(\r\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12\x13\n\x0bprompt_hash\x18\x05 \x01(\t\x12\x11\n\trecord_id\x18\x06 \x01(\t\x12\x0e\n\x06layers\x18\x07 \x03(\r\x12\r\n\x05model\x18\x08 \x01(\t\x12\r\n\x05index\x18\t \x01(\r\x12)\n\x08logprobs\x18\n \x03(\x0b\x32\x17.actlog.v1.TokenLogprob\x12\x30\n\x0fprompt_logprobs\x18\x0b \x03(\x0b\x32\x17.actlog.v1.TokenLogprob\x12\x0e\n\x06prompt\x18\x0c \x01(\t\"\x12\n\x10ModelInfoRequest\"\x9d\x01\n\tModelInfo\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nnum_layers\x18\x02 \x01(\r\x12\x13\n\x0bhidden_size\x18\x03 \x01(\r\x12\r\n\x05\x64type\x18\x04 \x01(\t\x12\x15\n\rmax_model_len\x18\x05 \x01(\r\x12\x16\n\x0e\x64\x65\x66\x61ult_layers\x18\x06 \x03(\r\x12\x1a\n\x12recommended_layers\x18\x07 \x03(\r\"\x0f\n\rStatusRequest\"\xd3\x01\n\rServiceStatus\x12\x18\n\x10pending_captures\x18\x01 \x01(\r\x12\x16\n\x0equeued_records\x18\x02 \x01(\r\x12\x15\n\rspool_records\x18\x03 \x01(\r\x12\x13\n\x0bspool_bytes\x18\x04 \x01(\x04\x12\x16\n\x0estored_records\x18\x05 \x01(\x04\x12\x18\n\x10storage_failures\x18\x06 \x01(\x04\x12\x19\n\x11storage_reachable\x18\x07 \x01(\x08\x12\x17\n\x0frecomputed_rows\x18\x08 \x01(\x04\x32\xd6\x01\n\tInference\x12\x45\n\x08Generate\x12\x1a.actlog.v1.GenerateRequest\x1a\x1b.actlog.v1.GenerateResponse0\x01\x12\x41\n\x0cGetModelInfo\x12\x1b.actlog.v1.ModelInfoRequest\x1a\x14.actlog.v1.ModelInfo\x12?\n\tGetStatus\x12\x18.actlog.v1.StatusRequest\x1a\x18.actlog.v1.ServiceStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,27 +32,35 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'actlog.v1.inference_pb2', _
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SAMPLINGPARAMS']._serialized_start=41
-  _globals['_SAMPLINGPARAMS']._serialized_end=358
-  _globals['_CAPTUREOPTIONS']._serialized_start=360
-  _globals['_CAPTUREOPTIONS']._serialized_end=442
-  _globals['_GENERATEREQUEST']._serialized_start=445
-  _globals['_GENERATEREQUEST']._serialized_end=647
-  _globals['_TOKENIDS']._serialized_start=649
-  _globals['_TOKENIDS']._serialized_end=672
-  _globals['_GENERATERESPONSE']._serialized_start=674
-  _globals['_GENERATERESPONSE']._serialized_end=785
-  _globals['_TOKENDELTA']._serialized_start=787
-  _globals['_TOKENDELTA']._serialized_end=847
-  _globals['_GENERATERESULT']._serialized_start=850
-  _globals['_GENERATERESULT']._serialized_end=1041
-  _globals['_MODELINFOREQUEST']._serialized_start=1043
-  _globals['_MODELINFOREQUEST']._serialized_end=1061
-  _globals['_MODELINFO']._serialized_start=1064
-  _globals['_MODELINFO']._serialized_end=1221
-  _globals['_STATUSREQUEST']._serialized_start=1223
-  _globals['_STATUSREQUEST']._serialized_end=1238
-  _globals['_SERVICESTATUS']._serialized_start=1241
-  _globals['_SERVICESTATUS']._serialized_end=1452
-  _globals['_INFERENCE']._serialized_start=1455
-  _globals['_INFERENCE']._serialized_end=1669
+  _globals['_SAMPLINGPARAMS']._serialized_end=444
+  _globals['_CAPTUREOPTIONS']._serialized_start=446
+  _globals['_CAPTUREOPTIONS']._serialized_end=528
+  _globals['_CHATMESSAGE']._serialized_start=530
+  _globals['_CHATMESSAGE']._serialized_end=574
+  _globals['_CHATMESSAGES']._serialized_start=576
+  _globals['_CHATMESSAGES']._serialized_end=632
+  _globals['_GENERATEREQUEST']._serialized_start=635
+  _globals['_GENERATEREQUEST']._serialized_end=878
+  _globals['_TOKENIDS']._serialized_start=880
+  _globals['_TOKENIDS']._serialized_end=903
+  _globals['_GENERATERESPONSE']._serialized_start=905
+  _globals['_GENERATERESPONSE']._serialized_end=1016
+  _globals['_TOPLOGPROB']._serialized_start=1018
+  _globals['_TOPLOGPROB']._serialized_end=1080
+  _globals['_TOKENLOGPROB']._serialized_start=1082
+  _globals['_TOKENLOGPROB']._serialized_end=1199
+  _globals['_TOKENDELTA']._serialized_start=1201
+  _globals['_TOKENDELTA']._serialized_end=1304
+  _globals['_GENERATERESULT']._serialized_start=1307
+  _globals['_GENERATERESULT']._serialized_end=1607
+  _globals['_MODELINFOREQUEST']._serialized_start=1609
+  _globals['_MODELINFOREQUEST']._serialized_end=1627
+  _globals['_MODELINFO']._serialized_start=1630
+  _globals['_MODELINFO']._serialized_end=1787
+  _globals['_STATUSREQUEST']._serialized_start=1789
+  _globals['_STATUSREQUEST']._serialized_end=1804
+  _globals['_SERVICESTATUS']._serialized_start=1807
+  _globals['_SERVICESTATUS']._serialized_end=2018
+  _globals['_INFERENCE']._serialized_start=2021
+  _globals['_INFERENCE']._serialized_end=2235
 # @@protoc_insertion_point(module_scope)
