@@ -11,6 +11,7 @@ from actlog.v1 import storage_pb2
 from storage_service import records as rec
 from storage_service.errors import InvalidArgument
 from storage_service.store import ActivationStore, IngestTicket
+from storage_service.wire import ChunkView
 
 # Chunks are buffered and handed to the writer thread this many bytes at a time; the
 # writer commits the writes of all streams together (group commit).
@@ -46,19 +47,22 @@ class IngestSession:
         self._sha = hashlib.sha256()
         self._next_sequence = 0
         self._in_flight: deque[Future[object]] = deque()
-        self._pending: list[tuple[int, int, bytes]] = []
+        self._pending: list[tuple[int, int, bytes | memoryview]] = []
         self._pending_bytes = 0
         self._bytes = 0
         self._rows: dict[int, dict[int, int]] = {}  # layer -> row_start -> row_count
         self._result: IngestResult | None = None
 
-    def add(self, request: storage_pb2.IngestRequest) -> None:
-        """Handle one message of the stream."""
+    def add(self, request: storage_pb2.IngestRequest | ChunkView) -> None:
+        """Handle one message of the stream (a chunk may come as a zero-copy view)."""
         if self._result is not None:
             raise InvalidArgument(
                 f"message after the commit of record {self._result.record_id}: "
                 "one Ingest stream carries one record"
             )
+        if isinstance(request, ChunkView):
+            self._on_chunk(request)
+            return
         kind = request.WhichOneof("item")
         if kind == "header":
             self._on_header(request.header)
@@ -95,7 +99,7 @@ class IngestSession:
         self._header = self._ticket.header
         self._track(written)
 
-    def _on_chunk(self, chunk: storage_pb2.ActivationChunk) -> None:
+    def _on_chunk(self, chunk: storage_pb2.ActivationChunk | ChunkView) -> None:
         header = self._header
         if header is None:
             raise InvalidArgument(
@@ -107,7 +111,7 @@ class IngestSession:
                 f"record {header.record_id}: chunk sequence {chunk.sequence} out of order, "
                 f"expected {self._next_sequence}"
             )
-        data = chunk.data  # each read of a bytes field copies it: read it once
+        data = chunk.data  # (a protobuf bytes field copies on each read: read it once)
         rec.validate_chunk(header, chunk, len(data))
         self._next_sequence += 1
         self._sha.update(data)

@@ -1,4 +1,5 @@
-"""Maps the storage service's domain errors to gRPC status codes, in one place."""
+"""Server interceptors: domain errors to gRPC status codes in one place, and the codecs
+of the bulk methods (wire.py)."""
 
 from __future__ import annotations
 
@@ -62,24 +63,11 @@ def _wrap_stream(behavior: Callable[..., Iterator[Any]], method: str) -> Callabl
     return handler
 
 
-def _pass_encoded(serializer: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
-    """`serializer`, except that responses already encoded (bytes) go out unchanged."""
-    if serializer is None:
-        return None
-
-    def serialize(message: Any) -> bytes:
-        return message if isinstance(message, bytes) else serializer(message)
-
-    return serialize
-
-
 class ErrorInterceptor(grpc.ServerInterceptor):
     """Turns exceptions raised by servicer methods into gRPC statuses.
 
     StorageError subclasses keep their message; anything else is logged with its
-    traceback and reported as INTERNAL with a generic message. Responses a servicer
-    yields already serialized (bytes, e.g. activation chunks encoded straight from
-    LMDB) are sent as they are.
+    traceback and reported as INTERNAL with a generic message.
     """
 
     def intercept_service(
@@ -93,7 +81,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         method = handler_call_details.method
         codec = {
             "request_deserializer": handler.request_deserializer,
-            "response_serializer": _pass_encoded(handler.response_serializer),
+            "response_serializer": handler.response_serializer,
         }
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
@@ -112,3 +100,43 @@ class ErrorInterceptor(grpc.ServerInterceptor):
                 _wrap_stream(handler.stream_stream, method), **codec
             )
         return handler
+
+
+def _rebuild(handler: grpc.RpcMethodHandler, **codec: Any) -> grpc.RpcMethodHandler:
+    """`handler` with the same behaviour and the given (de)serializers."""
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(handler.unary_unary, **codec)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(handler.stream_unary, **codec)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(handler.unary_stream, **codec)
+    return grpc.stream_stream_rpc_method_handler(handler.stream_stream, **codec)
+
+
+class CodecInterceptor(grpc.ServerInterceptor):
+    """Swaps in other request deserializers / response serializers for some methods.
+
+    `codecs` maps a full method name (``/actlog.v1.Storage/Ingest``) to a dict with
+    ``request_deserializer`` and/or ``response_serializer``; other methods keep theirs.
+    Storage uses it so that activation rows are neither copied out of received messages
+    nor re-serialized on the way out (wire.py).
+    """
+
+    def __init__(self, codecs: dict[str, dict[str, Callable[..., Any]]]) -> None:
+        self._codecs = codecs
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        override = self._codecs.get(handler_call_details.method)
+        if handler is None or override is None:
+            return handler
+        codec = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+            **override,
+        }
+        return _rebuild(handler, **codec)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Mapping
+from typing import Protocol
 
 from actlog.hashing import is_prompt_hash
 from actlog.ids import is_record_id
@@ -15,6 +16,17 @@ MAX_LAYER = 0xFFFF
 # Label keys are part of an LMDB key (record id + key, at most 511 bytes); values are not.
 MAX_LABEL_KEY_BYTES = 256
 MAX_LABEL_VALUE_BYTES = 64 << 10
+
+
+class ChunkLike(Protocol):
+    """An ActivationChunk, or wire.ChunkView (the same fields, data as a view)."""
+
+    record_id: str
+    sequence: int
+    layer: int
+    row_start: int
+    row_count: int
+
 
 _LAYER_ROW = struct.Struct(">HI")  # layer u16 BE, row_start u32 BE
 CHUNK_KEY_LEN = 16 + _LAYER_ROW.size
@@ -129,9 +141,7 @@ def validate_header(header: storage_pb2.RecordHeader) -> None:
     validate_labels(header.record_id, header.labels)
 
 
-def validate_chunk(
-    header: storage_pb2.RecordHeader, chunk: storage_pb2.ActivationChunk, data_len: int
-) -> None:
+def validate_chunk(header: storage_pb2.RecordHeader, chunk: ChunkLike, data_len: int) -> None:
     """Raise InvalidArgument unless `chunk` (with `data_len` data bytes) fits `header`.
 
     The length is passed in because each read of a protobuf bytes field copies it.

@@ -15,15 +15,21 @@ from grpc_reflection.v1alpha import reflection
 
 from actlog.v1 import storage_pb2, storage_pb2_grpc
 from storage_service.config import StorageSettings, load_settings
-from storage_service.interceptors import ErrorInterceptor
+from storage_service.interceptors import CodecInterceptor, ErrorInterceptor
 from storage_service.malloc import tune_for_large_buffers
 from storage_service.servicer import StorageServicer
 from storage_service.store import ActivationStore
+from storage_service.wire import decode_ingest_request
 
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = storage_pb2.DESCRIPTOR.services_by_name["Storage"].full_name
 SHUTDOWN_GRACE_S = 10.0
+# Chunks come in as views into the received bytes and go out pre-encoded (wire.py).
+BULK_CODECS = {
+    f"/{SERVICE_NAME}/Ingest": {"request_deserializer": decode_ingest_request},
+    f"/{SERVICE_NAME}/StreamActivations": {"response_serializer": bytes},
+}
 
 
 class StorageServer:
@@ -70,7 +76,7 @@ def create_server(settings: StorageSettings) -> tuple[StorageServer, int]:
         futures.ThreadPoolExecutor(
             max_workers=settings.storage_max_workers, thread_name_prefix="storage-rpc"
         ),
-        interceptors=[ErrorInterceptor()],
+        interceptors=[CodecInterceptor(BULK_CODECS), ErrorInterceptor()],
         options=options,
     )
     storage_pb2_grpc.add_StorageServicer_to_server(StorageServicer(store), server)

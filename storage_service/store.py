@@ -132,7 +132,7 @@ class ActivationStore(Queries):
     def write_chunks(
         self,
         ticket: IngestTicket,
-        chunks: Sequence[tuple[int, int, bytes]],
+        chunks: Sequence[tuple[int, int, bytes | memoryview]],
         *,
         complete: bool = False,
     ) -> Future[int]:

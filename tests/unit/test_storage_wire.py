@@ -1,11 +1,12 @@
-"""encode_chunk writes exactly the bytes protobuf would."""
+"""The chunk codecs agree with protobuf, byte for byte and field for field."""
 
 from __future__ import annotations
 
 import pytest
+from google.protobuf.message import DecodeError
 
 from actlog.v1 import storage_pb2
-from storage_service.wire import encode_chunk
+from storage_service.wire import ChunkView, decode_ingest_request, encode_chunk
 
 
 @pytest.mark.parametrize(
@@ -25,3 +26,43 @@ def test_encode_chunk_matches_protobuf(sequence, layer, row_start, row_count, si
     encoded = encode_chunk("ab" * 16, data=memoryview(data), **fields)
     assert encoded == expected.SerializeToString()
     assert storage_pb2.ActivationChunk.FromString(encoded) == expected
+
+
+def test_decode_ingest_request_gives_chunks_as_views() -> None:
+    data = bytes(range(200)) * 50
+    chunk = storage_pb2.ActivationChunk(
+        record_id="cd" * 16, sequence=3, layer=30, row_start=128, row_count=5, data=data
+    )
+    message = storage_pb2.IngestRequest(chunk=chunk).SerializeToString()
+    view = decode_ingest_request(message)
+    assert isinstance(view, ChunkView)
+    assert (view.record_id, view.sequence, view.layer, view.row_start, view.row_count) == (
+        "cd" * 16, 3, 30, 128, 5,
+    )  # fmt: skip
+    assert isinstance(view.data, memoryview) and view.data == data
+    assert view.data.obj is message  # no copy
+    # Concatenated messages merge, as protobuf does (later scalars win).
+    first = storage_pb2.IngestRequest(chunk=storage_pb2.ActivationChunk(record_id="x", layer=9))
+    merged = decode_ingest_request(first.SerializeToString() + message)
+    assert isinstance(merged, ChunkView)
+    assert (merged.record_id, merged.layer, bytes(merged.data)) == ("cd" * 16, 30, data)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        storage_pb2.IngestRequest(header=storage_pb2.RecordHeader(record_id="ab")),
+        storage_pb2.IngestRequest(commit=storage_pb2.IngestCommit(num_chunks=2)),
+        storage_pb2.IngestRequest(),
+    ],
+)
+def test_decode_ingest_request_leaves_the_rest_to_protobuf(message) -> None:
+    decoded = decode_ingest_request(message.SerializeToString())
+    assert isinstance(decoded, storage_pb2.IngestRequest) and decoded == message
+
+
+def test_decode_ingest_request_reports_malformed_messages_like_protobuf() -> None:
+    with pytest.raises(DecodeError):
+        decode_ingest_request(b"\x12\x05\x0a\x09abc")  # lengths beyond the message
+    with pytest.raises(DecodeError):
+        decode_ingest_request(b"\x12\x03\x0a\x01\xff")  # record id not UTF-8
