@@ -165,15 +165,16 @@ class Writer:
                 with self._guard.txn(), self._env.begin(write=True, buffers=True) as txn:
                     for write in batch:
                         outcomes.append(self._apply(txn, write))
+                break
             except lmdb.MapFullError:
-                self._grow()
-                continue
-            except BaseException as error:  # the commit itself failed: nothing was written
-                logger.error("LMDB write transaction failed", exc_info=error)
-                for write in batch:
-                    write.future.set_exception(error)
+                try:
+                    self._grow()
+                except Exception as error:
+                    self._fail(batch, error)
+                    return
+            except Exception as error:  # the commit itself failed: nothing was written
+                self._fail(batch, error)
                 return
-            break
         self.commits += 1
         self.writes += len(batch)
         for write, (ok, value) in zip(batch, outcomes, strict=True):
@@ -181,6 +182,11 @@ class Writer:
                 write.future.set_result(value)
             else:
                 write.future.set_exception(value)
+
+    def _fail(self, batch: list[_Write], error: Exception) -> None:
+        logger.error("LMDB write transaction failed", exc_info=error)
+        for write in batch:
+            write.future.set_exception(error)
 
     def _apply(self, txn: lmdb.Transaction, write: _Write) -> tuple[bool, Any]:
         try:
