@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
-
-from storage_service.compression import Compression
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -40,8 +39,8 @@ class StorageSettings(BaseSettings):
     grpc_max_message_bytes: int = Field(
         64 * MIB, gt=0, description="Largest gRPC message sent or received, in bytes."
     )
-    storage_compression: Compression = Field(
-        Compression.NONE,
+    storage_compression: Literal["none", "zstd", "lz4"] = Field(
+        "none",
         description="Compression of activation chunks on disk: none, zstd or lz4. Applies to "
         "records ingested from then on; reads decompress transparently.",
     )

@@ -14,6 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from actlog.v1 import storage_pb2, storage_pb2_grpc
+from storage_service.compression import Compression
 from storage_service.config import StorageSettings, load_settings
 from storage_service.interceptors import CodecInterceptor, ErrorInterceptor
 from storage_service.malloc import tune_for_large_buffers
@@ -66,7 +67,9 @@ def _bind_address(host: str, port: int) -> str:
 def create_server(settings: StorageSettings) -> tuple[StorageServer, int]:
     """Build (not start) the server; returns it and the bound port (settings may ask 0)."""
     store = ActivationStore(
-        settings.activation_lmdb_path, settings.lmdb_map_size, settings.storage_compression
+        settings.activation_lmdb_path,
+        settings.lmdb_map_size,
+        Compression(settings.storage_compression),
     )
     options = [
         ("grpc.max_receive_message_length", settings.grpc_max_message_bytes),
@@ -121,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         _bind_address(settings.storage_host, port),
         settings.activation_lmdb_path,
         server.store.map_size,
-        settings.storage_compression.value,
+        settings.storage_compression,
     )
     stopping.wait()
     server.stop(SHUTDOWN_GRACE_S)
