@@ -337,6 +337,8 @@ def main() -> None:
                     partial(service_read, address, service_ids, args.readers, shape.record_bytes),
                 )
                 t["raw out"].timed(None, partial(raw_read, env, raw_ids, shape.record_bytes))
+            with grpc.insecure_channel(address) as channel:
+                stats = storage_pb2_grpc.StorageStub(channel).Stats(storage_pb2.StatsRequest())
         finally:
             env.close()
             proc.terminate()
@@ -355,6 +357,10 @@ def main() -> None:
             f"raw LMDB {raw:6.0f} MB/s   ratio {service / raw:.2f} (target >= {target})   "
             f"[rounds: service {rounds(f'service {what}')}; raw {rounds(f'raw {what}')}]"
         )
+    print(
+        f"service stored {stats.stored_bytes / 1e6:.0f} MB for {stats.activation_bytes / 1e6:.0f} "
+        f"MB of activations ({stats.complete_records} complete records)"
+    )
     gb = per_round * args.rounds / 1e9
     t = tallies
     print(
