@@ -27,8 +27,11 @@ COMPLETE = storage_pb2.RECORD_STATUS_COMPLETE
 READ_BATCH_BYTES = 8 << 20
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
-# Records ListRecords examines per call; past that it returns a short page and a token.
+# Records ListRecords examines per call, and bytes of headers per page (well below the
+# gRPC message limit, headers of long prompts included); past either it returns a
+# short page and a token.
 LIST_SCAN_LIMIT = 20_000
+LIST_PAGE_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -130,8 +133,8 @@ class Queries:
         """Records matching every filter, newest first; (page, next page token).
 
         Times are [since_ms, until_ms) on created_at_ms, 0 = unbounded. A page may be
-        short (even empty) with a token when LIST_SCAN_LIMIT records were examined;
-        the token is empty once no records are left.
+        short (even empty) with a token when LIST_SCAN_LIMIT records were examined or
+        LIST_PAGE_BYTES of headers gathered; the token is empty once no records are left.
         """
         if since_ms < 0 or until_ms < 0:
             raise InvalidArgument("since_ms and until_ms must be >= 0 (0 = unbounded)")
@@ -148,6 +151,7 @@ class Queries:
                 raise InvalidArgument(f"malformed page token {page_token!r}") from None
         wanted = [(k.encode(), v.encode()) for k, v in (labels or {}).items()]
         page: list[storage_pb2.RecordHeader] = []
+        page_bytes = 0
         with self._read() as txn:
             cursor = txn.cursor(db=self._records)
             if start is None:
@@ -168,8 +172,10 @@ class Queries:
                         loaded = self._load(txn, rid)
                         assert loaded is not None
                         page.append(loaded)
+                        page_bytes += loaded.ByteSize()
                 found = cursor.prev()
-                if found and (len(page) >= size or examined >= LIST_SCAN_LIMIT):
+                full = len(page) >= size or page_bytes >= LIST_PAGE_BYTES
+                if found and (full or examined >= LIST_SCAN_LIMIT):
                     return page, rid.hex()
         return page, ""
 
