@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from vllm.exceptions import VLLMValidationError
+
 from actlog.ids import new_record_id
 from inference_service import capture_worker
 from inference_service.capture import CaptureCollector
@@ -236,7 +238,7 @@ class CaptureEngine:
             kwargs["skip_reading_prefix_cache"] = True
         try:
             return SamplingParams(**kwargs)
-        except (ValueError, TypeError) as exc:
+        except Exception as exc:  # vLLM's validation errors do not all derive from ValueError
             raise InvalidRequest(str(exc)) from exc
 
     def _capture_layers(self, req: GenerationRequest) -> list[int] | None:
@@ -345,7 +347,7 @@ class CaptureEngine:
                 if out.prompt_logprobs is not None:
                     prompt_lps = out.prompt_logprobs
                 final = out
-        except ValueError as exc:
+        except (ValueError, VLLMValidationError) as exc:
             # vLLM validates prompt length and parameters when the request is added.
             self._discard(choices)
             raise InvalidRequest(str(exc)) from exc
