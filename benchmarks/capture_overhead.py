@@ -119,6 +119,7 @@ async def main(args: argparse.Namespace) -> None:
         plain.shutdown()
         await ours.stop(30)
         storage.stop()
+        del plain  # shut down now, not in a destructor at interpreter exit
 
     off = best["capture off"]
     print(
