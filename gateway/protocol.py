@@ -55,6 +55,8 @@ class SamplingFields(OpenAIBaseModel):
     presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
     frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
     user: str | None = None
+    # vLLM's extension, for benchmarks and long captures: keep going past end-of-sequence.
+    ignore_eos: bool = False
     # actlog extensions: whether to record activations, and which layers
     # (indices as transformers' output_hidden_states, negative from the end, or a preset).
     capture: bool | None = None

@@ -40,7 +40,9 @@ def generate_request(
     prompt_logprobs: int | None = None,
 ) -> inference_pb2.GenerateRequest:
     """The inference request for one prompt; the caller sets its input."""
-    sampling = inference_pb2.SamplingParams(max_tokens=max_tokens, stop=req.stop_list(), n=req.n)
+    sampling = inference_pb2.SamplingParams(
+        max_tokens=max_tokens, stop=req.stop_list(), n=req.n, ignore_eos=req.ignore_eos
+    )
     for name in ("temperature", "top_p", "top_k", "seed", "presence_penalty", "frequency_penalty"):
         value = getattr(req, name)
         if value is not None:
