@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
 import tempfile
 import time
@@ -22,14 +21,8 @@ import time
 import grpc
 import openai
 
-from actlog.launcher import Stack, StackConfig
+from actlog.launcher import Stack, StackConfig, free_port
 from actlog.v1 import inference_pb2, inference_pb2_grpc
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def bounded(concurrency: int, jobs) -> list[float]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from actlog.hashing import prompt_hash  # noqa: E402
 from actlog.ids import new_record_id  # noqa: E402
+from actlog.launcher import free_port  # noqa: E402
 from actlog.v1 import storage_pb2, storage_pb2_grpc  # noqa: E402
 from storage_service import records as rec  # noqa: E402
 from storage_service.testing import float32_to_bf16_bits  # noqa: E402
@@ -138,12 +138,6 @@ def ingest_messages(shape: Shape, payload: Payload, record_id: str, index: int) 
 
 
 # -- the service ---------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_service(lmdb_path: Path, map_size: int, compression: str, log: Path):

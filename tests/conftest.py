@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from actlog.launcher import Stack, StackConfig
+from actlog.launcher import Stack, StackConfig, free_port
 
 # Two engines may run at once (the float32 session stack and a bf16 one): keep each small.
 ENGINE_ENV = {
@@ -18,12 +17,6 @@ ENGINE_ENV = {
     "MAX_MODEL_LEN": "2048",
     "VLLM_LOGGING_LEVEL": "WARNING",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def stack_config(tmp: Path, dtype: str) -> StackConfig:
