@@ -33,14 +33,14 @@ from inference_service.errors import (
     InvalidRequest,
     PromptTooLong,
 )
-from inference_service.layers import recommended_layers, resolve_layers
+from inference_service.layers import parse_layer_spec, recommended_layers, resolve_layers
+from inference_service.logprobs import token_logprobs
 from inference_service.sink import RecordSink
 from inference_service.spool import Spool
 from inference_service.types import (
     GenerationRequest,
     GenerationResult,
     TokenDelta,
-    TokenLogprob,
     prompt_hash,
 )
 
@@ -145,7 +145,7 @@ class CaptureEngine:
         [shape, *_] = await self._llm.collective_rpc("actlog_install")
         self._tokenizer = self._llm.get_tokenizer()
         num_layers = int(shape["num_layers"])
-        default_layers = resolve_layers(*_parse_layers(s.capture_default_layers), num_layers)
+        default_layers = resolve_layers(*parse_layer_spec(s.capture_default_layers), num_layers)
         self.info = ModelDescription(
             model=served,
             num_layers=num_layers,
@@ -337,7 +337,7 @@ class CaptureEngine:
                     new_ids = tuple(output.token_ids[len(c.token_ids) :])
                     new_text = output.text[len(c.text) :]
                     if new_ids or new_text:
-                        new_logprobs = _logprobs(
+                        new_logprobs = token_logprobs(
                             output.token_ids, output.logprobs, len(c.token_ids), lp_k, decode
                         )
                         yield TokenDelta(new_ids, new_text, output.index, new_logprobs)
@@ -392,8 +392,8 @@ class CaptureEngine:
                 model=info.model,
                 index=index,
                 prompt=prompt_text,
-                logprobs=_logprobs(c.token_ids, c.logprobs, 0, lp_k, decode),
-                prompt_logprobs=_logprobs(
+                logprobs=token_logprobs(c.token_ids, c.logprobs, 0, lp_k, decode),
+                prompt_logprobs=token_logprobs(
                     prompt_ids, prompt_lps, 0, req.sampling.prompt_logprobs, decode
                 ),
             )
@@ -414,42 +414,3 @@ class CaptureEngine:
         header["token_strings"] = [self._tokenizer.decode([t]) for t in header["token_ids"]]
         self.spool.finish(writer, header["record_id"], header)
         self.sink.submit(header["record_id"])
-
-
-def _logprobs(
-    token_ids: Any, per_position: Any, start: int, k: int | None, decode: Any
-) -> tuple[TokenLogprob, ...]:
-    """vLLM's per-position {token id: Logprob} maps -> the chosen token's and the top k."""
-    if per_position is None or k is None:
-        return ()
-    out = []
-    for i in range(start, len(token_ids)):
-        token_id = token_ids[i]
-        entries = per_position[i] if i < len(per_position) else None
-        if not entries:
-            # The first prompt token: nothing predicts it.
-            out.append(TokenLogprob(token_id, decode([token_id]), None))
-            continue
-        chosen = entries.get(token_id)
-        ranked = sorted(
-            (item for item in entries.items() if item[1].rank is not None and item[1].rank <= k),
-            key=lambda item: item[1].rank,
-        )
-        out.append(
-            TokenLogprob(
-                token_id=token_id,
-                token=chosen.decoded_token
-                if chosen and chosen.decoded_token is not None
-                else decode([token_id]),
-                logprob=chosen.logprob if chosen else None,
-                top=tuple((tid, lp.decoded_token or "", lp.logprob) for tid, lp in ranked),
-            )
-        )
-    return tuple(out)
-
-
-def _parse_layers(spec: str) -> tuple[list[int], str]:
-    spec = spec.strip()
-    if spec in ("last", "all", "recommended"):
-        return [], spec
-    return [int(part) for part in spec.split(",") if part.strip()], ""

@@ -46,3 +46,11 @@ def resolve_layers(layers: Iterable[int], preset: str, num_layers: int) -> list[
             )
         resolved.add(layer % total)
     return sorted(resolved)
+
+
+def parse_layer_spec(spec: str) -> tuple[list[int], str]:
+    """`last`, `all`, `recommended` or comma-separated indices -> (indices, preset)."""
+    spec = spec.strip()
+    if spec in ("last", "all", "recommended"):
+        return [], spec
+    return [int(part) for part in spec.split(",") if part.strip()], ""
