@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -33,8 +33,25 @@ async def list_models(request: Request) -> ModelList:
     return ModelList(data=[ModelCard(id=info.model, max_model_len=info.max_model_len)])
 
 
-def _event_stream(request: Request, chunks: AsyncIterator[str]) -> StreamingResponse:
+async def _serve(
+    request: Request,
+    stream: bool,
+    start_stream: Callable[[], Awaitable[AsyncIterator[str]]],
+    answer: Callable[[], Awaitable[Any]],
+) -> Any:
+    """Hold a concurrency slot for the whole generation: the response, or the full stream."""
     limit = request.app.state.limit
+    limit.acquire()
+    if not stream:
+        try:
+            return await answer()
+        finally:
+            limit.release()
+    try:
+        chunks = await start_stream()
+    except BaseException:
+        limit.release()
+        raise
 
     async def body() -> AsyncIterator[str]:
         try:
@@ -49,19 +66,12 @@ def _event_stream(request: Request, chunks: AsyncIterator[str]) -> StreamingResp
 @router.post("/v1/completions", response_model=CompletionResponse, response_model_exclude_none=True)
 async def create_completion(body: CompletionRequest, request: Request) -> Any:
     serving = request.app.state.completions
-    limit = request.app.state.limit
-    limit.acquire()
-    if body.stream:
-        try:
-            chunks = await serving.stream_completion(body)
-        except BaseException:
-            limit.release()
-            raise
-        return _event_stream(request, chunks)
-    try:
-        return await serving.create_completion(body)
-    finally:
-        limit.release()
+    return await _serve(
+        request,
+        body.stream,
+        lambda: serving.stream_completion(body),
+        lambda: serving.create_completion(body),
+    )
 
 
 @router.post(
@@ -71,16 +81,9 @@ async def create_completion(body: CompletionRequest, request: Request) -> Any:
 )
 async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Any:
     serving = request.app.state.chat
-    limit = request.app.state.limit
-    limit.acquire()
-    if body.stream:
-        try:
-            chunks = await serving.stream_chat_completion(body)
-        except BaseException:
-            limit.release()
-            raise
-        return _event_stream(request, chunks)
-    try:
-        return await serving.create_chat_completion(body)
-    finally:
-        limit.release()
+    return await _serve(
+        request,
+        body.stream,
+        lambda: serving.stream_chat_completion(body),
+        lambda: serving.create_chat_completion(body),
+    )
