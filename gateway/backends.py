@@ -17,6 +17,9 @@ class InferenceBackend:
         self._channel = grpc.aio.insecure_channel(
             address,
             options=[
+                # Spread requests over every address the name resolves to (replicas behind one
+                # DNS name, e.g. `dns:///inference:50051` with compose's --scale).
+                ("grpc.lb_policy_name", "round_robin"),
                 # Reconnect fast when the inference service comes back after an outage.
                 ("grpc.initial_reconnect_backoff_ms", 100),
                 ("grpc.min_reconnect_backoff_ms", 100),
