@@ -21,6 +21,7 @@ from typing import Any
 
 from vllm.exceptions import VLLMValidationError
 
+from actlog.hashing import prompt_hash
 from actlog.ids import new_record_id
 from inference_service import capture_worker
 from inference_service.capture import CaptureCollector
@@ -37,12 +38,7 @@ from inference_service.layers import parse_layer_spec, recommended_layers, resol
 from inference_service.logprobs import token_logprobs
 from inference_service.sink import RecordSink
 from inference_service.spool import Spool
-from inference_service.types import (
-    GenerationRequest,
-    GenerationResult,
-    TokenDelta,
-    prompt_hash,
-)
+from inference_service.types import GenerationRequest, GenerationResult, TokenDelta
 
 logger = logging.getLogger(__name__)
 
@@ -312,15 +308,12 @@ class CaptureEngine:
         if layers is not None:
             self._check_capture_size(info, len(prompt_ids), req, layers)
         n = req.sampling.n
-        choices = [
-            _Choice(
-                key=capture_key if n == 1 else f"{capture_key}:{i}",
-                record_id=(capture_key if i == 0 else new_record_id()) if capture_key else "",
-            )
-            for i in range(n)
-        ] if capture_key else [_Choice(key="", record_id="") for _ in range(n)]  # fmt: skip
-        for c in choices:
-            if c.key:
+        choices = [_Choice(key="", record_id="") for _ in range(n)]
+        if capture_key is not None:
+            for i, c in enumerate(choices):
+                # The worker suffixes the key with the child index when n > 1.
+                c.key = capture_key if n == 1 else f"{capture_key}:{i}"
+                c.record_id = capture_key if i == 0 else new_record_id()
                 self.collector.register(
                     c.key, c.record_id, layers or [], info.hidden_size, info.dtype
                 )
