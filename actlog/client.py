@@ -16,19 +16,29 @@ Failed calls raise the typed errors of `actlog.errors`.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 import numpy as np
 
-from actlog.errors import ActlogError, WaitTimeoutError, from_rpc_error
+from actlog.errors import ActlogError, FailedPreconditionError, WaitTimeoutError, from_rpc_error
 from actlog.hashing import prompt_hash as hash_prompt
+from actlog.shm import MAX_ARENA_BYTES, ArenaPool, is_local_address, shm_supported
 from actlog.v1 import storage_pb2, storage_pb2_grpc
 
+logger = logging.getLogger(__name__)
+
 DEFAULT_ADDRESS = "127.0.0.1:50052"
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", -1),
+    ("grpc.max_send_message_length", -1),
+    # A stream window larger than gRPC's default start keeps 1 MiB chunks flowing.
+    ("grpc.http2.lookahead_bytes", 16 << 20),
+]
 
 # Raw (stored) numpy dtype of each record dtype. bfloat16 has no numpy dtype: its raw
 # form is the uint16 bit pattern (the high half of the float32 with the same value).
@@ -151,22 +161,44 @@ class StorageClient:
     """Blocking client of the storage service; usable as a context manager.
 
     `timeout` (seconds) bounds every call, a whole activation stream included.
+
+    `transport` picks how activations travel: "stream" in gRPC messages; "shm" through
+    a shared-memory segment the client owns, which the storage service fills (same host
+    only, several times faster); "auto" (default) uses shared memory when the address
+    is on this host and switches to the stream for good if the service cannot open the
+    segment (e.g. it runs in a container). Each reading thread keeps one arena of at
+    most `shm_arena_bytes` (reused, grown on demand); larger reads are split.
     """
 
-    def __init__(self, address: str = DEFAULT_ADDRESS, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        timeout: float = 30.0,
+        transport: Literal["auto", "stream", "shm"] = "auto",
+        shm_arena_bytes: int = MAX_ARENA_BYTES,
+    ) -> None:
+        if transport not in ("auto", "stream", "shm"):
+            raise ValueError(f"transport must be auto, stream or shm, not {transport!r}")
+        if transport == "shm" and not shm_supported():
+            raise ValueError("transport shm needs a writable /dev/shm on this host")
         self.address = address
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_receive_message_length", -1),
-                ("grpc.max_send_message_length", -1),
-            ],
+        self.transport = transport
+        self._shm_ok = transport == "shm" or (
+            transport == "auto" and is_local_address(address) and shm_supported()
         )
+        self._arenas = ArenaPool(max_bytes=shm_arena_bytes)
+        self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
         self._stub = storage_pb2_grpc.StorageStub(self._channel)
+
+    @property
+    def activation_transport(self) -> Literal["stream", "shm"]:
+        """How the next get_activations call reads: "shm" or "stream"."""
+        return "shm" if self._shm_enabled() else "stream"
 
     def close(self) -> None:
         self._channel.close()
+        self._arenas.close()
 
     def __enter__(self) -> StorageClient:
         return self
@@ -318,33 +350,76 @@ class StorageClient:
         With `as_float32` the values are float32 (bfloat16 and float16 convert exactly).
         Without it they keep the stored dtype; bfloat16, which numpy lacks, comes back as
         its uint16 bit patterns (convert with `bf16_bits_to_float32`).
+
+        The arrays are the caller's own: nothing else refers to their memory.
         """
         record = self.get_record(record_id)
         requested = [layers] if isinstance(layers, int) else list(layers or [])
-        wanted = _resolve_layers(record, requested)
-        end = row_end or record.num_positions
-        n_rows = max(end - row_start, 0)
-        raw_dtype = RAW_DTYPES[record.dtype]
-        arrays = {layer: np.empty((n_rows, record.hidden_size), raw_dtype) for layer in wanted}
-        filled = dict.fromkeys(wanted, 0)
-        request = storage_pb2.StreamActivationsRequest(
-            record_id=record_id, layers=requested, row_start=row_start, row_end=row_end or 0
+        selection = _Selection(
+            record, requested, _resolve_layers(record, requested), row_start, row_end or 0
         )
-        for chunk in self._stream(self._stub.StreamActivations, request):
+        if self._shm_enabled():
+            try:
+                return self._read_shm(selection, as_float32)
+            except FailedPreconditionError as error:
+                if self.transport == "shm" or error.error_type != "SharedMemoryUnavailable":
+                    raise
+                logger.info("reading activations over the gRPC stream: %s", error.details)
+                self._shm_ok = False
+        arrays = self._read_stream(selection)
+        if not as_float32:
+            return arrays
+        return {layer: to_float32(raw, record.dtype) for layer, raw in arrays.items()}
+
+    def _shm_enabled(self) -> bool:
+        return self._shm_ok and self.transport != "stream"
+
+    def _read_stream(self, sel: _Selection) -> dict[int, np.ndarray]:
+        record, raw_dtype = sel.record, RAW_DTYPES[sel.record.dtype]
+        shape = (sel.rows, record.hidden_size)
+        arrays = {layer: np.empty(shape, raw_dtype) for layer in sel.layers}
+        filled = dict.fromkeys(sel.layers, 0)
+        for chunk in self._stream(self._stub.StreamActivations, sel.request()):
             block = np.frombuffer(chunk.data, dtype=raw_dtype)
-            offset = chunk.row_start - row_start
+            offset = chunk.row_start - sel.row_start
             arrays[chunk.layer][offset : offset + chunk.row_count] = block.reshape(
                 chunk.row_count, record.hidden_size
             )
             filled[chunk.layer] += chunk.row_count
-        short = {layer: rows for layer, rows in filled.items() if rows != n_rows}
-        if short:
-            raise ActlogError(
-                f"record {record_id}: the stream returned {short} rows per layer, expected {n_rows}"
-            )
-        if not as_float32:
-            return arrays
-        return {layer: to_float32(raw, record.dtype) for layer, raw in arrays.items()}
+        sel.check_rows(filled)
+        return arrays
+
+    def _read_shm(self, sel: _Selection, as_float32: bool) -> dict[int, np.ndarray]:
+        """Read through this thread's shared-memory arena, in pieces of at most its cap."""
+        record, raw_dtype = sel.record, RAW_DTYPES[sel.record.dtype]
+        out_dtype = np.dtype(np.float32) if as_float32 else raw_dtype
+        shape = (sel.rows, record.hidden_size)
+        arrays = {layer: np.empty(shape, out_dtype) for layer in sel.layers}
+        filled = dict.fromkeys(sel.layers, 0)
+        for piece in sel.split(self._arenas.max_bytes):
+            arena = self._arenas.get(piece.nbytes)
+            request = piece.request(shm_name=arena.name, shm_size=arena.size)
+            for chunk in self._stream(self._stub.StreamActivations, request):
+                if (
+                    chunk.data
+                    or chunk.layer not in arrays
+                    or chunk.shm_offset + (chunk.row_count * sel.row_bytes) > arena.size
+                ):
+                    raise ActlogError(f"record {sel.record.record_id}: malformed chunk {chunk}")
+                block = np.frombuffer(
+                    arena.buffer, raw_dtype, chunk.row_count * record.hidden_size, chunk.shm_offset
+                ).reshape(chunk.row_count, record.hidden_size)
+                offset = chunk.row_start - sel.row_start
+                target = arrays[chunk.layer][offset : offset + chunk.row_count]
+                if as_float32 and record.dtype == "bfloat16":
+                    target.view(np.uint32)[...] = block
+                    target.view(np.uint32)[...] <<= 16
+                else:
+                    target[...] = block
+                del block, target  # no view of the arena outlives the read
+                filled[chunk.layer] += chunk.row_count
+        sel.check_rows(filled)
+        return arrays
 
     # -- plumbing -------------------------------------------------------------------
 
@@ -359,6 +434,57 @@ class StorageClient:
             yield from method(request, timeout=self.timeout)
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
+
+
+@dataclass(frozen=True)
+class _Selection:
+    """What one get_activations call reads: resolved layers, rows [row_start, row_end)."""
+
+    record: Record
+    requested: list[int]
+    layers: list[int]
+    row_start: int
+    row_end: int  # 0 = to the end
+
+    @property
+    def rows(self) -> int:
+        return max((self.row_end or self.record.num_positions) - self.row_start, 0)
+
+    @property
+    def row_bytes(self) -> int:
+        return self.record.hidden_size * RAW_DTYPES[self.record.dtype].itemsize
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.layers) * self.rows * self.row_bytes
+
+    def request(self, **shm: Any) -> storage_pb2.StreamActivationsRequest:
+        return storage_pb2.StreamActivationsRequest(
+            record_id=self.record.record_id,
+            layers=self.requested,
+            row_start=self.row_start,
+            row_end=self.row_end,
+            **shm,
+        )
+
+    def split(self, max_bytes: int) -> Iterator[_Selection]:
+        """This selection in pieces of at most `max_bytes`: whole, by layer, then by rows."""
+        if self.nbytes <= max_bytes:
+            yield self
+            return
+        step = max(1, max_bytes // max(self.row_bytes, 1))
+        end = self.row_end or self.record.num_positions
+        for layer in self.layers:
+            for start in range(self.row_start, end, step):
+                yield _Selection(self.record, [layer], [layer], start, min(start + step, end))
+
+    def check_rows(self, filled: Mapping[int, int]) -> None:
+        short = {layer: rows for layer, rows in filled.items() if rows != self.rows}
+        if short:
+            raise ActlogError(
+                f"record {self.record.record_id}: the stream returned {short} rows per layer, "
+                f"expected {self.rows}"
+            )
 
 
 def _resolve_layers(record: Record, requested: list[int]) -> list[int]:

@@ -6,9 +6,11 @@ Starts `python -m storage_service` on a free port with its LMDB in a temporary d
 streams synthetic records of realistic shape through it from several concurrent Ingest
 streams, then writes the same bytes straight into a second LMDB environment in-process
 (same chunk keys, same ~1 MiB values, one durable transaction per record, LMDB's default
-sync). Then reads every record back with StreamActivations and, in-process, with raw
-LMDB reads copying each value out. Prints both throughputs and their ratios (targets:
-ingest >= 0.7 of raw, reads >= 0.5 of raw).
+sync). Then reads every record back as per-layer numpy arrays with
+`StorageClient.get_activations` (StreamActivations), over shared memory and over the
+gRPC stream, and in-process straight from LMDB into the same arrays. Prints the
+throughputs and their ratios (targets: ingest >= 0.7 of raw; same-host reads >= 0.5 of
+raw), and for reference LMDB's bare copy-out speed, which keeps nothing.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from actlog.client import StorageClient  # noqa: E402
 from actlog.hashing import prompt_hash  # noqa: E402
 from actlog.ids import new_record_id  # noqa: E402
 from actlog.launcher import free_port  # noqa: E402
@@ -178,12 +181,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_threads(count: int, target) -> float:
-    """Run target(i) on `count` threads at once; the seconds they took together."""
+def run_threads(count: int, target, setup=None) -> float:
+    """Run target(i) on `count` threads at once; the seconds they took together.
+
+    Each thread runs setup(i) first, untimed.
+    """
     barrier = threading.Barrier(count + 1)
     errors: list[BaseException] = []
 
     def work(i: int) -> None:
+        try:
+            if setup:
+                setup(i)
+        except BaseException as error:
+            errors.append(error)
         barrier.wait()
         try:
             target(i)
@@ -220,17 +231,26 @@ def service_ingest(address: str, shape: Shape, payloads: list[Payload], ids: lis
         return run_threads(streams, stream)
 
 
-def service_read(address: str, ids: list[str], readers: int, expected: int) -> float:
-    with grpc.insecure_channel(address, options=GRPC_OPTIONS) as channel:
-        stub = storage_pb2_grpc.StorageStub(channel)
+def service_read(
+    address: str, transport: str, ids: list[str], readers: int, expected: int
+) -> float:
+    """Every record's activations as numpy arrays in hand, via StorageClient.get_activations.
+
+    Each reader thread reads one record before the clock starts, as a long-lived client
+    would have: it sets up the thread's shared-memory arena, once per thread.
+    """
+    with StorageClient(address, timeout=120, transport=transport) as client:
+
+        def warm_up(r: int) -> None:
+            client.get_activations(ids[r], as_float32=False)
 
         def read(r: int) -> None:
             for record_id in ids[r::readers]:
-                request = storage_pb2.StreamActivationsRequest(record_id=record_id)
-                got = sum(len(chunk.data) for chunk in stub.StreamActivations(request))
+                arrays = client.get_activations(record_id, as_float32=False)
+                got = sum(array.nbytes for array in arrays.values())
                 assert got == expected, (got, expected)
 
-        return run_threads(readers, read)
+        return run_threads(readers, read, warm_up)
 
 
 # -- raw LMDB ------------------------------------------------------------------------------
@@ -250,7 +270,32 @@ def raw_ingest(env: lmdb.Environment, shape: Shape, payloads: list[Payload], ids
     return time.perf_counter() - start
 
 
-def raw_read(env: lmdb.Environment, ids: list[str], expected: int) -> float:
+def raw_read(env: lmdb.Environment, shape: Shape, ids: list[str]) -> float:
+    """Each record into per-layer numpy arrays straight from LMDB: what a reader in the
+    storage process itself would get, the same arrays get_activations returns."""
+    chunks_db = env.open_db(b"chunks")
+    dtype = np.dtype("<u2" if DTYPE_BYTES[shape.dtype] == 2 else "<f4")
+    start = time.perf_counter()
+    for record_id in ids:
+        rid = bytes.fromhex(record_id)
+        arrays = {layer: np.empty((shape.positions, shape.hidden), dtype) for layer in shape.layers}
+        rows = 0
+        with env.begin(buffers=True) as txn:
+            cursor = txn.cursor(db=chunks_db)
+            found = cursor.set_range(rid)
+            while found and cursor.key()[:16] == rid:
+                layer, row_start = rec.split_chunk_key(bytes(cursor.key()))
+                block = np.frombuffer(cursor.value(), dtype).reshape(-1, shape.hidden)
+                arrays[layer][row_start : row_start + len(block)] = block
+                rows += len(block)
+                found = cursor.next()
+        assert rows == shape.positions * len(shape.layers), (rows, record_id)
+    return time.perf_counter() - start
+
+
+def raw_copy(env: lmdb.Environment, ids: list[str], expected: int) -> float:
+    """Each stored value copied out to a bytes object and dropped: LMDB's bare read speed
+    (the destination stays in cache; nothing is kept)."""
     chunks_db = env.open_db(b"chunks")
     start = time.perf_counter()
     for record_id in ids:
@@ -310,7 +355,8 @@ def main() -> None:
         f"ingest streams, {args.readers} readers, compression {args.compression}"
     )
     payloads = [make_payload(shape, seed) for seed in range(args.streams)]
-    tallies = {name: Tally([]) for name in ("service in", "raw in", "service out", "raw out")}
+    names = ("service in", "raw in", "shm out", "stream out", "raw out", "raw copy")
+    tallies = {name: Tally([]) for name in names}
 
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="actlog-bench-") as tmp:
         proc, address = start_service(
@@ -326,11 +372,20 @@ def main() -> None:
                     proc.pid, partial(service_ingest, address, shape, payloads, service_ids)
                 )
                 t["raw in"].timed(None, partial(raw_ingest, env, shape, payloads, raw_ids))
-                t["service out"].timed(
-                    proc.pid,
-                    partial(service_read, address, service_ids, args.readers, shape.record_bytes),
-                )
-                t["raw out"].timed(None, partial(raw_read, env, raw_ids, shape.record_bytes))
+                for transport in ("shm", "stream"):
+                    t[f"{transport} out"].timed(
+                        proc.pid,
+                        partial(
+                            service_read,
+                            address,
+                            transport,
+                            service_ids,
+                            args.readers,
+                            shape.record_bytes,
+                        ),  # fmt: skip
+                    )
+                t["raw out"].timed(None, partial(raw_read, env, shape, raw_ids))
+                t["raw copy"].timed(None, partial(raw_copy, env, raw_ids, shape.record_bytes))
             with grpc.insecure_channel(address) as channel:
                 stats = storage_pb2_grpc.StorageStub(channel).Stats(storage_pb2.StatsRequest())
         finally:
@@ -344,12 +399,18 @@ def main() -> None:
     def rounds(name: str) -> str:
         return " ".join(f"{per_round / t / 1e6:.0f}" for t in tallies[name].seconds)
 
-    for what, target in (("in", 0.7), ("out", 0.5)):
-        service, raw = mbps(f"service {what}"), mbps(f"raw {what}")
+    lines = (
+        ("ingest", "service in", "raw in", ">= 0.7"),
+        ("read shm", "shm out", "raw out", ">= 0.5"),
+        ("read stream", "stream out", "raw out", "none: clients on other hosts"),
+        ("read shm", "shm out", "raw copy", "none: bare LMDB copy-out, nothing kept"),
+    )
+    for label, service_name, raw_name, target in lines:
+        service, raw = mbps(service_name), mbps(raw_name)
         print(
-            f"{'ingest' if what == 'in' else 'read':6s}  service {service:6.0f} MB/s   "
-            f"raw LMDB {raw:6.0f} MB/s   ratio {service / raw:.2f} (target >= {target})   "
-            f"[rounds: service {rounds(f'service {what}')}; raw {rounds(f'raw {what}')}]"
+            f"{label:11s}  service {service:6.0f} MB/s   raw LMDB {raw:6.0f} MB/s   "
+            f"ratio {service / raw:.2f} (target {target})   "
+            f"[rounds: service {rounds(service_name)}; raw {rounds(raw_name)}]"
         )
     print(
         f"service stored {stats.stored_bytes / 1e6:.0f} MB for {stats.activation_bytes / 1e6:.0f} "
@@ -360,8 +421,9 @@ def main() -> None:
     print(
         f"CPU seconds per GB: ingest service {t['service in'].service_cpu / gb:.2f} + client "
         f"{t['service in'].client_cpu / gb:.2f}, raw {t['raw in'].client_cpu / gb:.2f}; read "
-        f"service {t['service out'].service_cpu / gb:.2f} + client "
-        f"{t['service out'].client_cpu / gb:.2f}, raw {t['raw out'].client_cpu / gb:.2f}"
+        f"shm service {t['shm out'].service_cpu / gb:.2f} + client "
+        f"{t['shm out'].client_cpu / gb:.2f}, stream service {t['stream out'].service_cpu / gb:.2f}"
+        f" + client {t['stream out'].client_cpu / gb:.2f}, raw {t['raw out'].client_cpu / gb:.2f}"
     )
     print(f"(medians of {args.rounds} rounds; {os.cpu_count()} CPUs, load average "
           f"{os.getloadavg()[0]:.1f} at the end; MB = 10^6 bytes of activations)")  # fmt: skip

@@ -44,6 +44,11 @@ class StorageSettings(BaseSettings):
         description="Compression of activation chunks on disk: none, zstd or lz4. Applies to "
         "records ingested from then on; reads decompress transparently.",
     )
+    storage_shm_reads: bool = Field(
+        True,
+        description="Let readers on this host receive activations through a shared-memory "
+        "segment they name (StreamActivations shm_name) instead of the gRPC byte stream.",
+    )
     storage_max_workers: int = Field(16, gt=0, description="Threads serving gRPC calls.")
     log_level: str = Field("INFO", description="Python logging level.")
 

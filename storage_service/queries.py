@@ -8,6 +8,7 @@ map resize). See store.py for the sub-databases.
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -32,6 +33,28 @@ MAX_PAGE_SIZE = 1000
 # short page and a token.
 LIST_SCAN_LIMIT = 20_000
 LIST_PAGE_BYTES = 16 << 20
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Layers and rows [row_start, row_end) of one complete record, checked."""
+
+    header: storage_pb2.RecordHeader
+    layers: list[int]
+    row_start: int
+    row_end: int
+
+    @property
+    def row_width(self) -> int:
+        return rec.row_bytes(self.header)
+
+    @property
+    def layer_bytes(self) -> int:
+        return (self.row_end - self.row_start) * self.row_width
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.layers) * self.layer_bytes
 
 
 @dataclass(frozen=True)
@@ -198,19 +221,17 @@ class Queries:
 
     # -- activations ----------------------------------------------------------------
 
-    def stream_activations(
+    def select(
         self,
         record_id: str,
         layers: Sequence[int] = (),
         row_start: int = 0,
         row_end: int = 0,
-    ) -> Iterator[bytes]:
-        """Serialized `ActivationChunk`s of the chosen layers, clipped to [row_start, row_end).
+    ) -> Selection:
+        """The checked selection of a complete record's layers and rows [row_start, row_end).
 
-        Layers come one after another (in request order, every stored layer when empty),
-        each in ascending rows. `row_end` 0 means to the end. Arguments are checked
-        before this returns; the chunks are read lazily, in batches, decompressed, and
-        encoded straight from LMDB's buffers (wire.py).
+        Layers in request order (every stored layer when empty); `row_end` 0 means to
+        the end.
         """
         header = self.get(record_id)
         if header.status != COMPLETE:
@@ -224,7 +245,63 @@ class Queries:
                 f"rows [{row_start}, {row_end or 'end'}) outside record {record_id}, "
                 f"which has {header.num_positions} positions"
             )
-        return self._iter_chunks(header, chosen, row_start, end)
+        return Selection(header, chosen, row_start, end)
+
+    def stream_activations(self, selection: Selection) -> Iterator[bytes]:
+        """Serialized `ActivationChunk`s of `selection`, layer by layer in ascending rows.
+
+        The chunks are read lazily, in batches, decompressed, and encoded straight from
+        LMDB's buffers (wire.py).
+        """
+        return self._iter_chunks(
+            selection.header, selection.layers, selection.row_start, selection.row_end
+        )
+
+    def copy_activations(self, selection: Selection, out: mmap.mmap) -> Iterator[int]:
+        """Copy `selection` into `out`, a layer at a time; yields each layer's offset.
+
+        Layer k of the selection goes to k x `selection.layer_bytes` as one contiguous
+        (rows x hidden) block, copied from LMDB's map (decompressed first when stored
+        compressed). `out` must hold `selection.nbytes`.
+        """
+        header, width = selection.header, selection.row_width
+        start, end = selection.row_start, selection.row_end
+        rid = rec.record_key(header.record_id)
+        decompress = codecs.decompressor(codecs.parse(header.compression))
+        for index, layer in enumerate(selection.layers):
+            base = index * selection.layer_bytes
+            if not selection.layer_bytes:
+                yield base
+                continue
+            prefix = rec.layer_prefix(rid, layer)
+            copied = 0
+            with self._read() as txn:  # one layer is at most a few tens of MiB
+                cursor = txn.cursor(db=self._chunks)
+                found = cursor.set_range(prefix)
+                while found:
+                    key = cursor.key()
+                    if key[: len(prefix)] != prefix:
+                        break
+                    _, chunk_start = rec.split_chunk_key(bytes(key))
+                    if chunk_start >= end:
+                        break
+                    value = cursor.value()
+                    if decompress is not None:
+                        value = memoryview(decompress(value))
+                    lo, hi = max(start, chunk_start), min(end, chunk_start + len(value) // width)
+                    if lo < hi:
+                        at = base + (lo - start) * width
+                        out[at : at + (hi - lo) * width] = value[
+                            (lo - chunk_start) * width : (hi - chunk_start) * width
+                        ]
+                        copied += (hi - lo) * width
+                    found = cursor.next()
+            if copied != selection.layer_bytes:
+                raise RuntimeError(
+                    f"record {header.record_id} layer {layer}: found {copied} bytes of rows "
+                    f"[{start}, {end}), expected {selection.layer_bytes}"
+                )
+            yield base
 
     def _iter_chunks(
         self, header: storage_pb2.RecordHeader, layers: list[int], start: int, end: int

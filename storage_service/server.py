@@ -15,10 +15,11 @@ from grpc_reflection.v1alpha import reflection
 
 from actlog.v1 import storage_pb2, storage_pb2_grpc
 from storage_service.compression import Compression
-from storage_service.config import StorageSettings, load_settings
+from storage_service.config import MIB, StorageSettings, load_settings
 from storage_service.interceptors import CodecInterceptor, ErrorInterceptor
 from storage_service.malloc import tune_for_large_buffers
 from storage_service.servicer import StorageServicer
+from storage_service.shm import SegmentCache
 from storage_service.store import ActivationStore
 from storage_service.wire import decode_ingest_request
 
@@ -37,11 +38,16 @@ class StorageServer:
     """The running parts of one storage service: gRPC server, health and LMDB store."""
 
     def __init__(
-        self, server: grpc.Server, health_servicer: health.HealthServicer, store: ActivationStore
+        self,
+        server: grpc.Server,
+        health_servicer: health.HealthServicer,
+        store: ActivationStore,
+        segments: SegmentCache,
     ) -> None:
         self.grpc_server = server
         self.health = health_servicer
         self.store = store
+        self.segments = segments
 
     def start(self) -> None:
         self.grpc_server.start()
@@ -52,6 +58,7 @@ class StorageServer:
         """Report NOT_SERVING, let calls in flight finish within `grace` s, close LMDB."""
         self.health.enter_graceful_shutdown()
         self.grpc_server.stop(grace).wait()
+        self.segments.close()
         self.store.close()
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:
@@ -74,6 +81,9 @@ def create_server(settings: StorageSettings) -> tuple[StorageServer, int]:
     options = [
         ("grpc.max_receive_message_length", settings.grpc_max_message_bytes),
         ("grpc.max_send_message_length", settings.grpc_max_message_bytes),
+        # Ingest streams 1 MiB chunks: a stream window well above gRPC's starting one
+        # keeps a sender from stalling on flow control.
+        ("grpc.http2.lookahead_bytes", 16 * MIB),
     ]
     server = grpc.server(
         futures.ThreadPoolExecutor(
@@ -82,7 +92,8 @@ def create_server(settings: StorageSettings) -> tuple[StorageServer, int]:
         interceptors=[CodecInterceptor(BULK_CODECS), ErrorInterceptor()],
         options=options,
     )
-    storage_pb2_grpc.add_StorageServicer_to_server(StorageServicer(store), server)
+    segments = SegmentCache(enabled=settings.storage_shm_reads)
+    storage_pb2_grpc.add_StorageServicer_to_server(StorageServicer(store, segments), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for service in ("", SERVICE_NAME):
@@ -99,7 +110,7 @@ def create_server(settings: StorageSettings) -> tuple[StorageServer, int]:
     if port == 0:
         store.close()
         raise RuntimeError(f"storage could not bind {address}")
-    return StorageServer(server, health_servicer, store), port
+    return StorageServer(server, health_servicer, store, segments), port
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Iterator
 
 import grpc
 
 from actlog.v1 import storage_pb2, storage_pb2_grpc
+from storage_service.errors import InvalidArgument
 from storage_service.ingest import IngestSession
+from storage_service.queries import Selection
+from storage_service.shm import SegmentCache
 from storage_service.store import ActivationStore
 
 
 class StorageServicer(storage_pb2_grpc.StorageServicer):
-    def __init__(self, store: ActivationStore) -> None:
+    def __init__(self, store: ActivationStore, segments: SegmentCache) -> None:
         self._store = store
+        self._segments = segments
 
     def Ingest(
         self,
@@ -45,10 +50,37 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
     def StreamActivations(
         self, request: storage_pb2.StreamActivationsRequest, context: grpc.ServicerContext
     ) -> Iterator[bytes]:
-        """Serialized ActivationChunks, passed to gRPC as they are (see interceptors.py)."""
-        return self._store.stream_activations(
+        """Serialized ActivationChunks, passed to gRPC as they are (see interceptors.py).
+
+        With `shm_name` the rows go into the caller's shared-memory segment (shm.py) and
+        each layer's chunk carries only its offset there.
+        """
+        selection = self._store.select(
             request.record_id, list(request.layers), request.row_start, request.row_end
         )
+        if not request.shm_name:
+            return self._store.stream_activations(selection)
+        segment = self._segments.open(request.shm_name, request.shm_size)
+        if selection.nbytes > request.shm_size:
+            raise InvalidArgument(
+                f"the selection holds {selection.nbytes} bytes, more than shm_size "
+                f"{request.shm_size}"
+            )
+        return self._describe(selection, segment.mapping)
+
+    def _describe(self, selection: Selection, out: mmap.mmap) -> Iterator[bytes]:
+        rows = selection.row_end - selection.row_start
+        for sequence, (layer, offset) in enumerate(
+            zip(selection.layers, self._store.copy_activations(selection, out), strict=True)
+        ):
+            yield storage_pb2.ActivationChunk(
+                record_id=selection.header.record_id,
+                sequence=sequence,
+                layer=layer,
+                row_start=selection.row_start,
+                row_count=rows,
+                shm_offset=offset,
+            ).SerializeToString()
 
     def Stats(
         self, request: storage_pb2.StatsRequest, context: grpc.ServicerContext

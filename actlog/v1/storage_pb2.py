@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61\x63tlog/v1/storage.proto\x12\tactlog.v1\"\xcf\x04\n\x0cRecordHeader\x12\x11\n\trecord_id\x18\x01 \x01(\t\x12\x13\n\x0bprompt_hash\x18\x02 \x01(\t\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12\x10\n\x08response\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\x12\x11\n\ttoken_ids\x18\x06 \x03(\r\x12\x15\n\rtoken_strings\x18\x07 \x03(\t\x12\x15\n\rprompt_length\x18\x08 \x01(\r\x12\x1c\n\x14sampling_params_json\x18\t \x01(\t\x12\x0e\n\x06layers\x18\n \x03(\r\x12\x15\n\rnum_positions\x18\x0b \x01(\r\x12\x13\n\x0bhidden_size\x18\x0c \x01(\r\x12\r\n\x05\x64type\x18\r \x01(\t\x12\x12\n\nnum_layers\x18\x0e \x01(\r\x12\x15\n\rfinish_reason\x18\x0f \x01(\t\x12\x15\n\rcreated_at_ms\x18\x10 \x01(\x03\x12\x33\n\x06labels\x18\x11 \x03(\x0b\x32#.actlog.v1.RecordHeader.LabelsEntry\x12\'\n\x06status\x18\x12 \x01(\x0e\x32\x17.actlog.v1.RecordStatus\x12\x18\n\x10\x61\x63tivation_bytes\x18\x13 \x01(\x04\x12\x14\n\x0c\x63hoice_index\x18\x14 \x01(\r\x12\x12\n\nrequest_id\x18\x15 \x01(\t\x12\x13\n\x0b\x63ompression\x18\x16 \x01(\t\x12\x14\n\x0cstored_bytes\x18\x17 \x01(\x04\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"y\n\x0f\x41\x63tivationChunk\x12\x11\n\trecord_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\r\x12\r\n\x05layer\x18\x03 \x01(\r\x12\x11\n\trow_start\x18\x04 \x01(\r\x12\x11\n\trow_count\x18\x05 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x06 \x01(\x0c\"E\n\x0cIngestCommit\x12\x11\n\trecord_id\x18\x01 \x01(\t\x12\x12\n\nnum_chunks\x18\x02 \x01(\r\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"\x9a\x01\n\rIngestRequest\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x17.actlog.v1.RecordHeaderH\x00\x12+\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x1a.actlog.v1.ActivationChunkH\x00\x12)\n\x06\x63ommit\x18\x03 \x01(\x0b\x32\x17.actlog.v1.IngestCommitH\x00\x42\x06\n\x04item\"c\n\x0eIngestResponse\x12\x11\n\trecord_id\x18\x01 \x01(\t\x12\'\n\x06status\x18\x02 \x01(\x0e\x32\x17.actlog.v1.RecordStatus\x12\x15\n\rbytes_written\x18\x03 \x01(\x04\"%\n\x10GetRecordRequest\x12\x11\n\trecord_id\x18\x01 \x01(\t\"=\n\x17\x46indByPromptHashRequest\x12\x13\n\x0bprompt_hash\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\"6\n\nRecordList\x12(\n\x07records\x18\x01 \x03(\x0b\x32\x17.actlog.v1.RecordHeader\"\xd8\x01\n\x12ListRecordsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x39\n\x06labels\x18\x02 \x03(\x0b\x32).actlog.v1.ListRecordsRequest.LabelsEntry\x12\x10\n\x08since_ms\x18\x03 \x01(\x03\x12\x10\n\x08until_ms\x18\x04 \x01(\x03\x12\x11\n\tpage_size\x18\x05 \x01(\r\x12\x12\n\npage_token\x18\x06 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"X\n\x13ListRecordsResponse\x12(\n\x07records\x18\x01 \x03(\x0b\x32\x17.actlog.v1.RecordHeader\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x9d\x01\n\x10SetLabelsRequest\x12\x11\n\trecord_id\x18\x01 \x01(\t\x12\x37\n\x06labels\x18\x02 \x03(\x0b\x32\'.actlog.v1.SetLabelsRequest.LabelsEntry\x12\x0e\n\x06remove\x18\x03 \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"(\n\x13\x44\x65leteRecordRequest\x12\x11\n\trecord_id\x18\x01 \x01(\t\"Y\n\x14\x44\x65leteRecordResponse\x12\x11\n\trecord_id\x18\x01 \x01(\t\x12\x18\n\x10\x61\x63tivation_bytes\x18\x02 \x01(\x04\x12\x14\n\x0cstored_bytes\x18\x03 \x01(\x04\"a\n\x18StreamActivationsRequest\x12\x11\n\trecord_id\x18\x01 \x01(\t\x12\x0e\n\x06layers\x18\x02 \x03(\x05\x12\x11\n\trow_start\x18\x03 \x01(\r\x12\x0f\n\x07row_end\x18\x04 \x01(\r\"\x0e\n\x0cStatsRequest\"F\n\nModelStats\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07records\x18\x02 \x01(\x04\x12\x18\n\x10\x61\x63tivation_bytes\x18\x03 \x01(\x04\"\xd8\x01\n\rStatsResponse\x12\x0f\n\x07records\x18\x01 \x01(\x04\x12\x18\n\x10\x63omplete_records\x18\x02 \x01(\x04\x12\x18\n\x10\x61\x63tivation_bytes\x18\x03 \x01(\x04\x12\x15\n\rprompt_hashes\x18\x04 \x01(\x04\x12%\n\x06models\x18\x05 \x03(\x0b\x32\x15.actlog.v1.ModelStats\x12\x17\n\x0flmdb_used_bytes\x18\x06 \x01(\x04\x12\x15\n\rlmdb_map_size\x18\x07 \x01(\x04\x12\x14\n\x0cstored_bytes\x18\x08 \x01(\x04*d\n\x0cRecordStatus\x12\x1d\n\x19RECORD_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15RECORD_STATUS_PARTIAL\x10\x01\x12\x1a\n\x16RECORD_STATUS_COMPLETE\x10\x02\x32\xd2\x04\n\x07Storage\x12?\n\x06Ingest\x12\x18.actlog.v1.IngestRequest\x1a\x19.actlog.v1.IngestResponse(\x01\x12\x41\n\tGetRecord\x12\x1b.actlog.v1.GetRecordRequest\x1a\x17.actlog.v1.RecordHeader\x12M\n\x10\x46indByPromptHash\x12\".actlog.v1.FindByPromptHashRequest\x1a\x15.actlog.v1.RecordList\x12V\n\x11StreamActivations\x12#.actlog.v1.StreamActivationsRequest\x1a\x1a.actlog.v1.ActivationChunk0\x01\x12:\n\x05Stats\x12\x17.actlog.v1.StatsRequest\x1a\x18.actlog.v1.StatsResponse\x12L\n\x0bListRecords\x12\x1d.actlog.v1.ListRecordsRequest\x1a\x1e.actlog.v1.ListRecordsResponse\x12\x41\n\tSetLabels\x12\x1b.actlog.v1.SetLabelsRequest\x1a\x17.actlog.v1.RecordHeader\x12O\n\x0c\x44\x65leteRecord\x12\x1e.actlog.v1.DeleteRecordRequest\x1a\x1f.actlog.v1.DeleteRecordResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61\x63tlog/v1/storage.proto\x12\tactlog.v1\"\xcf\x04\n\x0cRecordHeader\x12\x11\n\trecord_id\x18\x01 \x01(\t\x12\x13\n\x0bprompt_hash\x18\x02 \x01(\t\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12\x10\n\x08response\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\x12\x11\n\ttoken_ids\x18\x06 \x03(\r\x12\x15\n\rtoken_strings\x18\x07 \x03(\t\x12\x15\n\rprompt_length\x18\x08 \x01(\r\x12\x1c\n\x14sampling_params_json\x18\t \x01(\t\x12\x0e\n\x06layers\x18\n \x03(\r\x12\x15\n\rnum_positions\x18\x0b \x01(\r\x12\x13\n\x0bhidden_size\x18\x0c \x01(\r\x12\r\n\x05\x64type\x18\r \x01(\t\x12\x12\n\nnum_layers\x18\x0e \x01(\r\x12\x15\n\rfinish_reason\x18\x0f \x01(\t\x12\x15\n\rcreated_at_ms\x18\x10 \x01(\x03\x12\x33\n\x06labels\x18\x11 \x03(\x0b\x32#.actlog.v1.RecordHeader.LabelsEntry\x12\'\n\x06status\x18\x12 \x01(\x0e\x32\x17.actlog.v1.RecordStatus\x12\x18\n\x10\x61\x63tivation_bytes\x18\x13 \x01(\x04\x12\x14\n\x0c\x63hoice_index\x18\x14 \x01(\r\x12\x12\n\nrequest_id\x18\x15 \x01(\t\x12\x13\n\x0b\x63ompression\x18\x16 \x01(\t\x12\x14\n\x0cstored_bytes\x18\x17 \x01(\x04\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8d\x01\n\x0f\x41\x63tivationChunk\x12\x11\n\trecord_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\r\x12\r\n\x05layer\x18\x03 \x01(\r\x12\x11\n\trow_start\x18\x04 \x01(\r\x12\x11\n\trow_count\x18\x05 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x06 \x01(\x0c\x12\x12\n\nshm_offset\x18\x07 \x01(\x04\"E\n\x0cIngestCommit\x12\x11\n\trecord_id\x18\x01 \x01(\t\x12\x12\n\nnum_chunks\x18\x02 \x01(\r\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"\x9a\x01\n\rIngestRequest\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x17.actlog.v1.RecordHeaderH\x00\x12+\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x1a.actlog.v1.ActivationChunkH\x00\x12)\n\x06\x63ommit\x18\x03 \x01(\x0b\x32\x17.actlog.v1.IngestCommitH\x00\x42\x06\n\x04item\"c\n\x0eIngestResponse\x12\x11\n\trecord_id\x18\x01 \x01(\t\x12\'\n\x06status\x18\x02 \x01(\x0e\x32\x17.actlog.v1.RecordStatus\x12\x15\n\rbytes_written\x18\x03 \x01(\x04\"%\n\x10GetRecordRequest\x12\x11\n\trecord_id\x18\x01 \x01(\t\"=\n\x17\x46indByPromptHashRequest\x12\x13\n\x0bprompt_hash\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\"6\n\nRecordList\x12(\n\x07records\x18\x01 \x03(\x0b\x32\x17.actlog.v1.RecordHeader\"\xd8\x01\n\x12ListRecordsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x39\n\x06labels\x18\x02 \x03(\x0b\x32).actlog.v1.ListRecordsRequest.LabelsEntry\x12\x10\n\x08since_ms\x18\x03 \x01(\x03\x12\x10\n\x08until_ms\x18\x04 \x01(\x03\x12\x11\n\tpage_size\x18\x05 \x01(\r\x12\x12\n\npage_token\x18\x06 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"X\n\x13ListRecordsResponse\x12(\n\x07records\x18\x01 \x03(\x0b\x32\x17.actlog.v1.RecordHeader\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x9d\x01\n\x10SetLabelsRequest\x12\x11\n\trecord_id\x18\x01 \x01(\t\x12\x37\n\x06labels\x18\x02 \x03(\x0b\x32\'.actlog.v1.SetLabelsRequest.LabelsEntry\x12\x0e\n\x06remove\x18\x03 \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"(\n\x13\x44\x65leteRecordRequest\x12\x11\n\trecord_id\x18\x01 \x01(\t\"Y\n\x14\x44\x65leteRecordResponse\x12\x11\n\trecord_id\x18\x01 \x01(\t\x12\x18\n\x10\x61\x63tivation_bytes\x18\x02 \x01(\x04\x12\x14\n\x0cstored_bytes\x18\x03 \x01(\x04\"\x85\x01\n\x18StreamActivationsRequest\x12\x11\n\trecord_id\x18\x01 \x01(\t\x12\x0e\n\x06layers\x18\x02 \x03(\x05\x12\x11\n\trow_start\x18\x03 \x01(\r\x12\x0f\n\x07row_end\x18\x04 \x01(\r\x12\x10\n\x08shm_name\x18\x05 \x01(\t\x12\x10\n\x08shm_size\x18\x06 \x01(\x04\"\x0e\n\x0cStatsRequest\"F\n\nModelStats\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07records\x18\x02 \x01(\x04\x12\x18\n\x10\x61\x63tivation_bytes\x18\x03 \x01(\x04\"\xd8\x01\n\rStatsResponse\x12\x0f\n\x07records\x18\x01 \x01(\x04\x12\x18\n\x10\x63omplete_records\x18\x02 \x01(\x04\x12\x18\n\x10\x61\x63tivation_bytes\x18\x03 \x01(\x04\x12\x15\n\rprompt_hashes\x18\x04 \x01(\x04\x12%\n\x06models\x18\x05 \x03(\x0b\x32\x15.actlog.v1.ModelStats\x12\x17\n\x0flmdb_used_bytes\x18\x06 \x01(\x04\x12\x15\n\rlmdb_map_size\x18\x07 \x01(\x04\x12\x14\n\x0cstored_bytes\x18\x08 \x01(\x04*d\n\x0cRecordStatus\x12\x1d\n\x19RECORD_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15RECORD_STATUS_PARTIAL\x10\x01\x12\x1a\n\x16RECORD_STATUS_COMPLETE\x10\x02\x32\xd2\x04\n\x07Storage\x12?\n\x06Ingest\x12\x18.actlog.v1.IngestRequest\x1a\x19.actlog.v1.IngestResponse(\x01\x12\x41\n\tGetRecord\x12\x1b.actlog.v1.GetRecordRequest\x1a\x17.actlog.v1.RecordHeader\x12M\n\x10\x46indByPromptHash\x12\".actlog.v1.FindByPromptHashRequest\x1a\x15.actlog.v1.RecordList\x12V\n\x11StreamActivations\x12#.actlog.v1.StreamActivationsRequest\x1a\x1a.actlog.v1.ActivationChunk0\x01\x12:\n\x05Stats\x12\x17.actlog.v1.StatsRequest\x1a\x18.actlog.v1.StatsResponse\x12L\n\x0bListRecords\x12\x1d.actlog.v1.ListRecordsRequest\x1a\x1e.actlog.v1.ListRecordsResponse\x12\x41\n\tSetLabels\x12\x1b.actlog.v1.SetLabelsRequest\x1a\x17.actlog.v1.RecordHeader\x12O\n\x0c\x44\x65leteRecord\x12\x1e.actlog.v1.DeleteRecordRequest\x1a\x1f.actlog.v1.DeleteRecordResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,48 +37,48 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTRECORDSREQUEST_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_SETLABELSREQUEST_LABELSENTRY']._loaded_options = None
   _globals['_SETLABELSREQUEST_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_RECORDSTATUS']._serialized_start=2250
-  _globals['_RECORDSTATUS']._serialized_end=2350
+  _globals['_RECORDSTATUS']._serialized_start=2308
+  _globals['_RECORDSTATUS']._serialized_end=2408
   _globals['_RECORDHEADER']._serialized_start=39
   _globals['_RECORDHEADER']._serialized_end=630
   _globals['_RECORDHEADER_LABELSENTRY']._serialized_start=585
   _globals['_RECORDHEADER_LABELSENTRY']._serialized_end=630
-  _globals['_ACTIVATIONCHUNK']._serialized_start=632
-  _globals['_ACTIVATIONCHUNK']._serialized_end=753
-  _globals['_INGESTCOMMIT']._serialized_start=755
-  _globals['_INGESTCOMMIT']._serialized_end=824
-  _globals['_INGESTREQUEST']._serialized_start=827
-  _globals['_INGESTREQUEST']._serialized_end=981
-  _globals['_INGESTRESPONSE']._serialized_start=983
-  _globals['_INGESTRESPONSE']._serialized_end=1082
-  _globals['_GETRECORDREQUEST']._serialized_start=1084
-  _globals['_GETRECORDREQUEST']._serialized_end=1121
-  _globals['_FINDBYPROMPTHASHREQUEST']._serialized_start=1123
-  _globals['_FINDBYPROMPTHASHREQUEST']._serialized_end=1184
-  _globals['_RECORDLIST']._serialized_start=1186
-  _globals['_RECORDLIST']._serialized_end=1240
-  _globals['_LISTRECORDSREQUEST']._serialized_start=1243
-  _globals['_LISTRECORDSREQUEST']._serialized_end=1459
+  _globals['_ACTIVATIONCHUNK']._serialized_start=633
+  _globals['_ACTIVATIONCHUNK']._serialized_end=774
+  _globals['_INGESTCOMMIT']._serialized_start=776
+  _globals['_INGESTCOMMIT']._serialized_end=845
+  _globals['_INGESTREQUEST']._serialized_start=848
+  _globals['_INGESTREQUEST']._serialized_end=1002
+  _globals['_INGESTRESPONSE']._serialized_start=1004
+  _globals['_INGESTRESPONSE']._serialized_end=1103
+  _globals['_GETRECORDREQUEST']._serialized_start=1105
+  _globals['_GETRECORDREQUEST']._serialized_end=1142
+  _globals['_FINDBYPROMPTHASHREQUEST']._serialized_start=1144
+  _globals['_FINDBYPROMPTHASHREQUEST']._serialized_end=1205
+  _globals['_RECORDLIST']._serialized_start=1207
+  _globals['_RECORDLIST']._serialized_end=1261
+  _globals['_LISTRECORDSREQUEST']._serialized_start=1264
+  _globals['_LISTRECORDSREQUEST']._serialized_end=1480
   _globals['_LISTRECORDSREQUEST_LABELSENTRY']._serialized_start=585
   _globals['_LISTRECORDSREQUEST_LABELSENTRY']._serialized_end=630
-  _globals['_LISTRECORDSRESPONSE']._serialized_start=1461
-  _globals['_LISTRECORDSRESPONSE']._serialized_end=1549
-  _globals['_SETLABELSREQUEST']._serialized_start=1552
-  _globals['_SETLABELSREQUEST']._serialized_end=1709
+  _globals['_LISTRECORDSRESPONSE']._serialized_start=1482
+  _globals['_LISTRECORDSRESPONSE']._serialized_end=1570
+  _globals['_SETLABELSREQUEST']._serialized_start=1573
+  _globals['_SETLABELSREQUEST']._serialized_end=1730
   _globals['_SETLABELSREQUEST_LABELSENTRY']._serialized_start=585
   _globals['_SETLABELSREQUEST_LABELSENTRY']._serialized_end=630
-  _globals['_DELETERECORDREQUEST']._serialized_start=1711
-  _globals['_DELETERECORDREQUEST']._serialized_end=1751
-  _globals['_DELETERECORDRESPONSE']._serialized_start=1753
-  _globals['_DELETERECORDRESPONSE']._serialized_end=1842
-  _globals['_STREAMACTIVATIONSREQUEST']._serialized_start=1844
-  _globals['_STREAMACTIVATIONSREQUEST']._serialized_end=1941
-  _globals['_STATSREQUEST']._serialized_start=1943
-  _globals['_STATSREQUEST']._serialized_end=1957
-  _globals['_MODELSTATS']._serialized_start=1959
-  _globals['_MODELSTATS']._serialized_end=2029
-  _globals['_STATSRESPONSE']._serialized_start=2032
-  _globals['_STATSRESPONSE']._serialized_end=2248
-  _globals['_STORAGE']._serialized_start=2353
-  _globals['_STORAGE']._serialized_end=2947
+  _globals['_DELETERECORDREQUEST']._serialized_start=1732
+  _globals['_DELETERECORDREQUEST']._serialized_end=1772
+  _globals['_DELETERECORDRESPONSE']._serialized_start=1774
+  _globals['_DELETERECORDRESPONSE']._serialized_end=1863
+  _globals['_STREAMACTIVATIONSREQUEST']._serialized_start=1866
+  _globals['_STREAMACTIVATIONSREQUEST']._serialized_end=1999
+  _globals['_STATSREQUEST']._serialized_start=2001
+  _globals['_STATSREQUEST']._serialized_end=2015
+  _globals['_MODELSTATS']._serialized_start=2017
+  _globals['_MODELSTATS']._serialized_end=2087
+  _globals['_STATSRESPONSE']._serialized_start=2090
+  _globals['_STATSRESPONSE']._serialized_end=2306
+  _globals['_STORAGE']._serialized_start=2411
+  _globals['_STORAGE']._serialized_end=3005
 # @@protoc_insertion_point(module_scope)

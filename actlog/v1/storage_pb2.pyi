@@ -74,20 +74,22 @@ class RecordHeader(_message.Message):
     def __init__(self, record_id: _Optional[str] = ..., prompt_hash: _Optional[str] = ..., prompt: _Optional[str] = ..., response: _Optional[str] = ..., model: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., token_strings: _Optional[_Iterable[str]] = ..., prompt_length: _Optional[int] = ..., sampling_params_json: _Optional[str] = ..., layers: _Optional[_Iterable[int]] = ..., num_positions: _Optional[int] = ..., hidden_size: _Optional[int] = ..., dtype: _Optional[str] = ..., num_layers: _Optional[int] = ..., finish_reason: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., status: _Optional[_Union[RecordStatus, str]] = ..., activation_bytes: _Optional[int] = ..., choice_index: _Optional[int] = ..., request_id: _Optional[str] = ..., compression: _Optional[str] = ..., stored_bytes: _Optional[int] = ...) -> None: ...
 
 class ActivationChunk(_message.Message):
-    __slots__ = ("record_id", "sequence", "layer", "row_start", "row_count", "data")
+    __slots__ = ("record_id", "sequence", "layer", "row_start", "row_count", "data", "shm_offset")
     RECORD_ID_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     LAYER_FIELD_NUMBER: _ClassVar[int]
     ROW_START_FIELD_NUMBER: _ClassVar[int]
     ROW_COUNT_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    SHM_OFFSET_FIELD_NUMBER: _ClassVar[int]
     record_id: str
     sequence: int
     layer: int
     row_start: int
     row_count: int
     data: bytes
-    def __init__(self, record_id: _Optional[str] = ..., sequence: _Optional[int] = ..., layer: _Optional[int] = ..., row_start: _Optional[int] = ..., row_count: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+    shm_offset: int
+    def __init__(self, record_id: _Optional[str] = ..., sequence: _Optional[int] = ..., layer: _Optional[int] = ..., row_start: _Optional[int] = ..., row_count: _Optional[int] = ..., data: _Optional[bytes] = ..., shm_offset: _Optional[int] = ...) -> None: ...
 
 class IngestCommit(_message.Message):
     __slots__ = ("record_id", "num_chunks", "sha256")
@@ -204,16 +206,20 @@ class DeleteRecordResponse(_message.Message):
     def __init__(self, record_id: _Optional[str] = ..., activation_bytes: _Optional[int] = ..., stored_bytes: _Optional[int] = ...) -> None: ...
 
 class StreamActivationsRequest(_message.Message):
-    __slots__ = ("record_id", "layers", "row_start", "row_end")
+    __slots__ = ("record_id", "layers", "row_start", "row_end", "shm_name", "shm_size")
     RECORD_ID_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
     ROW_START_FIELD_NUMBER: _ClassVar[int]
     ROW_END_FIELD_NUMBER: _ClassVar[int]
+    SHM_NAME_FIELD_NUMBER: _ClassVar[int]
+    SHM_SIZE_FIELD_NUMBER: _ClassVar[int]
     record_id: str
     layers: _containers.RepeatedScalarFieldContainer[int]
     row_start: int
     row_end: int
-    def __init__(self, record_id: _Optional[str] = ..., layers: _Optional[_Iterable[int]] = ..., row_start: _Optional[int] = ..., row_end: _Optional[int] = ...) -> None: ...
+    shm_name: str
+    shm_size: int
+    def __init__(self, record_id: _Optional[str] = ..., layers: _Optional[_Iterable[int]] = ..., row_start: _Optional[int] = ..., row_end: _Optional[int] = ..., shm_name: _Optional[str] = ..., shm_size: _Optional[int] = ...) -> None: ...
 
 class StatsRequest(_message.Message):
     __slots__ = ()

@@ -29,7 +29,10 @@ def send_all(client, model, prompts, on_each=None) -> list[str]:
         if on_each:
             on_each(i)
         reply = client.completions.create(
-            model=model, prompt=prompt, max_tokens=3, temperature=0,
+            model=model,
+            prompt=prompt,
+            max_tokens=3,
+            temperature=0,
             extra_body={"capture_layers": LAYERS},
         )
         assert reply.choices[0].text is not None

@@ -186,18 +186,9 @@ def test_compressed_records_round_trip_exactly(start_storage, tmp_path, codec) -
         with pytest.raises(grpc.RpcError, match="checksum mismatch"):
             stub.Ingest(iter(bad.requests(16, sha256="0" * 64)), timeout=60)
 
-    with StorageClient(storage.address) as client:
-        for record in [*records, sparse]:
-            got = client.get_record(record.header.record_id)
-            assert got.compression == codec and got.is_complete
-            assert got.stored_bytes > 0
-            assert_identical(client, record)
-            some = client.get_activations(got.record_id, layers=[-1, 4], row_start=5, row_end=41)
-            for layer, values in some.items():
-                np.testing.assert_array_equal(values, record.values[layer][5:41])
-        assert client.get_record(sparse.header.record_id).stored_bytes < 0.9 * 512 * 1024
-        stats = client.stats()
-        assert stats.stored_bytes < stats.activation_bytes
+    for transport in ("stream", "shm"):
+        _check_compressed_reads(StorageClient(storage.address, transport=transport), codec,
+                                records, sparse)  # fmt: skip
     assert storage.stop() == 0
 
     # Restarted without compression: old records still read back, new ones are raw.
@@ -211,3 +202,20 @@ def test_compressed_records_round_trip_exactly(start_storage, tmp_path, codec) -
         got = client.get_record(fresh.header.record_id)
         assert (got.compression, got.stored_bytes) == ("none", 512 * 1024)
         assert_identical(client, fresh)
+
+
+def _check_compressed_reads(
+    client: StorageClient, codec: str, records: list[SyntheticRecord], sparse: SyntheticRecord
+) -> None:
+    with client:
+        for record in [*records, sparse]:
+            got = client.get_record(record.header.record_id)
+            assert got.compression == codec and got.is_complete
+            assert got.stored_bytes > 0
+            assert_identical(client, record)
+            some = client.get_activations(got.record_id, layers=[-1, 4], row_start=5, row_end=41)
+            for layer, values in some.items():
+                np.testing.assert_array_equal(values, record.values[layer][5:41])
+        assert client.get_record(sparse.header.record_id).stored_bytes < 0.9 * 512 * 1024
+        stats = client.stats()
+        assert stats.stored_bytes < stats.activation_bytes

@@ -39,9 +39,10 @@ def stub(channel: grpc.Channel) -> storage_pb2_grpc.StorageStub:
     return storage_pb2_grpc.StorageStub(channel)
 
 
-@pytest.fixture(scope="module")
-def client(storage) -> Iterator[StorageClient]:
-    with StorageClient(storage.address, timeout=30) as client:
+@pytest.fixture(scope="module", params=["stream", "shm"])
+def client(storage, request: pytest.FixtureRequest) -> Iterator[StorageClient]:
+    """The client, reading activations over each transport in turn."""
+    with StorageClient(storage.address, timeout=30, transport=request.param) as client:
         yield client
 
 

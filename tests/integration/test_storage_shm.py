@@ -1,0 +1,167 @@
+"""Activations read through shared memory: same bytes as the stream, clear refusals, fallback.
+
+Equality with the gRPC stream for every dtype, layer choice and row range is covered by
+test_storage_service.py (its `client` runs over both transports); this file covers what
+only the shared-memory path has.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from actlog.client import StorageClient
+from actlog.errors import ERROR_TYPE_KEY, FailedPreconditionError, InvalidArgumentError
+from actlog.ids import new_record_id
+from actlog.shm import Arena
+from actlog.v1 import storage_pb2, storage_pb2_grpc
+from storage_service.testing import SyntheticRecord, synthetic_record
+
+SHM_DIR = Path("/dev/shm")
+pytestmark = pytest.mark.skipif(not SHM_DIR.is_dir(), reason="needs /dev/shm")
+GRPC_OPTIONS = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+
+
+@pytest.fixture(scope="module")
+def stub(storage) -> Iterator[storage_pb2_grpc.StorageStub]:
+    with grpc.insecure_channel(storage.address, options=GRPC_OPTIONS) as channel:
+        yield storage_pb2_grpc.StorageStub(channel)
+
+
+def stored(stub, name: str, **fields) -> SyntheticRecord:
+    record = synthetic_record(f"{name} {new_record_id()}", **fields)
+    reply = stub.Ingest(iter(record.requests(7)), timeout=30)
+    assert reply.status == storage_pb2.RECORD_STATUS_COMPLETE
+    return record
+
+
+def arenas() -> set[str]:
+    return {path.name for path in SHM_DIR.glob("actlog-*")}
+
+
+def rpc_error(stub, **request) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as info:
+        list(stub.StreamActivations(storage_pb2.StreamActivationsRequest(**request), timeout=10))
+    return info.value
+
+
+def test_the_shm_client_reads_through_its_arena_and_removes_it_on_close(storage, stub) -> None:
+    record = stored(stub, "arena", layers=(0, 2, 4), num_positions=40, hidden_size=96)
+    before = arenas()
+    with StorageClient(storage.address, transport="shm") as client:
+        assert client.activation_transport == "shm"
+        for _ in range(3):
+            got = client.get_activations(record.header.record_id, as_float32=False)
+            for layer, values in got.items():
+                np.testing.assert_array_equal(values, record.wire[layer])
+        assert len(arenas() - before) == 1, "one arena, reused by every read of the thread"
+    assert arenas() <= before
+
+
+def test_reads_larger_than_the_arena_cap_are_split(storage, stub) -> None:
+    record = stored(stub, "split", layers=(0, 2, 4), num_positions=50, hidden_size=128)
+    row_bytes = 128 * 2
+    with StorageClient(storage.address, transport="shm", shm_arena_bytes=7 * row_bytes) as client:
+        got = client.get_activations(record.header.record_id, layers=[4, 0], row_start=3)
+        assert list(got) == [4, 0]
+        for layer, values in got.items():
+            np.testing.assert_array_equal(values, record.values[layer][3:])
+
+
+def test_concurrent_threads_each_read_their_own_records(storage, stub) -> None:
+    records = [
+        stored(stub, f"thread {i}", dtype=dtype, num_positions=20 + i, hidden_size=64, seed=i)
+        for i, dtype in enumerate(["bfloat16", "float16", "float32"] * 3)
+    ]
+    failures: list[BaseException] = []
+    with StorageClient(storage.address, transport="shm") as client:
+
+        def read(record: SyntheticRecord) -> None:
+            try:
+                for _ in range(5):
+                    got = client.get_activations(record.header.record_id)
+                    for layer, values in got.items():
+                        np.testing.assert_array_equal(values, record.values[layer])
+            except BaseException as error:
+                failures.append(error)
+
+        threads = [threading.Thread(target=read, args=(r,)) for r in records]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert not failures, failures[0]
+
+
+def test_segments_the_server_cannot_use_are_refused_clearly(storage, stub) -> None:
+    record = stored(stub, "refused", layers=(0, 2, 4), num_positions=12, hidden_size=16)
+    rid = record.header.record_id
+    selection_bytes = 3 * 12 * 16 * 2
+
+    error = rpc_error(stub, record_id=rid, shm_name="../../etc/passwd", shm_size=10**6)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "lowercase hex" in error.details()
+
+    error = rpc_error(stub, record_id=rid, shm_name="actlog-" + "0" * 32, shm_size=10**6)
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "not visible" in error.details()
+    assert (ERROR_TYPE_KEY, "SharedMemoryUnavailable") in error.trailing_metadata()
+
+    arena = Arena(selection_bytes - 1)
+    try:
+        error = rpc_error(stub, record_id=rid, shm_name=arena.name, shm_size=arena.size)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert f"holds {selection_bytes} bytes, more than shm_size" in error.details()
+        error = rpc_error(stub, record_id=rid, shm_name=arena.name, shm_size=10**6)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "fewer than shm_size" in error.details()
+        # The shared-memory path checks the record like the stream does.
+        error = rpc_error(stub, record_id=rid, layers=[3], shm_name=arena.name, shm_size=10)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "not stored" in error.details()
+    finally:
+        arena.close()
+
+
+def test_with_shm_reads_off_auto_falls_back_to_the_stream(start_storage) -> None:
+    storage = start_storage(None, "--storage-shm-reads", "false")
+    with grpc.insecure_channel(storage.address, options=GRPC_OPTIONS) as channel:
+        record = stored(storage_pb2_grpc.StorageStub(channel), "fallback", num_positions=30)
+    rid = record.header.record_id
+
+    with StorageClient(storage.address) as client:
+        assert client.activation_transport == "shm"
+        for _ in range(2):
+            got = client.get_activations(rid)
+            for layer, values in got.items():
+                np.testing.assert_array_equal(values, record.values[layer])
+            assert client.activation_transport == "stream"
+
+    with StorageClient(storage.address, transport="shm") as client:
+        with pytest.raises(FailedPreconditionError, match="turned off") as info:
+            client.get_activations(rid)
+        assert info.value.error_type == "SharedMemoryUnavailable"
+    assert storage.alive()
+
+
+def test_clients_on_other_hosts_use_the_stream(storage) -> None:
+    assert StorageClient("storage.internal:50052").activation_transport == "stream"
+    assert StorageClient(storage.address, transport="stream").activation_transport == "stream"
+    with pytest.raises(ValueError, match="auto, stream or shm"):
+        StorageClient(storage.address, transport="tcp")  # type: ignore[arg-type]
+
+
+def test_a_partial_record_is_refused_before_anything_is_written(storage, stub) -> None:
+    record = synthetic_record(f"partial {new_record_id()}")
+    with pytest.raises(grpc.RpcError):
+        stub.Ingest(iter(record.requests(5, sha256="0" * 64)), timeout=30)
+    with StorageClient(storage.address, transport="shm") as client:
+        with pytest.raises(FailedPreconditionError, match="partial"):
+            client.get_activations(record.header.record_id)
+        with pytest.raises(InvalidArgumentError, match="rows"):
+            client.get_activations(stored(stub, "rows").header.record_id, row_start=10, row_end=5)
