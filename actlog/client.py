@@ -366,6 +366,10 @@ class StorageClient:
                     raise
                 logger.info("reading activations over the gRPC stream: %s", error.details)
                 self._shm_ok = False
+            except _NoArena as error:
+                if self.transport == "shm":
+                    raise
+                logger.warning("%s; this read goes over the gRPC stream", error)
         arrays = self._read_stream(selection)
         if not as_float32:
             return arrays
@@ -397,7 +401,10 @@ class StorageClient:
         arrays = {layer: np.empty(shape, out_dtype) for layer in sel.layers}
         filled = dict.fromkeys(sel.layers, 0)
         for piece in sel.split(self._arenas.max_bytes):
-            arena = self._arenas.get(piece.nbytes)
+            try:
+                arena = self._arenas.get(piece.nbytes)
+            except OSError as error:  # e.g. /dev/shm is full
+                raise _NoArena(f"no shared-memory arena of {piece.nbytes} bytes: {error}") from None
             request = piece.request(shm_name=arena.name, shm_size=arena.size)
             for chunk in self._stream(self._stub.StreamActivations, request):
                 if (
@@ -434,6 +441,10 @@ class StorageClient:
             yield from method(request, timeout=self.timeout)
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
+
+
+class _NoArena(ActlogError):
+    """This process could not set up a shared-memory arena."""
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,9 @@
 An arena is a file in /dev/shm, readable and writable by its owner only, mapped here
 and by the storage service, and reused for every read of the thread that owns it:
 first-touching fresh pages costs far more than copying into warm ones, on virtual
-machines especially. It grows (a new file) when a read needs more, up to a cap past
-which reads are split. The file is unlinked when the arena is closed, when the client
+machines especially. Its pages are allocated when it is created (storage refuses sparse
+segments). It grows (a new file) when a read needs more, up to a cap past which reads
+are split. The file is unlinked when the arena is closed, when the client
 closes, or at the latest when the interpreter exits.
 """
 
@@ -60,7 +61,9 @@ class Arena:
         self.path = directory / self.name
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            os.ftruncate(fd, size)
+            # Allocated up front: a full /dev/shm then fails here, as an OSError, rather
+            # than as a SIGBUS in the storage service when it writes into a hole.
+            os.posix_fallocate(fd, 0, size)
             self._mapping = mmap.mmap(fd, size, flags=mmap.MAP_SHARED)
         except BaseException:
             _unlink(self.path)

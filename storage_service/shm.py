@@ -10,8 +10,9 @@ read): mapping fresh pages costs a page fault per 4 KiB, several times the copy
 itself. A mapping is dropped as soon as its file is unlinked or replaced, and the
 least recently used go beyond `MAX_CACHED`, so a departed client pins no memory for
 long. The server only opens existing regular files whose name matches `NAME_PATTERN`
-(no path can be smuggled in), without following links; files are the client's, so
-other users' segments are out of reach by their permissions.
+(no path can be smuggled in), without following links, and fully allocated (a hole
+written in a full /dev/shm is a SIGBUS); files are the client's, so other users'
+segments are out of reach by their permissions.
 """
 
 from __future__ import annotations
@@ -131,6 +132,12 @@ class SegmentCache:
                 raise InvalidArgument(
                     f"shared-memory segment {name} holds {info.st_size} bytes, fewer than "
                     f"shm_size {size}"
+                )
+            if info.st_blocks * 512 < info.st_size:
+                # Writing into a hole of a full /dev/shm raises SIGBUS, killing the server.
+                raise InvalidArgument(
+                    f"shared-memory segment {name} is sparse: allocate it (posix_fallocate) "
+                    "before naming it"
                 )
             mapping = mmap.mmap(fd, info.st_size, flags=mmap.MAP_SHARED)
         except BaseException:

@@ -16,7 +16,12 @@ import numpy as np
 import pytest
 
 from actlog.client import StorageClient
-from actlog.errors import ERROR_TYPE_KEY, FailedPreconditionError, InvalidArgumentError
+from actlog.errors import (
+    ERROR_TYPE_KEY,
+    ActlogError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+)
 from actlog.ids import new_record_id
 from actlog.shm import Arena
 from actlog.v1 import storage_pb2, storage_pb2_grpc
@@ -165,3 +170,19 @@ def test_a_partial_record_is_refused_before_anything_is_written(storage, stub) -
             client.get_activations(record.header.record_id)
         with pytest.raises(InvalidArgumentError, match="rows"):
             client.get_activations(stored(stub, "rows").header.record_id, row_start=10, row_end=5)
+
+
+def test_without_room_for_an_arena_auto_reads_over_the_stream(storage, stub, tmp_path) -> None:
+    """A full /dev/shm cannot be made here; an arena directory that refuses files stands in."""
+    record = stored(stub, "no room", num_positions=16)
+    for transport in ("auto", "shm"):
+        with StorageClient(storage.address, transport=transport) as client:
+            client._arenas.directory = tmp_path / "missing"
+            if transport == "shm":
+                with pytest.raises(ActlogError, match="no shared-memory arena"):
+                    client.get_activations(record.header.record_id)
+                continue
+            got = client.get_activations(record.header.record_id)
+            for layer, values in got.items():
+                np.testing.assert_array_equal(values, record.values[layer])
+            assert client.activation_transport == "shm", "the next read tries again"

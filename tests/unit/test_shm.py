@@ -96,6 +96,11 @@ def test_missing_short_linked_or_disabled_segments_are_refused(shm_dir) -> None:
     os.symlink(target, shm_dir / linked)
     with pytest.raises(SharedMemoryUnavailable, match="cannot be opened"):
         cache.open(linked, 10)
+    sparse = "actlog-" + "3" * 32
+    with (shm_dir / sparse).open("wb") as file:
+        file.truncate(1 << 20)  # a hole: writing there on a full /dev/shm would be a SIGBUS
+    with pytest.raises(InvalidArgument, match="sparse"):
+        cache.open(sparse, 10)
     with pytest.raises(SharedMemoryUnavailable, match="turned off"):
         SegmentCache(enabled=False, directory=shm_dir).open(short, 10)
     assert len(cache) == 0
