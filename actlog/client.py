@@ -27,7 +27,7 @@ import numpy as np
 
 from actlog.errors import ActlogError, FailedPreconditionError, WaitTimeoutError, from_rpc_error
 from actlog.hashing import prompt_hash as hash_prompt
-from actlog.shm import MAX_ARENA_BYTES, ArenaPool, is_local_address, shm_supported
+from actlog.shm import MAX_ARENA_BYTES, Arena, ArenaPool, is_local_address, shm_supported
 from actlog.v1 import storage_pb2, storage_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -395,10 +395,10 @@ class StorageClient:
 
     def _read_shm(self, sel: _Selection, as_float32: bool) -> dict[int, np.ndarray]:
         """Read through this thread's shared-memory arena, in pieces of at most its cap."""
-        record, raw_dtype = sel.record, RAW_DTYPES[sel.record.dtype]
-        out_dtype = np.dtype(np.float32) if as_float32 else raw_dtype
-        shape = (sel.rows, record.hidden_size)
-        arrays = {layer: np.empty(shape, out_dtype) for layer in sel.layers}
+        out_dtype = np.dtype(np.float32) if as_float32 else RAW_DTYPES[sel.record.dtype]
+        arrays = {
+            layer: np.empty((sel.rows, sel.record.hidden_size), out_dtype) for layer in sel.layers
+        }
         filled = dict.fromkeys(sel.layers, 0)
         for piece in sel.split(self._arenas.max_bytes):
             try:
@@ -406,25 +406,14 @@ class StorageClient:
             except OSError as error:  # e.g. /dev/shm is full
                 raise _NoArena(f"no shared-memory arena of {piece.nbytes} bytes: {error}") from None
             request = piece.request(shm_name=arena.name, shm_size=arena.size)
-            for chunk in self._stream(self._stub.StreamActivations, request):
-                if (
-                    chunk.data
-                    or chunk.layer not in arrays
-                    or chunk.shm_offset + (chunk.row_count * sel.row_bytes) > arena.size
-                ):
-                    raise ActlogError(f"record {sel.record.record_id}: malformed chunk {chunk}")
-                block = np.frombuffer(
-                    arena.buffer, raw_dtype, chunk.row_count * record.hidden_size, chunk.shm_offset
-                ).reshape(chunk.row_count, record.hidden_size)
-                offset = chunk.row_start - sel.row_start
-                target = arrays[chunk.layer][offset : offset + chunk.row_count]
-                if as_float32 and record.dtype == "bfloat16":
-                    target.view(np.uint32)[...] = block
-                    target.view(np.uint32)[...] <<= 16
-                else:
-                    target[...] = block
-                del block, target  # no view of the arena outlives the read
-                filled[chunk.layer] += chunk.row_count
+            try:
+                for chunk in self._stream(self._stub.StreamActivations, request):
+                    _copy_out(sel, chunk, arena, arrays)
+                    filled[chunk.layer] += chunk.row_count
+            except BaseException:
+                # A call cut short may still be writing into the arena: never reuse it.
+                self._arenas.discard()
+                raise
         sel.check_rows(filled)
         return arrays
 
@@ -496,6 +485,28 @@ class _Selection:
                 f"record {self.record.record_id}: the stream returned {short} rows per layer, "
                 f"expected {self.rows}"
             )
+
+
+def _copy_out(sel: _Selection, chunk: Any, arena: Arena, arrays: dict[int, np.ndarray]) -> None:
+    """Copy (converting to the arrays' dtype) one chunk's rows from the arena."""
+    hidden, offset = sel.record.hidden_size, chunk.row_start - sel.row_start
+    if (
+        chunk.data
+        or chunk.layer not in arrays
+        or offset < 0
+        or offset + chunk.row_count > sel.rows
+        or chunk.shm_offset + chunk.row_count * sel.row_bytes > arena.size
+    ):
+        raise ActlogError(f"record {sel.record.record_id}: malformed chunk {chunk}")
+    raw_dtype = RAW_DTYPES[sel.record.dtype]
+    block = np.frombuffer(arena.buffer, raw_dtype, chunk.row_count * hidden, chunk.shm_offset)
+    target = arrays[chunk.layer][offset : offset + chunk.row_count]
+    if target.dtype == np.float32 and sel.record.dtype == "bfloat16":
+        bits = target.view(np.uint32)  # float32 = the bfloat16 bits followed by 16 zeros
+        bits[...] = block.reshape(target.shape)
+        bits <<= 16
+    else:
+        target[...] = block.reshape(target.shape)
 
 
 def _resolve_layers(record: Record, requested: list[int]) -> list[int]:

@@ -110,6 +110,13 @@ class ArenaPool:
             self._arenas.add(arena)
         return arena
 
+    def discard(self) -> None:
+        """Close this thread's arena; its next read gets a new one."""
+        arena: Arena | None = getattr(self._local, "arena", None)
+        self._local.arena = None
+        if arena is not None:
+            arena.close()
+
     def close(self) -> None:
         with self._lock:
             arenas = list(self._arenas)

@@ -121,3 +121,12 @@ def test_missing_short_linked_or_disabled_segments_are_refused(shm_dir) -> None:
 )
 def test_shared_memory_is_tried_only_for_addresses_on_this_host(address: str, local: bool) -> None:
     assert is_local_address(address) is local
+
+
+def test_a_discarded_arena_is_removed_and_never_handed_out_again(shm_dir) -> None:
+    pool = ArenaPool(shm_dir)
+    first = pool.get(10)
+    pool.discard()  # what a read cut short does: the server may still be writing into it
+    assert not (shm_dir / first.name).exists()
+    assert pool.get(10).name != first.name
+    pool.close()
