@@ -116,7 +116,26 @@ def prepare_model(
 def _parse_layers(layers: str | None) -> list[int] | None:
     if not layers:
         return None
-    return [int(x) for x in layers.split(",") if x.strip()]
+    try:
+        return [int(x) for x in layers.split(",") if x.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"--layers {layers!r}: comma-separated integers") from None
+
+
+def _parse_rows(rows: str | None) -> tuple[int, int | None]:
+    """'START:END' (either may be left out) as (row_start, row_end or None = to the end)."""
+    if not rows:
+        return 0, None
+    start, sep, end = rows.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        first, last = int(start or 0), int(end) if end else None
+    except ValueError:
+        raise typer.BadParameter(f"--rows {rows!r}: START:END, e.g. 0:5, 12: or :40") from None
+    if first < 0 or (last is not None and last <= first):
+        raise typer.BadParameter(f"--rows {rows!r}: need 0 <= START < END")
+    return first, last
 
 
 @app.command()
@@ -126,6 +145,9 @@ def export(
     record_id: Annotated[str | None, typer.Option()] = None,
     layers: Annotated[str | None, typer.Option(help="comma-separated, e.g. 0,15,-1")] = None,
     model: Annotated[str | None, typer.Option(help="only records of this model")] = None,
+    rows: Annotated[
+        str | None, typer.Option(help="token positions START:END, e.g. 0:5, 12:, :40")
+    ] = None,
     storage: StorageOpt = "127.0.0.1:50052",
 ) -> None:
     """Write a record's activations (`layer_<i>`), token ids and metadata to safetensors."""
@@ -138,14 +160,16 @@ def export(
         raise typer.BadParameter("give exactly one of --prompt-hash or --record-id")
     try:
         with StorageClient(storage) as client:
-            summary = export_record(client, key, output, _parse_layers(layers), model)
+            summary = export_record(
+                client, key, output, _parse_layers(layers), model, *_parse_rows(rows)
+            )
     except ActlogError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     typer.echo(
         f"wrote {summary.path} ({summary.file_bytes} bytes): record {summary.record_id}, "
-        f"layers {list(summary.layers)}, {summary.num_positions} positions x "
-        f"{summary.hidden_size} ({summary.dtype})"
+        f"layers {list(summary.layers)}, rows {summary.rows[0]}:{summary.rows[1]} of "
+        f"{summary.num_positions} positions x {summary.hidden_size} ({summary.dtype})"
     )
     if summary.note:
         typer.echo(summary.note)

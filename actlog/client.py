@@ -29,6 +29,7 @@ from actlog.errors import ActlogError, FailedPreconditionError, WaitTimeoutError
 from actlog.hashing import prompt_hash as hash_prompt
 from actlog.shm import MAX_ARENA_BYTES, Arena, ArenaPool, is_local_address, shm_supported
 from actlog.v1 import storage_pb2, storage_pb2_grpc
+from actlog.wire import ChunkView, decode_chunk
 
 logger = logging.getLogger(__name__)
 
@@ -190,6 +191,12 @@ class StorageClient:
         self._arenas = ArenaPool(max_bytes=shm_arena_bytes)
         self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
         self._stub = storage_pb2_grpc.StorageStub(self._channel)
+        # Chunks as views into the received messages: one copy of the rows fewer.
+        self._stream_activations = self._channel.unary_stream(
+            f"/{storage_pb2.DESCRIPTOR.services_by_name['Storage'].full_name}/StreamActivations",
+            request_serializer=storage_pb2.StreamActivationsRequest.SerializeToString,
+            response_deserializer=decode_chunk,
+        )
 
     @property
     def activation_transport(self) -> Literal["stream", "shm"]:
@@ -383,7 +390,7 @@ class StorageClient:
         shape = (sel.rows, record.hidden_size)
         arrays = {layer: np.empty(shape, raw_dtype) for layer in sel.layers}
         filled = dict.fromkeys(sel.layers, 0)
-        for chunk in self._stream(self._stub.StreamActivations, sel.request()):
+        for chunk in self._stream(self._stream_activations, sel.request()):
             block = np.frombuffer(chunk.data, dtype=raw_dtype)
             offset = chunk.row_start - sel.row_start
             arrays[chunk.layer][offset : offset + chunk.row_count] = block.reshape(
@@ -407,7 +414,7 @@ class StorageClient:
                 raise _NoArena(f"no shared-memory arena of {piece.nbytes} bytes: {error}") from None
             request = piece.request(shm_name=arena.name, shm_size=arena.size)
             try:
-                for chunk in self._stream(self._stub.StreamActivations, request):
+                for chunk in self._stream(self._stream_activations, request):
                     _copy_out(sel, chunk, arena, arrays)
                     filled[chunk.layer] += chunk.row_count
             except BaseException:
@@ -487,7 +494,9 @@ class _Selection:
             )
 
 
-def _copy_out(sel: _Selection, chunk: Any, arena: Arena, arrays: dict[int, np.ndarray]) -> None:
+def _copy_out(
+    sel: _Selection, chunk: ChunkView, arena: Arena, arrays: dict[int, np.ndarray]
+) -> None:
     """Copy (converting to the arrays' dtype) one chunk's rows from the arena."""
     hidden, offset = sel.record.hidden_size, chunk.row_start - sel.row_start
     if (

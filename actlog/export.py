@@ -1,9 +1,10 @@
 """Export one record to a safetensors file, in its stored dtype.
 
-Tensors: ``layer_<i>`` (num_positions x hidden_size) for each exported layer and
-``token_ids`` (int64, 1-D). Metadata (strings): prompt, response, model, prompt_length,
-prompt_hash, record_id, dtype, num_positions, hidden_size, num_layers, layers (JSON),
-token_strings (JSON), sampling_params (JSON), finish_reason, created_at_ms.
+Tensors: ``layer_<i>`` (rows x hidden_size; every position unless a row range is
+asked) for each exported layer and ``token_ids`` (int64, 1-D, all of them). Metadata
+(strings): prompt, response, model, prompt_length, prompt_hash, record_id, dtype,
+num_positions, row_start, row_end, hidden_size, num_layers, layers (JSON), token_strings
+(JSON), sampling_params (JSON), finish_reason, created_at_ms.
 
 bfloat16 stays bfloat16 (safetensors "BF16"), so `safetensors.torch.load_file` gives the
 tensors the model computed; numpy cannot read BF16, torch (or jax) can.
@@ -45,6 +46,7 @@ class ExportSummary:
     # Records that matched the prompt hash (and model); the newest one was exported.
     matched_records: int = 1
     note: str = ""
+    rows: tuple[int, int] = (0, 0)  # the exported rows [start, end)
 
 
 def export_record(
@@ -53,16 +55,22 @@ def export_record(
     output_path: str | os.PathLike[str],
     layers: int | list[int] | None = None,
     model: str | None = None,
+    row_start: int = 0,
+    row_end: int | None = None,
 ) -> ExportSummary:
     """Write one record's activations and metadata to `output_path` (safetensors).
 
     `key` is a record id (32 hex chars) or a prompt hash (64 hex chars). A prompt hash
     may have several records: the newest COMPLETE one (of `model` when given) is exported
-    and the summary says how many matched. `layers` as in `StorageClient.get_activations`
-    (None = every stored layer).
+    and the summary says how many matched. `layers`, `row_start` and `row_end` as in
+    `StorageClient.get_activations` (every stored layer, every row by default); the
+    metadata says which rows (`row_start`, `row_end`), token ids and strings stay whole.
     """
     record, matched, note = _choose_record(client, key, model)
-    arrays = client.get_activations(record.record_id, layers=layers, as_float32=False)
+    arrays = client.get_activations(
+        record.record_id, layers=layers, row_start=row_start, row_end=row_end, as_float32=False
+    )
+    rows = (row_start, row_end or record.num_positions)
     tensors: dict[str, tuple[np.ndarray, str, str]] = {}
     for layer, raw in arrays.items():
         spec_name, tag = _ST_DTYPES[record.dtype]
@@ -71,7 +79,7 @@ def export_record(
     tensors["token_ids"] = (token_ids, *_NUMPY_ST_DTYPES[token_ids.dtype])
     path = Path(output_path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _serialize_file(tensors, path, _metadata(record, sorted(arrays)))
+    _serialize_file(tensors, path, _metadata(record, sorted(arrays), rows))
     return ExportSummary(
         path=path,
         record_id=record.record_id,
@@ -82,6 +90,7 @@ def export_record(
         hidden_size=record.hidden_size,
         dtype=record.dtype,
         file_bytes=path.stat().st_size,
+        rows=rows,
         matched_records=matched,
         note=note,
     )
@@ -109,8 +118,10 @@ def _choose_record(client: StorageClient, key: str, model: str | None) -> tuple[
     return newest, len(complete), note
 
 
-def _metadata(record: Record, layers: list[int]) -> dict[str, str]:
+def _metadata(record: Record, layers: list[int], rows: tuple[int, int]) -> dict[str, str]:
     return {
+        "row_start": str(rows[0]),
+        "row_end": str(rows[1]),
         "record_id": record.record_id,
         "prompt_hash": record.prompt_hash,
         "prompt": record.prompt,

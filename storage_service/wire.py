@@ -9,15 +9,16 @@ then the rows joined in from the buffer. The servicer yields these bytes and the
 passes them to gRPC unchanged (see interceptors.py).
 
 `decode_ingest_request` parses an Ingest message whose item is a chunk into a `ChunkView`
-whose data is a memoryview into the received bytes, instead of the copy protobuf makes.
+(actlog/wire.py) whose data is a memoryview into the received bytes, instead of the copy
+protobuf makes.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 from actlog.v1 import storage_pb2
+from actlog.wire import ChunkView, Unexpected, empty_fields, merge_chunk, read_key, read_len
+
+__all__ = ["ChunkView", "decode_ingest_request", "encode_chunk"]
 
 
 def _varint(value: int) -> bytes:
@@ -57,62 +58,6 @@ def encode_chunk(
     return b"".join((head, data))
 
 
-@dataclass(frozen=True)
-class ChunkView:
-    """An `ActivationChunk` whose data is a view into the received message (no copy)."""
-
-    record_id: str
-    sequence: int
-    layer: int
-    row_start: int
-    row_count: int
-    data: memoryview
-
-
-_CHUNK_FIELDS = {2: "sequence", 3: "layer", 4: "row_start", 5: "row_count"}
-
-
-class _Unexpected(Exception):
-    """The message is not a plain chunk: let protobuf parse it."""
-
-
-def _read_varint(view: memoryview, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(view) or shift > 63:
-            raise _Unexpected
-        byte = view[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos
-        shift += 7
-
-
-def _read_len(view: memoryview, pos: int) -> tuple[memoryview, int]:
-    length, pos = _read_varint(view, pos)
-    if pos + length > len(view):
-        raise _Unexpected
-    return view[pos : pos + length], pos + length
-
-
-def _merge_chunk(view: memoryview, fields: dict[str, Any]) -> None:
-    pos = 0
-    while pos < len(view):
-        key, pos = _read_varint(view, pos)
-        number, wire_type = key >> 3, key & 7
-        if number in _CHUNK_FIELDS and wire_type == 0:
-            fields[_CHUNK_FIELDS[number]], pos = _read_varint(view, pos)
-        elif number in (1, 6) and wire_type == 2:
-            value, pos = _read_len(view, pos)
-            if number == 1:
-                fields["record_id"] = str(value, "utf-8")
-            else:
-                fields["data"] = value
-        else:
-            raise _Unexpected
-
-
 def decode_ingest_request(message: bytes) -> storage_pb2.IngestRequest | ChunkView:
     """An IngestRequest as protobuf parses it, except that a chunk comes as a `ChunkView`.
 
@@ -121,20 +66,17 @@ def decode_ingest_request(message: bytes) -> storage_pb2.IngestRequest | ChunkVi
     message) is left to protobuf, which also reports what is malformed.
     """
     view = memoryview(message)
-    fields: dict[str, Any] = {
-        "record_id": "", "sequence": 0, "layer": 0, "row_start": 0, "row_count": 0,
-        "data": view[:0],
-    }  # fmt: skip
+    fields = empty_fields(view)
     try:
         pos = 0
         while pos < len(view):  # the chunk field, possibly repeated (protobuf merges)
-            key, pos = _read_varint(view, pos)
+            key, pos = read_key(view, pos)
             if key != (2 << 3 | 2):
-                raise _Unexpected
-            inner, pos = _read_len(view, pos)
-            _merge_chunk(inner, fields)
+                raise Unexpected
+            inner, pos = read_len(view, pos)
+            merge_chunk(inner, fields)
         if not len(view):
-            raise _Unexpected
-    except (_Unexpected, UnicodeDecodeError, ValueError):
+            raise Unexpected
+    except (Unexpected, UnicodeDecodeError, ValueError):
         return storage_pb2.IngestRequest.FromString(message)
     return ChunkView(**fields)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import grpc
+import safetensors
 from typer.testing import CliRunner
 
 from actlog.cli import app
@@ -56,3 +57,26 @@ def test_list_label_delete_stats(storage) -> None:
     assert stats["models"][model]["records"] == 2
     result = actlog(storage, "delete", oldest)
     assert result.exit_code == 1 and "no record with id" in result.output
+
+
+def test_export_writes_the_chosen_layers_and_rows(storage, tmp_path) -> None:
+    record = synthetic_record(f"cli export {new_record_id()}", layers=(0, 2, 4), num_layers=4,
+                              num_positions=12, hidden_size=16, seed=7)  # fmt: skip
+    with grpc.insecure_channel(storage.address) as channel:
+        storage_pb2_grpc.StorageStub(channel).Ingest(iter(record.requests(5)), timeout=30)
+    out = tmp_path / "rows.safetensors"
+    args = ["export", "-o", str(out), "--record-id", record.header.record_id]
+    result = actlog(storage, *args, "--layers", "-1,0", "--rows", "2:9")
+    assert result.exit_code == 0, result.output
+    assert "layers [0, 4], rows 2:9 of 12 positions" in result.output
+    with safetensors.safe_open(out, framework="numpy") as f:
+        assert set(f.keys()) == {"layer_0", "layer_4", "token_ids"}
+        assert f.get_slice("layer_4").get_shape() == [7, 16]
+        assert (f.metadata()["row_start"], f.metadata()["row_end"]) == ("2", "9")
+    for bad in ("9:2", "x:3", "5"):
+        result = actlog(storage, *args, "--rows", bad)
+        assert result.exit_code == 2 and "--rows" in result.output, result.output
+    result = actlog(storage, *args, "--layers", "zero")
+    assert result.exit_code == 2 and "--layers" in result.output
+    result = actlog(storage, *args, "--rows", "0:13")
+    assert result.exit_code == 1 and "outside record" in result.output

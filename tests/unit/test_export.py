@@ -133,6 +133,23 @@ def test_export_by_prompt_hash_takes_the_newest(address, client, tmp_path) -> No
     assert set(read_header(one_layer.path)) == {"__metadata__", "layer_4", "token_ids"}
 
 
+def test_export_of_a_token_range_keeps_those_rows_and_says_which(client, address, tmp_path):
+    record = synthetic_record("Export rows 3 to 7", layers=(0, 2), num_layers=2, seed=9,
+                              num_positions=10, hidden_size=8)  # fmt: skip
+    store(address, record)
+    summary = export_record(
+        client, record.header.record_id, tmp_path / "rows.safetensors", row_start=3, row_end=7
+    )
+    assert summary.rows == (3, 7)
+    header = read_header(summary.path)
+    assert header["layer_2"]["shape"] == [4, 8]
+    assert read_tensor_bytes(summary.path, "layer_2") == record.wire[2][3:7].tobytes()
+    assert (header["__metadata__"]["row_start"], header["__metadata__"]["row_end"]) == ("3", "7")
+    assert header["token_ids"]["shape"] == [11], "token ids stay whole, for context"
+    tail = export_record(client, record.header.record_id, tmp_path / "t.safetensors", row_start=8)
+    assert tail.rows == (8, 10) and read_header(tail.path)["layer_0"]["shape"] == [2, 8]
+
+
 def test_export_errors(client, tmp_path) -> None:
     with pytest.raises(InvalidArgumentError):
         export_record(client, "not-a-key", tmp_path / "x.safetensors")

@@ -6,6 +6,7 @@ import pytest
 from google.protobuf.message import DecodeError
 
 from actlog.v1 import storage_pb2
+from actlog.wire import decode_chunk
 from storage_service.wire import ChunkView, decode_ingest_request, encode_chunk
 
 
@@ -66,3 +67,32 @@ def test_decode_ingest_request_reports_malformed_messages_like_protobuf() -> Non
         decode_ingest_request(b"\x12\x05\x0a\x09abc")  # lengths beyond the message
     with pytest.raises(DecodeError):
         decode_ingest_request(b"\x12\x03\x0a\x01\xff")  # record id not UTF-8
+
+
+@pytest.mark.parametrize(
+    "chunk",
+    [
+        storage_pb2.ActivationChunk(
+            record_id="ef" * 16, sequence=2, layer=30, row_start=7, row_count=3, data=b"x" * 96
+        ),
+        storage_pb2.ActivationChunk(layer=4, row_start=0, row_count=512, shm_offset=3 << 30),
+        storage_pb2.ActivationChunk(),
+    ],
+)
+def test_decode_chunk_reads_what_protobuf_reads_without_copying(chunk) -> None:
+    message = chunk.SerializeToString()
+    view = decode_chunk(message)
+    for name in ("record_id", "sequence", "layer", "row_start", "row_count", "shm_offset"):
+        assert getattr(view, name) == getattr(chunk, name)
+    assert bytes(view.data) == chunk.data
+    if chunk.data:
+        assert view.data.obj is message
+
+
+def test_decode_chunk_leaves_unknown_fields_to_protobuf() -> None:
+    chunk = storage_pb2.ActivationChunk(layer=3, data=b"abc")
+    message = chunk.SerializeToString() + b"\x98\x01\x05"  # field 19, varint: unknown here
+    view = decode_chunk(message)
+    assert (view.layer, bytes(view.data)) == (3, b"abc")
+    with pytest.raises(DecodeError):
+        decode_chunk(b"\x32\x09abc")  # data longer than the message
