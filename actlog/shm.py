@@ -57,7 +57,8 @@ class Arena:
     """One mapped shared-memory file; `view` spans it, `name` is what the server opens."""
 
     def __init__(self, size: int, directory: Path = SHM_DIR) -> None:
-        self.name = PREFIX + secrets.token_hex(16)
+        # The creator's pid leads the name, so that `remove_orphans` can tell whose it is.
+        self.name = f"{PREFIX}{os.getpid() & 0xFFFFFFFF:08x}{secrets.token_hex(12)}"
         self.path = directory / self.name
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
@@ -83,8 +84,47 @@ class Arena:
             self._mapping.close()
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_orphans(directory: Path = SHM_DIR) -> list[str]:
+    """Unlink this user's arenas whose creating process is gone (killed before cleanup).
+
+    Returns their names. Only files of this user whose name carries a pid (see `Arena`)
+    that no longer runs are touched.
+    """
+    removed: list[str] = []
+    uid = os.getuid()
+    for path in directory.glob(f"{PREFIX}*"):
+        hex_part = path.name[len(PREFIX) :]
+        if len(hex_part) != 32:
+            continue
+        try:
+            pid = int(hex_part[:8], 16)
+            if pid == os.getpid() or path.lstat().st_uid != uid or _alive(pid):
+                continue
+            path.unlink()
+        except (ValueError, OSError):
+            continue
+        removed.append(path.name)
+    if removed:
+        logger.info("removed %d shared-memory arenas left by killed clients", len(removed))
+    return removed
+
+
 class ArenaPool:
-    """An arena per thread, grown on demand; `close` releases every one."""
+    """An arena per thread, grown on demand; `close` releases every one.
+
+    The first arena of a pool first sweeps away arenas of clients that were killed
+    (SIGKILL leaves no chance to unlink them).
+    """
 
     def __init__(self, directory: Path = SHM_DIR, max_bytes: int = MAX_ARENA_BYTES) -> None:
         self.directory = directory
@@ -92,6 +132,7 @@ class ArenaPool:
         self._local = threading.local()
         self._arenas: weakref.WeakSet[Arena] = weakref.WeakSet()
         self._lock = threading.Lock()
+        self._swept = False
 
     def get(self, size: int) -> Arena:
         """This thread's arena, at least `size` (<= max_bytes) bytes long."""
@@ -103,6 +144,9 @@ class ArenaPool:
         grown = min(self.max_bytes, max(size, MIN_ARENA_BYTES, 2 * arena.size if arena else 0))
         if arena is not None:
             arena.close()
+        if not self._swept:
+            self._swept = True
+            remove_orphans(self.directory)
         arena = Arena(grown, self.directory)
         logger.debug("shared-memory arena %s of %d bytes", arena.name, grown)
         self._local.arena = arena

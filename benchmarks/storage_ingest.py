@@ -330,7 +330,7 @@ class Tally:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=16, help="records per round, each way")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds (medians are reported)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds (medians are reported)")
     parser.add_argument("--positions", type=int, default=512)
     parser.add_argument("--hidden", type=int, default=4096)
     parser.add_argument("--layers", type=int, default=4, help="captured layers per record")

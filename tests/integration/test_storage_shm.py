@@ -7,6 +7,9 @@ only the shared-memory path has.
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -186,3 +189,29 @@ def test_without_room_for_an_arena_auto_reads_over_the_stream(storage, stub, tmp
             for layer, values in got.items():
                 np.testing.assert_array_equal(values, record.values[layer])
             assert client.activation_transport == "shm", "the next read tries again"
+
+
+KILLED_CLIENT = """
+import os, signal, sys
+from actlog.client import StorageClient
+client = StorageClient(sys.argv[1], transport="shm")
+client.get_activations(sys.argv[2])
+print(os.getpid(), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_the_arena_of_a_killed_client_is_removed_by_the_next_one(storage, stub) -> None:
+    record = stored(stub, "killed", num_positions=8)
+    before = arenas()
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_CLIENT, storage.address, record.header.record_id],
+        capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2],
+    )  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    tag = f"actlog-{int(killed.stdout):08x}"
+    left = {name for name in arenas() - before if name.startswith(tag)}
+    assert len(left) == 1, "SIGKILL left the arena behind"
+    with StorageClient(storage.address, transport="shm") as client:
+        client.get_activations(record.header.record_id)
+        assert not left & arenas()

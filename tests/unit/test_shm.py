@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
 from pathlib import Path
 
@@ -129,4 +130,19 @@ def test_a_discarded_arena_is_removed_and_never_handed_out_again(shm_dir) -> Non
     pool.discard()  # what a read cut short does: the server may still be writing into it
     assert not (shm_dir / first.name).exists()
     assert pool.get(10).name != first.name
+    pool.close()
+
+
+def test_arenas_of_killed_clients_are_swept_by_the_next_pool(shm_dir) -> None:
+    finished = subprocess.Popen(["true"])
+    finished.wait()  # its pid now names no process (reuse within the test is unlikely)
+    orphan = shm_dir / f"actlog-{finished.pid:08x}{'a' * 24}"
+    living = shm_dir / f"actlog-{os.getppid():08x}{'b' * 24}"
+    other = shm_dir / ("actlog-" + "c" * 20)  # not a name this client writes: left alone
+    for path in (orphan, living, other):
+        path.write_bytes(b"\0")
+    pool = ArenaPool(shm_dir)
+    arena = pool.get(10)
+    assert not orphan.exists() and living.exists() and other.exists()
+    assert arena.name.startswith(f"actlog-{os.getpid():08x}")
     pool.close()
