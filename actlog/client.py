@@ -4,7 +4,7 @@
 
     with StorageClient("127.0.0.1:50052") as client:
         records = client.find_by_prompt("What is the capital of France?")
-        acts = client.get_activations(records[0].record_id, layers=[-1])
+        acts = client.get_activations(records[0], layers=[-1])  # a Record or a record id
         acts[30].shape  # (num_positions, hidden_size), float32
         client.set_labels(records[0].record_id, {"hallucinated": "false"})
         for record in client.iter_records(model="m", labels={"hallucinated": "true"}):
@@ -341,7 +341,7 @@ class StorageClient:
 
     def get_activations(
         self,
-        record_id: str,
+        record: str | Record,
         layers: int | Sequence[int] | None = None,
         row_start: int = 0,
         row_end: int | None = None,
@@ -358,9 +358,14 @@ class StorageClient:
         Without it they keep the stored dtype; bfloat16, which numpy lacks, comes back as
         its uint16 bit patterns (convert with `bf16_bits_to_float32`).
 
+        `record` is a record id or a `Record` already in hand (from `find_by_prompt`,
+        `iter_records`...), which saves a round trip: the shape fields used here never
+        change once a record exists.
+
         The arrays are the caller's own: nothing else refers to their memory.
         """
-        record = self.get_record(record_id)
+        if not isinstance(record, Record):
+            record = self.get_record(record)
         requested = [layers] if isinstance(layers, int) else list(layers or [])
         selection = _Selection(
             record, requested, _resolve_layers(record, requested), row_start, row_end or 0

@@ -68,7 +68,7 @@ def export_record(
     """
     record, matched, note = _choose_record(client, key, model)
     arrays = client.get_activations(
-        record.record_id, layers=layers, row_start=row_start, row_end=row_end, as_float32=False
+        record, layers=layers, row_start=row_start, row_end=row_end, as_float32=False
     )
     rows = (row_start, row_end or record.num_positions)
     tensors: dict[str, tuple[np.ndarray, str, str]] = {}

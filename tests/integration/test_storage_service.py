@@ -143,6 +143,9 @@ def test_activations_round_trip(stub, client, dtype: str) -> None:
         np.testing.assert_array_equal(values, record.values[layer][3:17])
     tail = client.get_activations(rid, layers=0, row_start=20)
     np.testing.assert_array_equal(tail[0], record.values[0][20:])
+    # A Record in hand instead of the id: the same rows, without asking for the header.
+    by_record = client.get_activations(client.get_record(rid), layers=[7], row_start=2)
+    np.testing.assert_array_equal(by_record[7], record.values[7][2:])
 
     raw = client.get_activations(rid, layers=[15], as_float32=False)[15]
     np.testing.assert_array_equal(raw, record.wire[15])
