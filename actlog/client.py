@@ -25,15 +25,30 @@ from typing import Any, Literal
 import grpc
 import numpy as np
 
-from actlog.errors import ActlogError, FailedPreconditionError, WaitTimeoutError, from_rpc_error
+from actlog.errors import (
+    ActlogError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    ResourceExhaustedError,
+    WaitTimeoutError,
+    from_rpc_error,
+)
 from actlog.hashing import prompt_hash as hash_prompt
-from actlog.shm import MAX_ARENA_BYTES, Arena, ArenaPool, is_local_address, shm_supported
+from actlog.shm import (
+    MAX_ARENA_BYTES,
+    Arena,
+    ArenaError,
+    ArenaPool,
+    is_local_address,
+    shm_supported,
+)
 from actlog.v1 import storage_pb2, storage_pb2_grpc
 from actlog.wire import ChunkView, decode_chunk
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_ADDRESS = "127.0.0.1:50052"
+MIN_SHM_ARENA_BYTES = 1 << 20
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", -1),
     ("grpc.max_send_message_length", -1),
@@ -161,7 +176,8 @@ class DeletedRecord:
 class StorageClient:
     """Blocking client of the storage service; usable as a context manager.
 
-    `timeout` (seconds) bounds every call, a whole activation stream included.
+    `timeout` (seconds) bounds every call, a whole activation stream included (a read
+    larger than the shared-memory arena makes one call per piece).
 
     `transport` picks how activations travel: "stream" in gRPC messages; "shm" through
     a shared-memory segment the client owns, which the storage service fills (same host
@@ -182,6 +198,8 @@ class StorageClient:
             raise ValueError(f"transport must be auto, stream or shm, not {transport!r}")
         if transport == "shm" and not shm_supported():
             raise ValueError("transport shm needs a writable /dev/shm on this host")
+        if shm_arena_bytes < MIN_SHM_ARENA_BYTES:
+            raise ValueError(f"shm_arena_bytes must be at least {MIN_SHM_ARENA_BYTES}")
         self.address = address
         self.timeout = timeout
         self.transport = transport
@@ -378,6 +396,10 @@ class StorageClient:
                     raise
                 logger.info("reading activations over the gRPC stream: %s", error.details)
                 self._shm_ok = False
+            except ResourceExhaustedError as error:
+                if self.transport == "shm" or error.error_type != "SharedMemoryBusy":
+                    raise
+                logger.warning("%s; this read goes over the gRPC stream", error.details)
             except _NoArena as error:
                 if self.transport == "shm":
                     raise
@@ -415,8 +437,8 @@ class StorageClient:
         for piece in sel.split(self._arenas.max_bytes):
             try:
                 arena = self._arenas.get(piece.nbytes)
-            except OSError as error:  # e.g. /dev/shm is full
-                raise _NoArena(f"no shared-memory arena of {piece.nbytes} bytes: {error}") from None
+            except ArenaError as error:  # e.g. /dev/shm is full
+                raise _NoArena(str(error)) from None
             request = piece.request(shm_name=arena.name, shm_size=arena.size)
             try:
                 for chunk in self._stream(self._stream_activations, request):
@@ -527,6 +549,10 @@ def _resolve_layers(record: Record, requested: list[int]) -> list[int]:
     """Layer numbers as the server resolves them (it reports unknown layers itself)."""
     resolved: list[int] = []
     for layer in requested or record.layers:
+        if layer < 0 and record.num_layers == 0:
+            raise InvalidArgumentError(
+                f"negative layer {layer}: record {record.record_id} does not say num_layers"
+            )
         index = record.num_layers + 1 + layer if layer < 0 else layer
         if index not in resolved:
             resolved.append(index)

@@ -21,3 +21,7 @@ class FailedPrecondition(StorageError):
 
 class PartialRecord(FailedPrecondition):
     """The record's activations have not all arrived (or the ingest was cut)."""
+
+
+class ResourceExhausted(StorageError):
+    """A resource ran out for this request (file descriptors, memory); retrying may help."""

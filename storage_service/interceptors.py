@@ -10,7 +10,13 @@ from typing import Any
 import grpc
 
 from actlog.errors import ERROR_TYPE_KEY
-from storage_service.errors import FailedPrecondition, InvalidArgument, NotFound, StorageError
+from storage_service.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    StorageError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -18,6 +24,7 @@ _CODES: tuple[tuple[type[StorageError], grpc.StatusCode], ...] = (
     (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
 )
 
 

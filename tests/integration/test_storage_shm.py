@@ -7,6 +7,7 @@ only the shared-memory path has.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from actlog.errors import (
     InvalidArgumentError,
 )
 from actlog.ids import new_record_id
-from actlog.shm import Arena
+from actlog.shm import Arena, private_directory
 from actlog.v1 import storage_pb2, storage_pb2_grpc
 from storage_service.testing import SyntheticRecord, synthetic_record
 
@@ -49,7 +50,9 @@ def stored(stub, name: str, **fields) -> SyntheticRecord:
 
 
 def arenas() -> set[str]:
-    return {path.name for path in SHM_DIR.glob("actlog-*")}
+    """Names of this user's arenas, as the client sends them."""
+    directory = SHM_DIR / f"actlog-u{os.getuid()}"
+    return {f"{directory.name}/{path.name}" for path in directory.glob("*")}
 
 
 def rpc_error(stub, **request) -> grpc.RpcError:
@@ -71,14 +74,20 @@ def test_the_shm_client_reads_through_its_arena_and_removes_it_on_close(storage,
     assert arenas() <= before
 
 
-def test_reads_larger_than_the_arena_cap_are_split(storage, stub) -> None:
-    record = stored(stub, "split", layers=(0, 2, 4), num_positions=50, hidden_size=128)
-    row_bytes = 128 * 2
-    with StorageClient(storage.address, transport="shm", shm_arena_bytes=7 * row_bytes) as client:
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
+def test_reads_larger_than_the_arena_cap_are_split(storage, stub, dtype: str) -> None:
+    record = stored(stub, "split", dtype=dtype, layers=(0, 2, 4), num_positions=300,
+                    hidden_size=1024, seed=3)  # fmt: skip
+    cap = 1 << 20  # at most 256 float32 rows of 1024, 512 of 16-bit values, per call
+    with StorageClient(storage.address, transport="shm", shm_arena_bytes=cap) as client:
         got = client.get_activations(record.header.record_id, layers=[4, 0], row_start=3)
         assert list(got) == [4, 0]
         for layer, values in got.items():
             np.testing.assert_array_equal(values, record.values[layer][3:])
+        raw = client.get_activations(record.header.record_id, layers=-1, as_float32=False)
+        np.testing.assert_array_equal(raw[4], record.wire[4])
+        with pytest.raises(ValueError, match="at least"):
+            StorageClient(storage.address, shm_arena_bytes=1000)
 
 
 def test_concurrent_threads_each_read_their_own_records(storage, stub) -> None:
@@ -115,12 +124,13 @@ def test_segments_the_server_cannot_use_are_refused_clearly(storage, stub) -> No
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "lowercase hex" in error.details()
 
-    error = rpc_error(stub, record_id=rid, shm_name="actlog-" + "0" * 32, shm_size=10**6)
+    missing = f"actlog-u{os.getuid()}/" + "0" * 32
+    error = rpc_error(stub, record_id=rid, shm_name=missing, shm_size=10**6)
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "not visible" in error.details()
+    assert "not reachable" in error.details()
     assert (ERROR_TYPE_KEY, "SharedMemoryUnavailable") in error.trailing_metadata()
 
-    arena = Arena(selection_bytes - 1)
+    arena = Arena(selection_bytes - 1, private_directory())
     try:
         error = rpc_error(stub, record_id=rid, shm_name=arena.name, shm_size=arena.size)
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -180,7 +190,7 @@ def test_without_room_for_an_arena_auto_reads_over_the_stream(storage, stub, tmp
     record = stored(stub, "no room", num_positions=16)
     for transport in ("auto", "shm"):
         with StorageClient(storage.address, transport=transport) as client:
-            client._arenas.directory = tmp_path / "missing"
+            client._arenas.root = tmp_path / "missing"
             if transport == "shm":
                 with pytest.raises(ActlogError, match="no shared-memory arena"):
                     client.get_activations(record.header.record_id)
@@ -196,7 +206,6 @@ import os, signal, sys
 from actlog.client import StorageClient
 client = StorageClient(sys.argv[1], transport="shm")
 client.get_activations(sys.argv[2])
-print(os.getpid(), flush=True)
 os.kill(os.getpid(), signal.SIGKILL)
 """
 
@@ -209,8 +218,7 @@ def test_the_arena_of_a_killed_client_is_removed_by_the_next_one(storage, stub) 
         capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2],
     )  # fmt: skip
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    tag = f"actlog-{int(killed.stdout):08x}"
-    left = {name for name in arenas() - before if name.startswith(tag)}
+    left = arenas() - before
     assert len(left) == 1, "SIGKILL left the arena behind"
     with StorageClient(storage.address, transport="shm") as client:
         client.get_activations(record.header.record_id)

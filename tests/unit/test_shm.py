@@ -4,38 +4,61 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 
-from actlog.shm import MIN_ARENA_BYTES, ArenaPool, is_local_address
+from actlog.shm import MIN_ARENA_BYTES, ArenaError, ArenaPool, is_local_address
 from storage_service.errors import InvalidArgument
 from storage_service.shm import SegmentCache, SharedMemoryUnavailable
 
+UID = os.getuid()
+
 
 @pytest.fixture
-def shm_dir(tmp_path: Path) -> Path:
+def root(tmp_path: Path) -> Path:
     """A stand-in for /dev/shm (both sides take the directory)."""
     return tmp_path
 
 
-def test_a_thread_reuses_its_arena_and_grows_it_when_a_read_needs_more(shm_dir) -> None:
-    pool = ArenaPool(shm_dir, max_bytes=64 << 20)
+def private(root: Path) -> Path:
+    return root / f"actlog-u{UID}"
+
+
+def test_a_thread_reuses_its_arena_and_grows_it_when_a_read_needs_more(root) -> None:
+    pool = ArenaPool(root, max_bytes=64 << 20)
     first = pool.get(1000)
     assert first.size == MIN_ARENA_BYTES and pool.get(MIN_ARENA_BYTES) is first
-    assert (shm_dir / first.name).stat().st_mode & 0o777 == 0o600
+    assert first.name.startswith(f"actlog-u{UID}/")
+    assert private(root).stat().st_mode & 0o777 == 0o700
+    assert (root / first.name).stat().st_mode & 0o777 == 0o600
     grown = pool.get(MIN_ARENA_BYTES + 1)
     assert grown.size == 2 * MIN_ARENA_BYTES
-    assert not (shm_dir / first.name).exists(), "the outgrown arena is unlinked"
+    assert not (root / first.name).exists(), "the outgrown arena is unlinked"
     with pytest.raises(ValueError, match="arena cap"):
         pool.get((64 << 20) + 1)
     pool.close()
-    assert list(shm_dir.iterdir()) == []
+    assert list(private(root).iterdir()) == []
+    with pytest.raises(ValueError, match="closed"):
+        pool.get(10)
 
 
-def test_threads_get_arenas_of_their_own(shm_dir) -> None:
-    pool = ArenaPool(shm_dir)
+def test_a_failed_grow_leaves_no_dead_arena_behind(root) -> None:
+    pool = ArenaPool(root)
+    first = pool.get(10)
+    private(root).rename(root / "away")  # no new file can be made there now
+    with pytest.raises(ArenaError, match="no shared-memory arena"):
+        pool.get(MIN_ARENA_BYTES + 1)
+    (root / "away").rename(private(root))
+    again = pool.get(10)
+    assert again is not first and (root / again.name).exists()
+    pool.close()
+
+
+def test_threads_get_arenas_of_their_own(root) -> None:
+    pool = ArenaPool(root)
     names: list[str] = []
     threads = [threading.Thread(target=lambda: names.append(pool.get(10).name)) for _ in range(3)]
     for thread in threads:
@@ -44,66 +67,143 @@ def test_threads_get_arenas_of_their_own(shm_dir) -> None:
         thread.join()
     assert len(set(names)) == 3
     pool.close()
-    assert list(shm_dir.iterdir()) == []
+    assert list(private(root).iterdir()) == []
 
 
-def test_the_server_writes_into_the_clients_arena_and_keeps_the_mapping(shm_dir) -> None:
-    pool, cache = ArenaPool(shm_dir), SegmentCache(directory=shm_dir)
+def test_a_discarded_arena_is_removed_and_never_handed_out_again(root) -> None:
+    pool = ArenaPool(root)
+    first = pool.get(10)
+    pool.discard()  # what a read cut short does: the server may still be writing into it
+    assert not (root / first.name).exists()
+    assert pool.get(10).name != first.name
+    pool.close()
+
+
+def test_an_unsafe_private_directory_is_refused(root) -> None:
+    private(root).mkdir(mode=0o755)
+    os.chmod(private(root), 0o755)  # others could list the arena names
+    with pytest.raises(ArenaError, match="private directory"):
+        ArenaPool(root).get(10)
+
+
+KILLED = """
+import os, signal, sys
+from pathlib import Path
+from actlog.shm import ArenaPool
+arena = ArenaPool(Path(sys.argv[1])).get(10)
+print(arena.name, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_arenas_of_killed_clients_are_swept_by_the_next_pool(root) -> None:
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED, str(root)], capture_output=True, text=True, timeout=60
+    )
+    orphan = root / killed.stdout.strip()
+    assert orphan.exists(), killed.stderr
+    living = ArenaPool(root)
+    alive = living.get(10)  # also sweeps: the orphan goes, its own arena stays
+    assert not orphan.exists() and (root / alive.name).exists()
+    other = ArenaPool(root)
+    other.get(10)
+    assert (root / alive.name).exists(), "a live client's arena is never swept"
+    living.close()
+    other.close()
+
+
+def test_a_forked_child_neither_uses_nor_removes_its_parents_arena(root) -> None:
+    pool = ArenaPool(root)
+    arena = pool.get(10)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its own arena, and the parent's left alone at exit
+        try:
+            mine = pool.get(10)
+            os.write(write, f"{mine is not arena} {mine.name}".encode())
+            pool.close()
+        finally:
+            os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    answer = os.read(read, 200).decode().split()
+    os.close(read)
+    assert answer[0] == "True" and answer[1] != arena.name
+    assert (root / arena.name).exists()
+    pool.close()
+
+
+def test_the_server_writes_into_the_clients_arena_and_keeps_the_mapping(root) -> None:
+    pool, cache = ArenaPool(root), SegmentCache(directory=root)
     arena = pool.get(100)
     segment = cache.open(arena.name, 100)
     segment.mapping[10:15] = b"hello"
     assert arena.buffer[10:15] == b"hello"
     assert cache.open(arena.name, 100) is segment, "a second read maps nothing new"
     pool.close()
-    other = ArenaPool(shm_dir).get(100)
-    cache.open(other.name, 100)
-    assert len(cache) == 1, "the closed client's segment was dropped"
+    cache.sweep()
+    assert len(cache) == 0, "the closed client's segment was dropped"
     cache.close()
 
 
-def test_a_replaced_file_of_the_same_name_is_mapped_afresh(shm_dir) -> None:
-    cache = SegmentCache(directory=shm_dir)
-    name = "actlog-" + "ab" * 16
-    (shm_dir / name).write_bytes(b"\0" * 4096)
-    first = cache.open(name, 4096)
-    (shm_dir / name).unlink()
-    (shm_dir / name).write_bytes(b"\0" * 8192)
-    second = cache.open(name, 8192)
-    assert second is not first and second.size == 8192
+def test_a_segment_that_shrank_is_refused_before_any_write(root) -> None:
+    pool, cache = ArenaPool(root), SegmentCache(directory=root)
+    arena = pool.get(100)
+    cache.open(arena.name, 100)
+    os.truncate(root / arena.name, 4096)  # writing past the end now would be a SIGBUS
+    with pytest.raises(InvalidArgument, match="shrank or is sparse"):
+        cache.open(arena.name, 100)
+    pool.close()
     cache.close()
 
 
 @pytest.mark.parametrize(
     "name",
-    ["../etc/passwd", "actlog-../../x", "actlog-ABCDEF0123456789", "actlog-12", "x-" + "0" * 32],
+    [
+        "../etc/passwd",
+        "actlog-u0/../../x",
+        f"actlog-u{UID}/" + "AB" * 16,
+        f"actlog-u{UID}/" + "ab" * 8,
+        "actlog-" + "0" * 32,
+        f"actlog-u{UID}/sub/" + "0" * 32,
+    ],
 )
-def test_names_outside_the_pattern_are_invalid(shm_dir, name: str) -> None:
-    with pytest.raises(InvalidArgument, match="16 to 64 lowercase hex"):
-        SegmentCache(directory=shm_dir).open(name, 10)
+def test_names_outside_the_pattern_are_invalid(root, name: str) -> None:
+    with pytest.raises(InvalidArgument, match="32 lowercase hex"):
+        SegmentCache(directory=root).open(name, 10)
 
 
-def test_missing_short_linked_or_disabled_segments_are_refused(shm_dir) -> None:
-    cache = SegmentCache(directory=shm_dir)
-    missing = "actlog-" + "0" * 32
-    with pytest.raises(SharedMemoryUnavailable, match="not visible"):
-        cache.open(missing, 10)
-    short = "actlog-" + "1" * 32
-    (shm_dir / short).write_bytes(b"\0" * 10)
+def test_missing_short_sparse_linked_or_disabled_segments_are_refused(root) -> None:
+    cache = SegmentCache(directory=root)
+    name = f"actlog-u{UID}/" + "0" * 32
+    with pytest.raises(SharedMemoryUnavailable, match="not reachable"):
+        cache.open(name, 10)  # no private directory at all
+    private(root).mkdir(mode=0o700)
+    with pytest.raises(SharedMemoryUnavailable, match="not reachable"):
+        cache.open(name, 10)
+
+    def segment(digit: str, content: bytes = b"\0" * 10, sparse: int = 0) -> str:
+        path = private(root) / (digit * 32)
+        with path.open("wb") as file:
+            file.write(content)
+            if sparse:
+                file.truncate(sparse)  # a hole: written on a full /dev/shm, a SIGBUS
+        return f"actlog-u{UID}/{digit * 32}"
+
     with pytest.raises(InvalidArgument, match="fewer than shm_size 11"):
-        cache.open(short, 11)
-    target = shm_dir / "target"
+        cache.open(segment("1"), 11)
+    with pytest.raises(InvalidArgument, match="shrank or is sparse"):
+        cache.open(segment("2", b"", sparse=1 << 20), 10)
+    target = root / "target"
     target.write_bytes(b"\0" * 100)
-    linked = "actlog-" + "2" * 32
-    os.symlink(target, shm_dir / linked)
-    with pytest.raises(SharedMemoryUnavailable, match="cannot be opened"):
-        cache.open(linked, 10)
-    sparse = "actlog-" + "3" * 32
-    with (shm_dir / sparse).open("wb") as file:
-        file.truncate(1 << 20)  # a hole: writing there on a full /dev/shm would be a SIGBUS
-    with pytest.raises(InvalidArgument, match="sparse"):
-        cache.open(sparse, 10)
+    os.symlink(target, private(root) / ("3" * 32))
+    with pytest.raises(SharedMemoryUnavailable, match="not reachable"):
+        cache.open(f"actlog-u{UID}/" + "3" * 32, 10)
     with pytest.raises(SharedMemoryUnavailable, match="turned off"):
-        SegmentCache(enabled=False, directory=shm_dir).open(short, 10)
+        SegmentCache(enabled=False, directory=root).open(segment("4"), 10)
+    os.chmod(private(root), 0o755)
+    with pytest.raises(InvalidArgument, match="private"):
+        cache.open(segment("5"), 10)
     assert len(cache) == 0
 
 
@@ -122,27 +222,3 @@ def test_missing_short_linked_or_disabled_segments_are_refused(shm_dir) -> None:
 )
 def test_shared_memory_is_tried_only_for_addresses_on_this_host(address: str, local: bool) -> None:
     assert is_local_address(address) is local
-
-
-def test_a_discarded_arena_is_removed_and_never_handed_out_again(shm_dir) -> None:
-    pool = ArenaPool(shm_dir)
-    first = pool.get(10)
-    pool.discard()  # what a read cut short does: the server may still be writing into it
-    assert not (shm_dir / first.name).exists()
-    assert pool.get(10).name != first.name
-    pool.close()
-
-
-def test_arenas_of_killed_clients_are_swept_by_the_next_pool(shm_dir) -> None:
-    finished = subprocess.Popen(["true"])
-    finished.wait()  # its pid now names no process (reuse within the test is unlikely)
-    orphan = shm_dir / f"actlog-{finished.pid:08x}{'a' * 24}"
-    living = shm_dir / f"actlog-{os.getppid():08x}{'b' * 24}"
-    other = shm_dir / ("actlog-" + "c" * 20)  # not a name this client writes: left alone
-    for path in (orphan, living, other):
-        path.write_bytes(b"\0")
-    pool = ArenaPool(shm_dir)
-    arena = pool.get(10)
-    assert not orphan.exists() and living.exists() and other.exists()
-    assert arena.name.startswith(f"actlog-{os.getpid():08x}")
-    pool.close()
