@@ -236,17 +236,20 @@ def service_read(
 ) -> float:
     """Every record's activations as numpy arrays in hand, via StorageClient.get_activations.
 
-    Each reader thread reads one record before the clock starts, as a long-lived client
-    would have: it sets up the thread's shared-memory arena, once per thread.
+    The records (headers) are fetched before the clock starts, as a reader iterating over
+    `iter_records` has them and as the raw reads know the shape. Each reader thread reads
+    one record untimed first, as a long-lived client would have: it sets up the thread's
+    shared-memory arena, once per thread.
     """
     with StorageClient(address, timeout=120, transport=transport) as client:
+        records = [client.get_record(record_id) for record_id in ids]
 
         def warm_up(r: int) -> None:
-            client.get_activations(ids[r], as_float32=False)
+            client.get_activations(records[r], as_float32=False)
 
         def read(r: int) -> None:
-            for record_id in ids[r::readers]:
-                arrays = client.get_activations(record_id, as_float32=False)
+            for record in records[r::readers]:
+                arrays = client.get_activations(record, as_float32=False)
                 got = sum(array.nbytes for array in arrays.values())
                 assert got == expected, (got, expected)
 
@@ -270,27 +273,41 @@ def raw_ingest(env: lmdb.Environment, shape: Shape, payloads: list[Payload], ids
     return time.perf_counter() - start
 
 
-def raw_read(env: lmdb.Environment, shape: Shape, ids: list[str]) -> float:
-    """Each record into per-layer numpy arrays straight from LMDB: what a reader in the
-    storage process itself would get, the same arrays get_activations returns."""
-    chunks_db = env.open_db(b"chunks")
+def read_raw_record(
+    env: lmdb.Environment, chunks_db: lmdb._Database, shape: Shape, record_id: str
+) -> dict[int, np.ndarray]:
+    """One record into per-layer numpy arrays straight from LMDB, in this process."""
     dtype = np.dtype("<u2" if DTYPE_BYTES[shape.dtype] == 2 else "<f4")
-    start = time.perf_counter()
-    for record_id in ids:
-        rid = bytes.fromhex(record_id)
-        arrays = {layer: np.empty((shape.positions, shape.hidden), dtype) for layer in shape.layers}
-        rows = 0
-        with env.begin(buffers=True) as txn:
-            cursor = txn.cursor(db=chunks_db)
-            found = cursor.set_range(rid)
-            while found and cursor.key()[:16] == rid:
-                layer, row_start = rec.split_chunk_key(bytes(cursor.key()))
-                block = np.frombuffer(cursor.value(), dtype).reshape(-1, shape.hidden)
-                arrays[layer][row_start : row_start + len(block)] = block
-                rows += len(block)
-                found = cursor.next()
-        assert rows == shape.positions * len(shape.layers), (rows, record_id)
-    return time.perf_counter() - start
+    rid = bytes.fromhex(record_id)
+    arrays = {layer: np.empty((shape.positions, shape.hidden), dtype) for layer in shape.layers}
+    rows = 0
+    with env.begin(buffers=True) as txn:
+        cursor = txn.cursor(db=chunks_db)
+        found = cursor.set_range(rid)
+        while found and cursor.key()[:16] == rid:
+            layer, row_start = rec.split_chunk_key(bytes(cursor.key()))
+            block = np.frombuffer(cursor.value(), dtype).reshape(-1, shape.hidden)
+            arrays[layer][row_start : row_start + len(block)] = block
+            rows += len(block)
+            found = cursor.next()
+    assert rows == shape.positions * len(shape.layers), (rows, record_id)
+    return arrays
+
+
+def raw_read(env: lmdb.Environment, shape: Shape, ids: list[str], readers: int) -> float:
+    """Every record into per-layer numpy arrays straight from LMDB: the same arrays
+    get_activations returns, read by as many threads as the service's readers, each
+    after one untimed read as they have."""
+
+    # Opened here, once: open_db takes LMDB's write lock, and from several threads at once
+    # it deadlocks.
+    chunks_db = env.open_db(b"chunks")
+
+    def read(r: int) -> None:
+        for record_id in ids[r::readers]:
+            read_raw_record(env, chunks_db, shape, record_id)
+
+    return run_threads(readers, read, lambda r: read_raw_record(env, chunks_db, shape, ids[r]))
 
 
 def raw_copy(env: lmdb.Environment, ids: list[str], expected: int) -> float:
@@ -309,6 +326,29 @@ def raw_copy(env: lmdb.Environment, ids: list[str], expected: int) -> float:
                 found = cursor.next()
         assert got == expected, (got, expected)
     return time.perf_counter() - start
+
+
+def verify(
+    address: str,
+    env: lmdb.Environment,
+    shape: Shape,
+    payloads: list[Payload],
+    service_ids: list[str],
+    raw_ids: list[str],
+) -> None:
+    """The timed reads only counted bytes: check, untimed, that every path returns the
+    values that were written (the last round's first record of each stream)."""
+    for s, payload in enumerate(payloads[: len(service_ids)]):
+        expected = b"".join(data for _, _, _, data in payload.chunks)
+        got = {}
+        for transport in ("shm", "stream"):
+            with StorageClient(address, timeout=120, transport=transport) as client:
+                arrays = client.get_activations(service_ids[s], as_float32=False)
+                got[transport] = b"".join(arrays[layer].tobytes() for layer in shape.layers)
+        raw = read_raw_record(env, env.open_db(b"chunks"), shape, raw_ids[s])
+        got["raw"] = b"".join(raw[layer].tobytes() for layer in shape.layers)
+        wrong = [path for path, data in got.items() if data != expected]
+        assert not wrong, f"record of stream {s}: {wrong} returned other values than written"
 
 
 @dataclass
@@ -364,7 +404,7 @@ def main() -> None:
         )
         env = lmdb.open(str(Path(tmp) / "raw.lmdb"), map_size=map_size, max_dbs=8)
         try:
-            for _ in range(args.rounds):  # alternate, so both see the same machine load
+            for round_ in range(args.rounds):  # alternate, so all see the same machine load
                 service_ids = [new_record_id() for _ in range(args.records)]
                 raw_ids = [new_record_id() for _ in range(args.records)]
                 t = tallies
@@ -372,7 +412,8 @@ def main() -> None:
                     proc.pid, partial(service_ingest, address, shape, payloads, service_ids)
                 )
                 t["raw in"].timed(None, partial(raw_ingest, env, shape, payloads, raw_ids))
-                for transport in ("shm", "stream"):
+                transports = ("shm", "stream") if round_ % 2 == 0 else ("stream", "shm")
+                for transport in transports:
                     t[f"{transport} out"].timed(
                         proc.pid,
                         partial(
@@ -384,8 +425,9 @@ def main() -> None:
                             shape.record_bytes,
                         ),  # fmt: skip
                     )
-                t["raw out"].timed(None, partial(raw_read, env, shape, raw_ids))
+                t["raw out"].timed(None, partial(raw_read, env, shape, raw_ids, args.readers))
                 t["raw copy"].timed(None, partial(raw_copy, env, raw_ids, shape.record_bytes))
+            verify(address, env, shape, payloads, service_ids, raw_ids)
             with grpc.insecure_channel(address) as channel:
                 stats = storage_pb2_grpc.StorageStub(channel).Stats(storage_pb2.StatsRequest())
         finally:
@@ -403,7 +445,7 @@ def main() -> None:
         ("ingest", "service in", "raw in", ">= 0.7"),
         ("read shm", "shm out", "raw out", ">= 0.5"),
         ("read stream", "stream out", "raw out", "none: clients on other hosts"),
-        ("read shm", "shm out", "raw copy", "none: bare LMDB copy-out, nothing kept"),
+        ("read shm", "shm out", "raw copy", "none: bare LMDB copy-out, 1 thread, nothing kept"),
     )
     for label, service_name, raw_name, target in lines:
         service, raw = mbps(service_name), mbps(raw_name)
@@ -425,6 +467,8 @@ def main() -> None:
         f"{t['shm out'].client_cpu / gb:.2f}, stream service {t['stream out'].service_cpu / gb:.2f}"
         f" + client {t['stream out'].client_cpu / gb:.2f}, raw {t['raw out'].client_cpu / gb:.2f}"
     )
+    print(f"(reads: {args.readers} threads each, service and raw; values checked equal to "
+          "those written on every path)")  # fmt: skip
     print(f"(medians of {args.rounds} rounds; {os.cpu_count()} CPUs, load average "
           f"{os.getloadavg()[0]:.1f} at the end; MB = 10^6 bytes of activations)")  # fmt: skip
 

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import lmdb
+import numpy as np
 
 from actlog.v1 import storage_pb2
 from storage_service import compression as codecs
@@ -268,6 +269,7 @@ class Queries:
         start, end = selection.row_start, selection.row_end
         rid = rec.record_key(header.record_id)
         decompress = codecs.decompressor(codecs.parse(header.compression))
+        target = np.frombuffer(out, np.uint8, selection.nbytes) if selection.nbytes else None
         for index, layer in enumerate(selection.layers):
             base = index * selection.layer_bytes
             if not selection.layer_bytes:
@@ -289,12 +291,13 @@ class Queries:
                     if decompress is not None:
                         value = memoryview(decompress(value))
                     lo, hi = max(start, chunk_start), min(end, chunk_start + len(value) // width)
-                    if lo < hi:
-                        at = base + (lo - start) * width
-                        out[at : at + (hi - lo) * width] = value[
-                            (lo - chunk_start) * width : (hi - chunk_start) * width
-                        ]
-                        copied += (hi - lo) * width
+                    if lo < hi and target is not None:
+                        at, size = base + (lo - start) * width, (hi - lo) * width
+                        # numpy copies without the GIL: other readers' copies run too.
+                        target[at : at + size] = np.frombuffer(
+                            value, np.uint8, size, (lo - chunk_start) * width
+                        )
+                        copied += size
                     found = cursor.next()
             if copied != selection.layer_bytes:
                 raise RuntimeError(
