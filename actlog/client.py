@@ -183,8 +183,8 @@ class StorageClient:
     a shared-memory segment the client owns, which the storage service fills (same host
     only, several times faster); "auto" (default) uses shared memory when the address
     is on this host and switches to the stream for good if the service cannot open the
-    segment (e.g. it runs in a container). Each reading thread keeps one arena of at
-    most `shm_arena_bytes` (reused, grown on demand); larger reads are split.
+    segment (e.g. it runs in a container). Arenas hold at most `shm_arena_bytes` each
+    (larger reads are split) and are reused from read to read.
     """
 
     def __init__(
@@ -380,7 +380,9 @@ class StorageClient:
         `iter_records`...), which saves a round trip: the shape fields used here never
         change once a record exists.
 
-        The arrays are the caller's own: nothing else refers to their memory.
+        The arrays are the caller's own: nothing else writes to their memory. Read over
+        shared memory without conversion, they live in a shared-memory arena that returns
+        to the client's pool when they (and every view of them) are gone.
         """
         if not isinstance(record, Record):
             record = self.get_record(record)
@@ -428,17 +430,27 @@ class StorageClient:
         return arrays
 
     def _read_shm(self, sel: _Selection, as_float32: bool) -> dict[int, np.ndarray]:
-        """Read through this thread's shared-memory arena, in pieces of at most its cap."""
-        out_dtype = np.dtype(np.float32) if as_float32 else RAW_DTYPES[sel.record.dtype]
-        arrays = {
-            layer: np.empty((sel.rows, sel.record.hidden_size), out_dtype) for layer in sel.layers
-        }
+        """Read through shared-memory arenas, in pieces of at most the arena cap.
+
+        Without a conversion to make, and in one piece, the arrays are the arena's own
+        memory (the one copy is the storage service's; the arena goes back to the pool
+        once the arrays are gone); otherwise they are converted or copied out of it.
+        """
+        raw_dtype = RAW_DTYPES[sel.record.dtype]
+        out_dtype = np.dtype(np.float32) if as_float32 else raw_dtype
+        pieces = list(sel.split(self._arenas.max_bytes))
+        if (
+            out_dtype == raw_dtype
+            and len(pieces) == 1
+            and sel.nbytes
+            and self._arenas.can_lease(sel.nbytes)
+        ):
+            return self._read_shm_in_place(sel)
+        shape = (sel.rows, sel.record.hidden_size)
+        arrays = {layer: np.empty(shape, out_dtype) for layer in sel.layers}
         filled = dict.fromkeys(sel.layers, 0)
-        for piece in sel.split(self._arenas.max_bytes):
-            try:
-                arena = self._arenas.get(piece.nbytes)
-            except ArenaError as error:  # e.g. /dev/shm is full
-                raise _NoArena(str(error)) from None
+        for piece in pieces:
+            arena = self._acquire_arena(piece.nbytes)
             request = piece.request(shm_name=arena.name, shm_size=arena.size)
             try:
                 for chunk in self._stream(self._stream_activations, request):
@@ -446,10 +458,49 @@ class StorageClient:
                     filled[chunk.layer] += chunk.row_count
             except BaseException:
                 # A call cut short may still be writing into the arena: never reuse it.
-                self._arenas.discard()
+                self._arenas.discard(arena)
                 raise
+            self._arenas.release(arena)
         sel.check_rows(filled)
         return arrays
+
+    def _read_shm_in_place(self, sel: _Selection) -> dict[int, np.ndarray]:
+        arena = self._acquire_arena(sel.nbytes)
+        request = sel.request(shm_name=arena.name, shm_size=arena.size)
+        layer_bytes = sel.rows * sel.row_bytes
+        offsets: dict[int, int] = {}
+        try:
+            for chunk in self._stream(self._stream_activations, request):
+                if (
+                    chunk.data
+                    or chunk.layer not in sel.layers
+                    or (chunk.row_start, chunk.row_count) != (sel.row_start, sel.rows)
+                    or chunk.shm_offset + layer_bytes > sel.nbytes
+                ):
+                    raise ActlogError(f"record {sel.record.record_id}: malformed chunk {chunk}")
+                offsets[chunk.layer] = chunk.shm_offset
+            if len(offsets) != len(sel.layers):
+                raise ActlogError(
+                    f"record {sel.record.record_id}: the stream returned layers "
+                    f"{sorted(offsets)}, expected {sel.layers}"
+                )
+        except BaseException:
+            self._arenas.discard(arena)
+            raise
+        lease = self._arenas.lease(arena, sel.nbytes)
+        raw_dtype, hidden = RAW_DTYPES[sel.record.dtype], sel.record.hidden_size
+        return {
+            layer: np.frombuffer(
+                lease.buffer, raw_dtype, sel.rows * hidden, offsets[layer]
+            ).reshape(sel.rows, hidden)
+            for layer in sel.layers
+        }
+
+    def _acquire_arena(self, nbytes: int) -> Arena:
+        try:
+            return self._arenas.acquire(nbytes)
+        except ArenaError as error:  # e.g. /dev/shm is full
+            raise _NoArena(str(error)) from None
 
     # -- plumbing -------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ unlinks its parent's arenas.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import ipaddress
 import logging
@@ -34,6 +35,10 @@ SHM_DIR = Path("/dev/shm")
 MIN_ARENA_BYTES = 16 << 20
 # The largest arena a client maps; bigger selections are read in several calls.
 MAX_ARENA_BYTES = 1 << 30
+# Arrays handed out backed by arenas, at most; past it reads copy into private memory.
+MAX_LEASED_BYTES = 4 << 30
+# Arenas kept for reuse when no read uses them (the most recent one always is).
+MAX_IDLE_BYTES = 1 << 30
 
 
 class ArenaError(OSError):
@@ -93,6 +98,7 @@ class Arena:
             os.close(self._fd)
             raise
         self.size = size
+        self.tainted = False  # leased at a fork: a child may hold views of it
         self._finalizer = weakref.finalize(self, _unlink_if_mine, self.path, self.pid)
 
     @property
@@ -129,62 +135,117 @@ def remove_orphans(directory: Path) -> list[str]:
     return removed
 
 
-class ArenaPool:
-    """An arena per thread, grown on demand; `close` releases every one.
+class Lease:
+    """Arrays backed by an arena: the arena returns to its pool once none of them is alive.
 
-    The pool's first arena first sweeps away arenas of clients that were killed.
+    The arrays (and any view of them) keep a ctypes buffer over the selection alive; its
+    finalizer hands the arena back, so the storage service never overwrites rows someone
+    still holds.
     """
 
-    def __init__(self, root: Path = SHM_DIR, max_bytes: int = MAX_ARENA_BYTES) -> None:
+    def __init__(self, pool: ArenaPool, arena: Arena, nbytes: int) -> None:
+        self.buffer = (ctypes.c_uint8 * max(nbytes, 1)).from_buffer(arena.buffer)
+        weakref.finalize(self.buffer, pool.release, arena)
+
+
+class ArenaPool:
+    """Arenas for reads, each used by one read at a time; thread-safe.
+
+    `acquire` lends an idle arena big enough (or makes one), `release` takes it back,
+    `lease` ties its return to the arrays handed to the caller instead. Arenas leased
+    when the process forks are never reused (a child may still read them), and a child
+    never uses its parent's. Idle arenas beyond `max_idle_bytes` are closed. The first
+    arena sweeps away arenas of clients that were killed.
+    """
+
+    def __init__(
+        self,
+        root: Path = SHM_DIR,
+        max_bytes: int = MAX_ARENA_BYTES,
+        max_leased_bytes: int = MAX_LEASED_BYTES,
+        max_idle_bytes: int = MAX_IDLE_BYTES,
+    ) -> None:
         self.root = root
         self.max_bytes = max_bytes
-        self._local = threading.local()
-        self._arenas: weakref.WeakSet[Arena] = weakref.WeakSet()
+        self.max_leased_bytes = max_leased_bytes
+        self.max_idle_bytes = max_idle_bytes
+        self._idle: list[Arena] = []
+        self._leased: set[Arena] = set()
         self._lock = threading.Lock()
         self._directory: Path | None = None
         self._closed = False
+        _POOLS.add(self)
 
-    def get(self, size: int) -> Arena:
-        """This thread's arena, at least `size` (<= max_bytes) bytes long.
+    def acquire(self, size: int) -> Arena:
+        """An arena of at least `size` (<= max_bytes) bytes for one read.
 
         Raises ArenaError when none can be made, ValueError beyond the cap or once closed.
         """
-        if self._closed:
-            raise ValueError("the client is closed")
         if size > self.max_bytes:
             raise ValueError(f"{size} bytes exceed the arena cap of {self.max_bytes}")
-        arena: Arena | None = getattr(self._local, "arena", None)
-        if arena is not None and arena.pid != os.getpid():
-            arena = self._local.arena = None  # inherited across fork: the parent's
-        if arena is not None and arena.size >= size:
-            return arena
-        grown = min(self.max_bytes, max(size, MIN_ARENA_BYTES, 2 * arena.size if arena else 0))
-        self.discard()
+        with self._lock:
+            if self._closed:
+                raise ValueError("the client is closed")
+            self._idle = [a for a in self._idle if a.pid == os.getpid()]  # not a parent's
+            fitting = [a for a in self._idle if a.size >= size]
+            if fitting:
+                arena = min(fitting, key=lambda a: a.size)
+                self._idle.remove(arena)
+                return arena
+        grown = min(self.max_bytes, max(size, MIN_ARENA_BYTES))
         try:
-            fresh = Arena(grown, self._private_directory())
+            arena = Arena(grown, self._private_directory())
         except OSError as error:
             raise ArenaError(f"no shared-memory arena of {grown} bytes: {error}") from None
-        logger.debug("shared-memory arena %s of %d bytes", fresh.name, grown)
-        self._local.arena = fresh
-        with self._lock:
-            self._arenas.add(fresh)
-        return fresh
+        logger.debug("shared-memory arena %s of %d bytes", arena.name, grown)
+        return arena
 
-    def discard(self) -> None:
-        """Close this thread's arena; its next read gets a new one."""
-        arena: Arena | None = getattr(self._local, "arena", None)
-        self._local.arena = None
-        if arena is not None and arena.pid == os.getpid():
-            arena.close()
+    def can_lease(self, nbytes: int) -> bool:
+        with self._lock:
+            return sum(a.size for a in self._leased) + nbytes <= self.max_leased_bytes
+
+    def lease(self, arena: Arena, nbytes: int) -> Lease:
+        """Lend `arena` to the arrays built on the returned lease's buffer."""
+        with self._lock:
+            self._leased.add(arena)
+        return Lease(self, arena, nbytes)
+
+    def release(self, arena: Arena) -> None:
+        """Take `arena` back for later reads (closed instead when it must not be reused)."""
+        surplus = [arena]
+        with self._lock:
+            self._leased.discard(arena)
+            if not (self._closed or arena.tainted or arena.pid != os.getpid()):
+                surplus.pop()
+                self._idle.append(arena)
+                while len(self._idle) > 1 and sum(a.size for a in self._idle) > self.max_idle_bytes:
+                    surplus.append(self._idle.pop(0))
+        for extra in surplus:
+            self._close(extra)
+
+    def discard(self, arena: Arena) -> None:
+        """Close `arena` for good (a read cut short may still be writing into it)."""
+        with self._lock:
+            self._leased.discard(arena)
+        self._close(arena)
 
     def close(self) -> None:
+        """Close idle arenas now; leased ones when their arrays are gone."""
         with self._lock:
             self._closed = True
-            arenas = list(self._arenas)
-            self._arenas.clear()
-        for arena in arenas:
-            if arena.pid == os.getpid():
-                arena.close()
+            idle, self._idle = self._idle, []
+        for arena in idle:
+            self._close(arena)
+
+    def taint_leased(self) -> None:
+        with self._lock:
+            for arena in self._leased:
+                arena.tainted = True
+
+    @staticmethod
+    def _close(arena: Arena) -> None:
+        if arena.pid == os.getpid():
+            arena.close()
 
     def _private_directory(self) -> Path:
         with self._lock:
@@ -193,3 +254,14 @@ class ArenaPool:
                 remove_orphans(directory)
                 self._directory = directory
             return self._directory
+
+
+_POOLS: weakref.WeakSet[ArenaPool] = weakref.WeakSet()
+
+
+def _before_fork() -> None:
+    for pool in list(_POOLS):
+        pool.taint_leased()
+
+
+os.register_at_fork(before=_before_fork)

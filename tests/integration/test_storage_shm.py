@@ -61,17 +61,77 @@ def rpc_error(stub, **request) -> grpc.RpcError:
     return info.value
 
 
-def test_the_shm_client_reads_through_its_arena_and_removes_it_on_close(storage, stub) -> None:
+def test_the_shm_client_reuses_one_arena_and_removes_it_on_close(storage, stub) -> None:
     record = stored(stub, "arena", layers=(0, 2, 4), num_positions=40, hidden_size=96)
     before = arenas()
     with StorageClient(storage.address, transport="shm") as client:
         assert client.activation_transport == "shm"
-        for _ in range(3):
-            got = client.get_activations(record.header.record_id, as_float32=False)
+        for as_float32 in (False, True, False, True):
+            got = client.get_activations(record.header.record_id, as_float32=as_float32)
             for layer, values in got.items():
-                np.testing.assert_array_equal(values, record.wire[layer])
-        assert len(arenas() - before) == 1, "one arena, reused by every read of the thread"
+                expected = record.values if as_float32 else record.wire
+                np.testing.assert_array_equal(values, expected[layer])
+            del got, values
+        assert len(arenas() - before) == 1, "one arena, reused by every read"
     assert arenas() <= before
+
+
+def test_arrays_in_hand_are_never_overwritten_by_later_reads(storage, stub) -> None:
+    records = [stored(stub, f"held {i}", dtype=dtype, num_positions=30, hidden_size=64, seed=i)
+               for i, dtype in enumerate(["bfloat16", "float32", "float16"])]  # fmt: skip
+    with StorageClient(storage.address, transport="shm") as client:
+        held = [client.get_activations(r.header.record_id, as_float32=False) for r in records]
+        views = [arrays[4][5:9] for arrays in held]  # views outlive the arrays below
+        for _ in range(3):  # more reads, arenas coming and going
+            for record in records:
+                client.get_activations(record.header.record_id, layers=[0])
+        for record, arrays in zip(records, held, strict=True):
+            for layer, values in arrays.items():
+                np.testing.assert_array_equal(values, record.wire[layer])
+        held.clear()
+        for _ in range(3):
+            for record in records:
+                client.get_activations(record.header.record_id)
+        for record, view in zip(records, views, strict=True):
+            np.testing.assert_array_equal(view, record.wire[4][5:9])
+
+        values = client.get_activations(records[0].header.record_id, as_float32=False)[0]
+        values += 1  # the caller's to change; the next read is unaffected
+        again = client.get_activations(records[0].header.record_id, as_float32=False)[0]
+        np.testing.assert_array_equal(again, records[0].wire[0])
+
+
+FORKED_READER = """
+import os, sys
+import numpy as np
+from actlog.client import StorageClient
+client = StorageClient(sys.argv[1], transport="shm")
+held = client.get_activations(sys.argv[2], as_float32=False)
+snapshot = {layer: values.copy() for layer, values in held.items()}
+read, write = os.pipe()
+pid = os.fork()
+if pid == 0:  # the child keeps reading the arrays it inherited
+    os.close(write)
+    os.read(read, 1)  # until the parent has dropped its copy and read other records
+    same = all(np.array_equal(held[k], snapshot[k]) for k in held)
+    os._exit(0 if same else 3)
+del held  # the parent lets go: the arena must still not be reused
+for _ in range(5):
+    client.get_activations(sys.argv[3], as_float32=False)
+os.write(write, b"x")
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_arrays_a_forked_child_inherited_stay_intact(storage, stub) -> None:
+    first, other = stored(stub, "fork a", num_positions=20), stored(stub, "fork b", seed=5)
+    child = subprocess.run(
+        [sys.executable, "-c", FORKED_READER, storage.address, first.header.record_id,
+         other.header.record_id],
+        capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2],
+    )  # fmt: skip
+    assert child.returncode == 0, f"the child saw other values ({child.returncode}) {child.stderr}"
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
@@ -190,7 +250,7 @@ def test_without_room_for_an_arena_auto_reads_over_the_stream(storage, stub, tmp
     record = stored(stub, "no room", num_positions=16)
     for transport in ("auto", "shm"):
         with StorageClient(storage.address, transport=transport) as client:
-            client._arenas.root = tmp_path / "missing"
+            client._arenas.root = tmp_path / "missing"  # no arena can be made there
             if transport == "shm":
                 with pytest.raises(ActlogError, match="no shared-memory arena"):
                     client.get_activations(record.header.record_id)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from actlog.shm import MIN_ARENA_BYTES, ArenaError, ArenaPool, is_local_address
@@ -27,55 +28,60 @@ def private(root: Path) -> Path:
     return root / f"actlog-u{UID}"
 
 
-def test_a_thread_reuses_its_arena_and_grows_it_when_a_read_needs_more(root) -> None:
+def test_arenas_are_private_reused_and_sized_to_the_read(root) -> None:
     pool = ArenaPool(root, max_bytes=64 << 20)
-    first = pool.get(1000)
-    assert first.size == MIN_ARENA_BYTES and pool.get(MIN_ARENA_BYTES) is first
-    assert first.name.startswith(f"actlog-u{UID}/")
+    first = pool.acquire(1000)
+    assert first.size == MIN_ARENA_BYTES and first.name.startswith(f"actlog-u{UID}/")
     assert private(root).stat().st_mode & 0o777 == 0o700
     assert (root / first.name).stat().st_mode & 0o777 == 0o600
-    grown = pool.get(MIN_ARENA_BYTES + 1)
-    assert grown.size == 2 * MIN_ARENA_BYTES
-    assert not (root / first.name).exists(), "the outgrown arena is unlinked"
+    second = pool.acquire(10)
+    assert second is not first, "an arena serves one read at a time"
+    pool.release(first)
+    assert pool.acquire(MIN_ARENA_BYTES) is first, "released, it serves the next read"
+    big = pool.acquire(MIN_ARENA_BYTES + 1)
+    assert big.size == MIN_ARENA_BYTES + 1
     with pytest.raises(ValueError, match="arena cap"):
-        pool.get((64 << 20) + 1)
+        pool.acquire((64 << 20) + 1)
+    for arena in (first, second, big):
+        pool.release(arena)
     pool.close()
     assert list(private(root).iterdir()) == []
     with pytest.raises(ValueError, match="closed"):
-        pool.get(10)
+        pool.acquire(10)
 
 
-def test_a_failed_grow_leaves_no_dead_arena_behind(root) -> None:
+def test_leased_arenas_return_when_their_arrays_are_gone(root) -> None:
     pool = ArenaPool(root)
-    first = pool.get(10)
-    private(root).rename(root / "away")  # no new file can be made there now
-    with pytest.raises(ArenaError, match="no shared-memory arena"):
-        pool.get(MIN_ARENA_BYTES + 1)
-    (root / "away").rename(private(root))
-    again = pool.get(10)
-    assert again is not first and (root / again.name).exists()
+    arena = pool.acquire(4096)
+    lease = pool.lease(arena, 4096)
+    arrays = [np.frombuffer(lease.buffer, np.uint16, 100, 200 * i) for i in range(3)]
+    view = arrays[2][10:20]
+    del lease, arrays
+    gc.collect()
+    assert pool.acquire(10) is not arena, "a view is still alive: the arena stays lent"
+    del view
+    gc.collect()
+    assert pool.acquire(10) is arena
+    assert not pool.can_lease(pool.max_leased_bytes + 1)
     pool.close()
-
-
-def test_threads_get_arenas_of_their_own(root) -> None:
-    pool = ArenaPool(root)
-    names: list[str] = []
-    threads = [threading.Thread(target=lambda: names.append(pool.get(10).name)) for _ in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert len(set(names)) == 3
-    pool.close()
-    assert list(private(root).iterdir()) == []
 
 
 def test_a_discarded_arena_is_removed_and_never_handed_out_again(root) -> None:
     pool = ArenaPool(root)
-    first = pool.get(10)
-    pool.discard()  # what a read cut short does: the server may still be writing into it
+    first = pool.acquire(10)
+    pool.discard(first)  # what a read cut short does: the server may still be writing into it
     assert not (root / first.name).exists()
-    assert pool.get(10).name != first.name
+    assert pool.acquire(10) is not first
+    pool.close()
+
+
+def test_idle_arenas_beyond_the_budget_are_closed(root) -> None:
+    pool = ArenaPool(root, max_idle_bytes=MIN_ARENA_BYTES)
+    arenas = [pool.acquire(10) for _ in range(3)]
+    for arena in arenas:
+        pool.release(arena)
+    kept = [arena for arena in arenas if (root / arena.name).exists()]
+    assert kept == [arenas[-1]]
     pool.close()
 
 
@@ -83,14 +89,14 @@ def test_an_unsafe_private_directory_is_refused(root) -> None:
     private(root).mkdir(mode=0o755)
     os.chmod(private(root), 0o755)  # others could list the arena names
     with pytest.raises(ArenaError, match="private directory"):
-        ArenaPool(root).get(10)
+        ArenaPool(root).acquire(10)
 
 
 KILLED = """
 import os, signal, sys
 from pathlib import Path
 from actlog.shm import ArenaPool
-arena = ArenaPool(Path(sys.argv[1])).get(10)
+arena = ArenaPool(Path(sys.argv[1])).acquire(10)
 print(arena.name, flush=True)
 os.kill(os.getpid(), signal.SIGKILL)
 """
@@ -103,24 +109,28 @@ def test_arenas_of_killed_clients_are_swept_by_the_next_pool(root) -> None:
     orphan = root / killed.stdout.strip()
     assert orphan.exists(), killed.stderr
     living = ArenaPool(root)
-    alive = living.get(10)  # also sweeps: the orphan goes, its own arena stays
+    alive = living.acquire(10)  # also sweeps: the orphan goes, its own arena stays
     assert not orphan.exists() and (root / alive.name).exists()
     other = ArenaPool(root)
-    other.get(10)
+    other.acquire(10)
     assert (root / alive.name).exists(), "a live client's arena is never swept"
+    living.release(alive)
     living.close()
     other.close()
 
 
-def test_a_forked_child_neither_uses_nor_removes_its_parents_arena(root) -> None:
+def test_a_forked_child_neither_uses_nor_removes_its_parents_arenas(root) -> None:
     pool = ArenaPool(root)
-    arena = pool.get(10)
+    idle, lent = pool.acquire(10), pool.acquire(10)
+    pool.release(idle)
+    lease = pool.lease(lent, 10)
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: its own arena, and the parent's left alone at exit
         try:
-            mine = pool.get(10)
-            os.write(write, f"{mine is not arena} {mine.name}".encode())
+            mine = pool.acquire(10)
+            os.write(write, f"{mine not in (idle, lent)} {mine.name}".encode())
+            pool.release(mine)
             pool.close()
         finally:
             os._exit(0)
@@ -128,18 +138,24 @@ def test_a_forked_child_neither_uses_nor_removes_its_parents_arena(root) -> None
     os.waitpid(pid, 0)
     answer = os.read(read, 200).decode().split()
     os.close(read)
-    assert answer[0] == "True" and answer[1] != arena.name
-    assert (root / arena.name).exists()
+    assert answer[0] == "True" and answer[1] not in (idle.name, lent.name)
+    assert (root / idle.name).exists() and (root / lent.name).exists()
+    # Lent when the process forked: a child may still read it, so it is never reused.
+    del lease
+    gc.collect()
+    assert not (root / lent.name).exists()
+    assert pool.acquire(10) is idle
     pool.close()
 
 
 def test_the_server_writes_into_the_clients_arena_and_keeps_the_mapping(root) -> None:
     pool, cache = ArenaPool(root), SegmentCache(directory=root)
-    arena = pool.get(100)
+    arena = pool.acquire(100)
     segment = cache.open(arena.name, 100)
     segment.mapping[10:15] = b"hello"
     assert arena.buffer[10:15] == b"hello"
     assert cache.open(arena.name, 100) is segment, "a second read maps nothing new"
+    pool.release(arena)
     pool.close()
     cache.sweep()
     assert len(cache) == 0, "the closed client's segment was dropped"
@@ -148,11 +164,12 @@ def test_the_server_writes_into_the_clients_arena_and_keeps_the_mapping(root) ->
 
 def test_a_segment_that_shrank_is_refused_before_any_write(root) -> None:
     pool, cache = ArenaPool(root), SegmentCache(directory=root)
-    arena = pool.get(100)
+    arena = pool.acquire(100)
     cache.open(arena.name, 100)
     os.truncate(root / arena.name, 4096)  # writing past the end now would be a SIGBUS
     with pytest.raises(InvalidArgument, match="shrank or is sparse"):
         cache.open(arena.name, 100)
+    pool.discard(arena)
     pool.close()
     cache.close()
 
