@@ -30,16 +30,19 @@ from actlog.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     ResourceExhaustedError,
+    UnavailableError,
     WaitTimeoutError,
     from_rpc_error,
 )
 from actlog.hashing import prompt_hash as hash_prompt
+from actlog.local_reads import LocalReads
 from actlog.shm import (
     MAX_ARENA_BYTES,
     Arena,
     ArenaError,
     ArenaPool,
     is_local_address,
+    local_socket_path,
     shm_supported,
 )
 from actlog.v1 import storage_pb2, storage_pb2_grpc
@@ -184,7 +187,9 @@ class StorageClient:
     only, several times faster); "auto" (default) uses shared memory when the address
     is on this host and switches to the stream for good if the service cannot open the
     segment (e.g. it runs in a container). Arenas hold at most `shm_arena_bytes` each
-    (larger reads are split) and are reused from read to read.
+    (larger reads are split) and are reused from read to read. With `local_socket`,
+    shared-memory reads are requested on storage's local read socket when it serves one
+    (same requests, same answers, without gRPC's per-call cost), else over gRPC.
     """
 
     def __init__(
@@ -193,6 +198,7 @@ class StorageClient:
         timeout: float = 30.0,
         transport: Literal["auto", "stream", "shm"] = "auto",
         shm_arena_bytes: int = MAX_ARENA_BYTES,
+        local_socket: bool = True,
     ) -> None:
         if transport not in ("auto", "stream", "shm"):
             raise ValueError(f"transport must be auto, stream or shm, not {transport!r}")
@@ -207,6 +213,12 @@ class StorageClient:
             transport == "auto" and is_local_address(address) and shm_supported()
         )
         self._arenas = ArenaPool(max_bytes=shm_arena_bytes)
+        port = _port_of(address)
+        self._local_reads = (
+            LocalReads(local_socket_path(port), timeout)
+            if self._shm_ok and port and local_socket
+            else None
+        )
         self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
         self._stub = storage_pb2_grpc.StorageStub(self._channel)
         # Chunks as views into the received messages: one copy of the rows fewer.
@@ -224,6 +236,8 @@ class StorageClient:
     def close(self) -> None:
         self._channel.close()
         self._arenas.close()
+        if self._local_reads is not None:
+            self._local_reads.close()
 
     def __enter__(self) -> StorageClient:
         return self
@@ -392,7 +406,11 @@ class StorageClient:
         )
         if self._shm_enabled():
             try:
-                return self._read_shm(selection, as_float32)
+                try:
+                    return self._read_shm(selection, as_float32)
+                except _LocalSocketLost as lost:  # its arena was discarded: read again
+                    logger.info("%s; reading again", lost)
+                    return self._read_shm(selection, as_float32)
             except FailedPreconditionError as error:
                 if self.transport == "shm" or error.error_type != "SharedMemoryUnavailable":
                     raise
@@ -453,7 +471,7 @@ class StorageClient:
             arena = self._acquire_arena(piece.nbytes)
             request = piece.request(shm_name=arena.name, shm_size=arena.size)
             try:
-                for chunk in self._stream(self._stream_activations, request):
+                for chunk in self._shm_chunks(request):
                     _copy_out(sel, chunk, arena, arrays)
                     filled[chunk.layer] += chunk.row_count
             except BaseException:
@@ -470,7 +488,7 @@ class StorageClient:
         layer_bytes = sel.rows * sel.row_bytes
         offsets: dict[int, int] = {}
         try:
-            for chunk in self._stream(self._stream_activations, request):
+            for chunk in self._shm_chunks(request):
                 if (
                     chunk.data
                     or chunk.layer not in sel.layers
@@ -496,6 +514,16 @@ class StorageClient:
             for layer in sel.layers
         }
 
+    def _shm_chunks(self, request: storage_pb2.StreamActivationsRequest) -> Iterable[ChunkView]:
+        """A shared-memory read's chunks: over the local read socket when there is one."""
+        local = self._local_reads
+        if local is not None and local.available:
+            try:
+                return local.read(request)
+            except UnavailableError as error:
+                raise _LocalSocketLost(error.details) from None
+        return self._stream(self._stream_activations, request)
+
     def _acquire_arena(self, nbytes: int) -> Arena:
         try:
             return self._arenas.acquire(nbytes)
@@ -515,6 +543,15 @@ class StorageClient:
             yield from method(request, timeout=self.timeout)
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
+
+
+class _LocalSocketLost(ActlogError):
+    """The local read socket failed mid-read (it is not used again)."""
+
+
+def _port_of(address: str) -> int | None:
+    host, sep, port = address.rpartition(":")
+    return int(port) if sep and host and port.isdigit() and not address.startswith("unix") else None
 
 
 class _NoArena(ActlogError):

@@ -103,3 +103,10 @@ def from_rpc_error(error: grpc.RpcError) -> ActlogError:
                 error_type = value
     cls = _BY_CODE.get(code, ActlogError) if code is not None else ActlogError
     return cls(details, code=code, error_type=error_type)
+
+
+def from_status(code_name: str, details: str, error_type: str | None = None) -> ActlogError:
+    """The typed error for a status given by name (e.g. over the local read socket)."""
+    code = grpc.StatusCode[code_name] if code_name in grpc.StatusCode.__members__ else None
+    cls = _BY_CODE.get(code, ActlogError) if code is not None else ActlogError
+    return cls(details, code=code, error_type=error_type)

@@ -76,6 +76,12 @@ def private_directory(root: Path = SHM_DIR) -> Path:
     return path
 
 
+def local_socket_path(port: int, root: Path = SHM_DIR) -> Path:
+    """Where a storage service on `port` of this host serves shared-memory reads to this
+    user without gRPC (storage_service/local_socket.py)."""
+    return root / f"actlog-u{os.getuid()}" / f"storage-{port}.sock"
+
+
 def _unlink_if_mine(path: Path, pid: int) -> None:
     if os.getpid() == pid:  # not from a forked child: the file is its parent's
         path.unlink(missing_ok=True)
@@ -117,6 +123,8 @@ def remove_orphans(directory: Path) -> list[str]:
     """Unlink arenas in `directory` that no living process holds (killed before cleanup)."""
     removed: list[str] = []
     for path in directory.iterdir():
+        if path.suffix == ".sock":
+            continue
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:

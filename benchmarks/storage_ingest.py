@@ -7,10 +7,12 @@ streams synthetic records of realistic shape through it from several concurrent 
 streams, then writes the same bytes straight into a second LMDB environment in-process
 (same chunk keys, same ~1 MiB values, one durable transaction per record, LMDB's default
 sync). Then reads every record back as per-layer numpy arrays with
-`StorageClient.get_activations` (StreamActivations), over shared memory and over the
-gRPC stream, and in-process straight from LMDB into the same arrays. Prints the
-throughputs and their ratios (targets: ingest >= 0.7 of raw; same-host reads >= 0.5 of
-raw), and for reference LMDB's bare copy-out speed, which keeps nothing.
+`StorageClient.get_activations` (StreamActivations requests): shared memory requested on
+storage's local socket (what a same-host client does), shared memory requested over
+gRPC, and the gRPC byte stream (clients on other hosts); and in-process straight from
+LMDB into the same arrays, on as many threads. Prints the throughputs and their ratios
+(targets: ingest >= 0.7 of raw; same-host reads >= 0.5 of raw), and for reference LMDB's
+bare copy-out speed, which keeps nothing.
 """
 
 from __future__ import annotations
@@ -45,6 +47,13 @@ from actlog.v1 import storage_pb2, storage_pb2_grpc  # noqa: E402
 from storage_service import records as rec  # noqa: E402
 from storage_service.testing import float32_to_bf16_bits  # noqa: E402
 
+# How StorageClient reads, per measured path: shared memory requested on storage's
+# local read socket, shared memory requested over gRPC, the gRPC byte stream.
+READ_PATHS = {
+    "shm": {"transport": "shm"},
+    "shm-grpc": {"transport": "shm", "local_socket": False},
+    "stream": {"transport": "stream"},
+}
 GRPC_OPTIONS = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
 
@@ -241,7 +250,8 @@ def service_read(
     one record untimed first, as a long-lived client would have: it sets up the thread's
     shared-memory arena, once per thread.
     """
-    with StorageClient(address, timeout=120, transport=transport) as client:
+    options = READ_PATHS[transport]
+    with StorageClient(address, timeout=120, **options) as client:  # type: ignore[arg-type]
         records = [client.get_record(record_id) for record_id in ids]
 
         def warm_up(r: int) -> None:
@@ -341,8 +351,8 @@ def verify(
     for s, payload in enumerate(payloads[: len(service_ids)]):
         expected = b"".join(data for _, _, _, data in payload.chunks)
         got = {}
-        for transport in ("shm", "stream"):
-            with StorageClient(address, timeout=120, transport=transport) as client:
+        for transport, options in READ_PATHS.items():
+            with StorageClient(address, timeout=120, **options) as client:  # type: ignore[arg-type]
                 arrays = client.get_activations(service_ids[s], as_float32=False)
                 got[transport] = b"".join(arrays[layer].tobytes() for layer in shape.layers)
         raw = read_raw_record(env, env.open_db(b"chunks"), shape, raw_ids[s])
@@ -395,7 +405,8 @@ def main() -> None:
         f"ingest streams, {args.readers} readers, compression {args.compression}"
     )
     payloads = [make_payload(shape, seed) for seed in range(args.streams)]
-    names = ("service in", "raw in", "shm out", "stream out", "raw out", "raw copy")
+    names = ("service in", "raw in", "shm out", "shm-grpc out", "stream out", "raw out",
+             "raw copy")  # fmt: skip
     tallies = {name: Tally([]) for name in names}
 
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="actlog-bench-") as tmp:
@@ -412,8 +423,8 @@ def main() -> None:
                     proc.pid, partial(service_ingest, address, shape, payloads, service_ids)
                 )
                 t["raw in"].timed(None, partial(raw_ingest, env, shape, payloads, raw_ids))
-                transports = ("shm", "stream") if round_ % 2 == 0 else ("stream", "shm")
-                for transport in transports:
+                paths = list(READ_PATHS)
+                for transport in paths[round_ % 3 :] + paths[: round_ % 3]:  # rotated
                     t[f"{transport} out"].timed(
                         proc.pid,
                         partial(
@@ -444,7 +455,8 @@ def main() -> None:
     lines = (
         ("ingest", "service in", "raw in", ">= 0.7"),
         ("read shm", "shm out", "raw out", ">= 0.5"),
-        ("read stream", "stream out", "raw out", "none: clients on other hosts"),
+        ("shm-grpc", "shm-grpc out", "raw out", "none: shm requested over gRPC"),
+        ("stream", "stream out", "raw out", "none: clients on other hosts"),
         ("read shm", "shm out", "raw copy", "none: bare LMDB copy-out, 1 thread, nothing kept"),
     )
     for label, service_name, raw_name, target in lines:

@@ -49,6 +49,11 @@ class StorageSettings(BaseSettings):
         description="Let readers on this host receive activations through a shared-memory "
         "segment they name (StreamActivations shm_name) instead of the gRPC byte stream.",
     )
+    storage_local_socket: bool = Field(
+        True,
+        description="With shared-memory reads on, also serve them on a Unix socket in the "
+        "user's /dev/shm/actlog-u<uid> directory, without gRPC's per-call cost.",
+    )
     storage_max_workers: int = Field(16, gt=0, description="Threads serving gRPC calls.")
     log_level: str = Field("INFO", description="Python logging level.")
 

@@ -13,10 +13,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from actlog.shm import local_socket_path, private_directory, shm_supported
 from actlog.v1 import storage_pb2, storage_pb2_grpc
 from storage_service.compression import Compression
 from storage_service.config import MIB, StorageSettings, load_settings
 from storage_service.interceptors import CodecInterceptor, ErrorInterceptor
+from storage_service.local_socket import LocalReadServer
 from storage_service.malloc import tune_for_large_buffers
 from storage_service.servicer import StorageServicer
 from storage_service.shm import SegmentCache
@@ -43,20 +45,26 @@ class StorageServer:
         health_servicer: health.HealthServicer,
         store: ActivationStore,
         segments: SegmentCache,
+        local_reads: LocalReadServer | None = None,
     ) -> None:
         self.grpc_server = server
         self.health = health_servicer
         self.store = store
         self.segments = segments
+        self.local_reads = local_reads
 
     def start(self) -> None:
         self.grpc_server.start()
+        if self.local_reads is not None:
+            self.local_reads.start()
         for service in ("", SERVICE_NAME):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
 
     def stop(self, grace: float | None = SHUTDOWN_GRACE_S) -> None:
         """Report NOT_SERVING, let calls in flight finish within `grace` s, close LMDB."""
         self.health.enter_graceful_shutdown()
+        if self.local_reads is not None:
+            self.local_reads.stop()
         self.grpc_server.stop(grace).wait()
         self.segments.close()
         self.store.close()
@@ -93,7 +101,8 @@ def create_server(settings: StorageSettings) -> tuple[StorageServer, int]:
         options=options,
     )
     segments = SegmentCache(enabled=settings.storage_shm_reads)
-    storage_pb2_grpc.add_StorageServicer_to_server(StorageServicer(store, segments), server)
+    servicer = StorageServicer(store, segments)
+    storage_pb2_grpc.add_StorageServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for service in ("", SERVICE_NAME):
@@ -110,7 +119,14 @@ def create_server(settings: StorageSettings) -> tuple[StorageServer, int]:
     if port == 0:
         store.close()
         raise RuntimeError(f"storage could not bind {address}")
-    return StorageServer(server, health_servicer, store, segments), port
+    local_reads = None
+    if settings.storage_shm_reads and settings.storage_local_socket and shm_supported():
+        try:
+            private_directory()
+            local_reads = LocalReadServer(local_socket_path(port), servicer.shm_read)
+        except OSError as error:
+            logger.warning("shared-memory reads over gRPC only: %s", error)
+    return StorageServer(server, health_servicer, store, segments, local_reads), port
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -55,32 +55,48 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
         With `shm_name` the rows go into the caller's shared-memory segment (shm.py) and
         each layer's chunk carries only its offset there.
         """
+        if not request.shm_name:
+            selection = self._store.select(
+                request.record_id, list(request.layers), request.row_start, request.row_end
+            )
+            return self._store.stream_activations(selection)
+        chunks = self.shm_read(request)  # checks the request before the stream starts
+        return (
+            storage_pb2.ActivationChunk(
+                record_id=request.record_id,
+                sequence=sequence,
+                layer=layer,
+                row_start=row_start,
+                row_count=row_count,
+                shm_offset=offset,
+            ).SerializeToString()
+            for sequence, (layer, row_start, row_count, offset) in enumerate(chunks)
+        )
+
+    def shm_read(
+        self, request: storage_pb2.StreamActivationsRequest
+    ) -> Iterator[tuple[int, int, int, int]]:
+        """Check a shared-memory read, then (lazily) copy each layer into the segment.
+
+        Yields (layer, row_start, row_count, shm_offset) per layer. Also served by the
+        local read socket (local_socket.py).
+        """
         selection = self._store.select(
             request.record_id, list(request.layers), request.row_start, request.row_end
         )
-        if not request.shm_name:
-            return self._store.stream_activations(selection)
         segment = self._segments.open(request.shm_name, request.shm_size)
         if selection.nbytes > request.shm_size:
             raise InvalidArgument(
                 f"the selection holds {selection.nbytes} bytes, more than shm_size "
                 f"{request.shm_size}"
             )
-        return self._describe(selection, segment.mapping)
+        return self._copy(selection, segment.mapping)
 
-    def _describe(self, selection: Selection, out: mmap.mmap) -> Iterator[bytes]:
+    def _copy(self, selection: Selection, out: mmap.mmap) -> Iterator[tuple[int, int, int, int]]:
         rows = selection.row_end - selection.row_start
-        for sequence, (layer, offset) in enumerate(
-            zip(selection.layers, self._store.copy_activations(selection, out), strict=True)
-        ):
-            yield storage_pb2.ActivationChunk(
-                record_id=selection.header.record_id,
-                sequence=sequence,
-                layer=layer,
-                row_start=selection.row_start,
-                row_count=rows,
-                shm_offset=offset,
-            ).SerializeToString()
+        offsets = self._store.copy_activations(selection, out)
+        for layer, offset in zip(selection.layers, offsets, strict=True):
+            yield layer, selection.row_start, rows, offset
 
     def Stats(
         self, request: storage_pb2.StatsRequest, context: grpc.ServicerContext

@@ -36,8 +36,9 @@ class StorageProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def start(self) -> StorageProcess:
-        self.port = free_port()
+    def start(self, port: int | None = None) -> StorageProcess:
+        """Start on `port` (a free one by default)."""
+        self.port = port or free_port()
         args = [
             sys.executable,
             "-m",

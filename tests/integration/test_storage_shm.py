@@ -7,8 +7,12 @@ only the shared-memory path has.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
+import stat
+import struct
 import subprocess
 import sys
 import threading
@@ -27,7 +31,7 @@ from actlog.errors import (
     InvalidArgumentError,
 )
 from actlog.ids import new_record_id
-from actlog.shm import Arena, private_directory
+from actlog.shm import Arena, local_socket_path, private_directory
 from actlog.v1 import storage_pb2, storage_pb2_grpc
 from storage_service.testing import SyntheticRecord, synthetic_record
 
@@ -283,3 +287,78 @@ def test_the_arena_of_a_killed_client_is_removed_by_the_next_one(storage, stub) 
     with StorageClient(storage.address, transport="shm") as client:
         client.get_activations(record.header.record_id)
         assert not left & arenas()
+
+
+def local_request(path: Path, body: bytes) -> dict:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(10)
+        conn.connect(str(path))
+        conn.sendall(struct.pack("<I", len(body)) + body)
+        size = struct.unpack("<I", conn.recv(4, socket.MSG_WAITALL))[0]
+        return json.loads(conn.recv(size, socket.MSG_WAITALL))
+
+
+def test_storage_serves_shared_memory_reads_on_a_private_local_socket(storage, stub) -> None:
+    record = stored(stub, "socket", layers=(0, 2, 4), num_positions=12, hidden_size=16)
+    path = local_socket_path(storage.port)
+    assert stat.S_ISSOCK(path.stat().st_mode) and path.stat().st_mode & 0o777 == 0o600
+
+    arena = Arena(3 * 12 * 16 * 2, private_directory())
+    try:
+        request = storage_pb2.StreamActivationsRequest(
+            record_id=record.header.record_id, layers=[4, 0], row_start=2,
+            shm_name=arena.name, shm_size=arena.size,
+        )  # fmt: skip
+        reply = local_request(path, request.SerializeToString())
+        layer_bytes = 10 * 16 * 2
+        assert reply == {"chunks": [[4, 2, 10, 0], [0, 2, 10, layer_bytes]]}
+        got = np.frombuffer(arena.buffer, np.uint16, 160, layer_bytes).reshape(10, 16)
+        np.testing.assert_array_equal(got, record.wire[0][2:])
+
+        # The same refusals, codes and error types as over gRPC.
+        missing = storage_pb2.StreamActivationsRequest(
+            record_id=new_record_id(), shm_name=arena.name, shm_size=arena.size
+        )
+        unknown = local_request(path, missing.SerializeToString())
+        assert (unknown["code"], unknown["error_type"]) == ("NOT_FOUND", "NotFound")
+        bad_layer = storage_pb2.StreamActivationsRequest(
+            record_id=record.header.record_id, layers=[3], shm_name=arena.name, shm_size=10
+        )
+        assert local_request(path, bad_layer.SerializeToString())["code"] == "INVALID_ARGUMENT"
+        no_shm = storage_pb2.StreamActivationsRequest(record_id=record.header.record_id)
+        reply = local_request(path, no_shm.SerializeToString())
+        assert reply["code"] == "INVALID_ARGUMENT"
+        assert "shared-memory reads only" in reply["message"]
+        assert local_request(path, b"\xff\xff\xff")["code"] == "INVALID_ARGUMENT"
+    finally:
+        arena.close()
+    assert storage.alive()
+
+
+def test_reads_without_the_local_socket_go_over_grpc(start_storage) -> None:
+    storage = start_storage(None, "--storage-local-socket", "false")
+    assert not local_socket_path(storage.port).exists()
+    with grpc.insecure_channel(storage.address, options=GRPC_OPTIONS) as channel:
+        record = stored(storage_pb2_grpc.StorageStub(channel), "no socket", num_positions=30)
+    for local_socket in (True, False):
+        with StorageClient(storage.address, transport="shm", local_socket=local_socket) as client:
+            got = client.get_activations(record.header.record_id, as_float32=False)
+            for layer, values in got.items():
+                np.testing.assert_array_equal(values, record.wire[layer])
+            assert client.activation_transport == "shm"
+
+
+def test_a_storage_restart_breaks_no_read(start_storage, tmp_path) -> None:
+    storage = start_storage(tmp_path / "restart.lmdb")
+    with grpc.insecure_channel(storage.address, options=GRPC_OPTIONS) as channel:
+        record = stored(storage_pb2_grpc.StorageStub(channel), "restart", num_positions=30)
+    with StorageClient(storage.address, transport="shm") as client:
+        client.get_activations(record.header.record_id)  # connected to the local socket
+        assert storage.stop() == 0
+        storage.start(port=storage.port)  # same LMDB, same port: a new socket
+        for _ in range(2):
+            got = client.get_activations(record.header.record_id, as_float32=False)
+            for layer, values in got.items():
+                np.testing.assert_array_equal(values, record.wire[layer])
+        assert client.activation_transport == "shm"
+    assert storage.stop() == 0

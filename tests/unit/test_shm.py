@@ -11,6 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from actlog.errors import (
+    ActlogError,
+    FailedPreconditionError,
+    InternalError,
+    InvalidArgumentError,
+    NotFoundError,
+    from_status,
+)
 from actlog.shm import MIN_ARENA_BYTES, ArenaError, ArenaPool, is_local_address
 from storage_service.errors import InvalidArgument
 from storage_service.shm import SegmentCache, SharedMemoryUnavailable
@@ -239,3 +247,19 @@ def test_missing_short_sparse_linked_or_disabled_segments_are_refused(root) -> N
 )
 def test_shared_memory_is_tried_only_for_addresses_on_this_host(address: str, local: bool) -> None:
     assert is_local_address(address) is local
+
+
+@pytest.mark.parametrize(
+    ("code", "cls"),
+    [
+        ("INVALID_ARGUMENT", InvalidArgumentError),
+        ("NOT_FOUND", NotFoundError),
+        ("FAILED_PRECONDITION", FailedPreconditionError),
+        ("INTERNAL", InternalError),
+        ("NO_SUCH_CODE", ActlogError),
+    ],
+)
+def test_local_socket_statuses_become_the_typed_errors_grpc_gives(code: str, cls) -> None:
+    error = from_status(code, "what went wrong", "PartialRecord")
+    assert type(error) is cls and error.details == "what went wrong"
+    assert error.error_type == "PartialRecord"

@@ -1,0 +1,133 @@
+"""Shared-memory reads over a Unix socket: StreamActivations without gRPC's per-call cost.
+
+A same-host reader's shared-memory read (see shm.py) moves no rows through the call,
+yet Python gRPC still costs about a millisecond per call and a third of one per
+streamed message on each side: more than copying a 16 MiB record. This socket serves
+exactly that call with one small request and one small reply, and nothing else; the
+full query surface stays on gRPC, which also serves these reads where the socket is
+out of reach.
+
+The socket lives in the owner's private directory next to the arenas
+(`actlog.shm.local_socket_path`), so only that user connects. Framing, both ways: a
+little-endian u32 length, then the bytes. Request: a serialized
+`StreamActivationsRequest` with `shm_name` set. Reply: JSON, either
+``{"chunks": [[layer, row_start, row_count, shm_offset], ...]}`` in stream order, or
+``{"code": "INVALID_ARGUMENT", "message": ..., "error_type": ...}`` with the gRPC
+status name the same request gets over gRPC.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import struct
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from actlog.v1 import storage_pb2
+from storage_service.errors import InvalidArgument, StorageError
+from storage_service.interceptors import status_code
+
+logger = logging.getLogger(__name__)
+
+LENGTH = struct.Struct("<I")
+MAX_REQUEST_BYTES = 1 << 20
+# (layer, row_start, row_count, shm_offset) of each chunk, for one request.
+ReadFn = Callable[[storage_pb2.StreamActivationsRequest], Iterable[tuple[int, int, int, int]]]
+
+
+def _recv_exactly(conn: socket.socket, size: int) -> bytes | None:
+    data = bytearray()
+    while len(data) < size:
+        part = conn.recv(size - len(data))
+        if not part:
+            return None
+        data += part
+    return bytes(data)
+
+
+class LocalReadServer:
+    """Serves shared-memory reads on a Unix socket, a thread per connection."""
+
+    def __init__(self, path: Path, read: ReadFn) -> None:
+        self.path = path
+        self._read = read
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._closed = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()  # left by a server that was killed
+        old_umask = os.umask(0o177)  # the socket file: owner only
+        try:
+            self._sock.bind(str(self.path))
+        finally:
+            os.umask(old_umask)
+        self._sock.listen(64)
+        self._thread = threading.Thread(target=self._accept, name="local-reads", daemon=True)
+        self._thread.start()
+        logger.info("shared-memory reads also served on %s", self.path)
+
+    def stop(self) -> None:
+        self._closed.set()
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        self._sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            threading.Thread(
+                target=self._serve, args=(conn,), name="local-read", daemon=True
+            ).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            while not self._closed.is_set():
+                try:
+                    head = _recv_exactly(conn, LENGTH.size)
+                    if head is None:
+                        return
+                    (size,) = LENGTH.unpack(head)
+                    if size > MAX_REQUEST_BYTES:
+                        return  # not a client of this protocol
+                    body = _recv_exactly(conn, size)
+                    if body is None:
+                        return
+                    reply = json.dumps(self._answer(body)).encode()
+                    conn.sendall(LENGTH.pack(len(reply)) + reply)
+                except OSError:
+                    return
+
+    def _answer(self, body: bytes) -> dict[str, object]:
+        try:
+            request = storage_pb2.StreamActivationsRequest.FromString(body)
+            if not request.shm_name:
+                raise InvalidArgument("the local read socket serves shared-memory reads only")
+            return {"chunks": [list(chunk) for chunk in self._read(request)]}
+        except DecodeError:
+            return _failure(grpc.StatusCode.INVALID_ARGUMENT, "malformed StreamActivationsRequest")
+        except StorageError as error:
+            code = status_code(error)
+            logger.info("local StreamActivations -> %s: %s", code.name, error)
+            return _failure(code, str(error), type(error).__name__)
+        except Exception as error:
+            logger.error("local StreamActivations failed", exc_info=error)
+            return _failure(grpc.StatusCode.INTERNAL, "internal error in the storage service")
+
+
+def _failure(code: grpc.StatusCode, message: str, error_type: str = "") -> dict[str, object]:
+    return {"code": code.name, "message": message, "error_type": error_type}
