@@ -35,7 +35,7 @@ from actlog.errors import (
     from_rpc_error,
 )
 from actlog.hashing import prompt_hash as hash_prompt
-from actlog.local_reads import LocalReads
+from actlog.local_reads import LocalReads, NotConnected
 from actlog.shm import (
     MAX_ARENA_BYTES,
     Arena,
@@ -215,9 +215,7 @@ class StorageClient:
         self._arenas = ArenaPool(max_bytes=shm_arena_bytes)
         port = _port_of(address)
         self._local_reads = (
-            LocalReads(local_socket_path(port), timeout)
-            if self._shm_ok and port and local_socket
-            else None
+            LocalReads(local_socket_path(port)) if self._shm_ok and port and local_socket else None
         )
         self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
         self._stub = storage_pb2_grpc.StorageStub(self._channel)
@@ -232,6 +230,11 @@ class StorageClient:
     def activation_transport(self) -> Literal["stream", "shm"]:
         """How the next get_activations call reads: "shm" or "stream"."""
         return "shm" if self._shm_enabled() else "stream"
+
+    @property
+    def local_socket_reads(self) -> int:
+        """How many reads storage's local read socket answered (diagnostics)."""
+        return self._local_reads.reads if self._local_reads is not None else 0
 
     def close(self) -> None:
         self._channel.close()
@@ -519,7 +522,9 @@ class StorageClient:
         local = self._local_reads
         if local is not None and local.available:
             try:
-                return local.read(request)
+                return local.read(request, self.timeout)
+            except NotConnected:
+                pass  # nothing was sent: this read goes over gRPC
             except UnavailableError as error:
                 raise _LocalSocketLost(error.details) from None
         return self._stream(self._stream_activations, request)
@@ -545,8 +550,8 @@ class StorageClient:
             raise from_rpc_error(error) from None
 
 
-class _LocalSocketLost(ActlogError):
-    """The local read socket failed mid-read (it is not used again)."""
+class _LocalSocketLost(UnavailableError):
+    """The local read socket broke mid-read (storage restarting?): the read is redone."""
 
 
 def _port_of(address: str) -> int | None:

@@ -1,96 +1,126 @@
 """Client side of storage's local read socket (storage_service/local_socket.py).
 
 Shared-memory reads of a storage service on this host, as one small request and reply
-on a Unix socket instead of a gRPC call. One connection per thread, opened on first
-use; when the socket is absent or refuses a connection, `available` turns false and
-the caller uses gRPC. A connection that breaks mid-read (storage restarted) is opened
-again by the next read.
+on a Unix socket instead of a gRPC call. One connection per thread (and process: a
+forked child opens its own), opened on first use. A connection carries one exchange
+at a time and is never used again after an exchange that did not complete (a timeout,
+Ctrl-C, a broken pipe), so a late reply can never answer a later request. When no
+connection can be made, `read` says so before sending anything and the socket is not
+tried again for `RETRY_AFTER_S`: the caller goes over gRPC meanwhile.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 import struct
 import threading
+import time
 import weakref
 from pathlib import Path
 
-import grpc
-
-from actlog.errors import ActlogError, UnavailableError, from_status
+from actlog.errors import DeadlineExceededError, UnavailableError, from_status
 from actlog.v1 import storage_pb2
 from actlog.wire import ChunkView
 
 LENGTH = struct.Struct("<I")
+RETRY_AFTER_S = 5.0
+
+
+class NotConnected(UnavailableError):
+    """No connection to the local socket: nothing was sent."""
 
 
 class LocalReads:
-    def __init__(self, path: Path, timeout: float) -> None:
+    def __init__(self, path: Path) -> None:
         self.path = path
-        self.timeout = timeout
-        self.available = True
+        self.reads = 0  # reads answered through the socket
+        self._retry_at = 0.0
         self._local = threading.local()
         self._sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()
         self._lock = threading.Lock()
 
-    def read(self, request: storage_pb2.StreamActivationsRequest) -> list[ChunkView]:
+    @property
+    def available(self) -> bool:
+        return time.monotonic() >= self._retry_at
+
+    def read(
+        self, request: storage_pb2.StreamActivationsRequest, timeout: float
+    ) -> list[ChunkView]:
         """The chunks of one shared-memory read; raises the typed error storage sent.
 
-        Raises UnavailableError (and sets `available` false) when the socket cannot be
-        used: nothing was read, the caller may go over gRPC.
+        NotConnected: nothing was sent (go over gRPC). UnavailableError: the exchange
+        broke after sending (storage restarted?): the segment may have been written to.
         """
+        try:
+            conn = self._connection(timeout)
+        except OSError as error:
+            self._retry_at = time.monotonic() + RETRY_AFTER_S
+            raise NotConnected(f"local read socket {self.path}: {error}") from None
         body = request.SerializeToString()
         try:
-            conn = self._connection()
-        except OSError as error:  # no socket (yet), or nobody serving it: use gRPC
-            self.available = False
-            raise UnavailableError(f"local read socket {self.path}: {error}") from None
-        try:
+            conn.settimeout(timeout)
             conn.sendall(LENGTH.pack(len(body)) + body)
             head = _recv_exactly(conn, LENGTH.size)
             reply = json.loads(_recv_exactly(conn, LENGTH.unpack(head)[0]))
-        except (OSError, ValueError) as error:
-            self._drop_connection()  # the next read connects again
-            if isinstance(error, TimeoutError):
-                raise ActlogError(
-                    f"local read timed out after {self.timeout} s",
-                    code=grpc.StatusCode.DEADLINE_EXCEEDED,
-                ) from None
-            raise UnavailableError(f"local read socket {self.path}: {error}") from None
-        if "code" in reply:
-            raise from_status(reply["code"], reply["message"], reply.get("error_type") or None)
-        return [
-            ChunkView(
-                request.record_id,
-                sequence,
-                layer,
-                row_start,
-                row_count,
-                memoryview(b""),
-                shm_offset,
-            )  # fmt: skip
-            for sequence, (layer, row_start, row_count, shm_offset) in enumerate(reply["chunks"])
-        ]
+            chunks = reply.get("chunks")
+            if chunks is None:
+                error = from_status(
+                    reply["code"], reply.get("message", ""), reply.get("error_type") or None
+                )
+            else:
+                views = [
+                    ChunkView(
+                        request.record_id,
+                        sequence,
+                        layer,
+                        row_start,
+                        row_count,
+                        memoryview(b""),
+                        shm_offset,
+                    )  # fmt: skip
+                    for sequence, (layer, row_start, row_count, shm_offset) in enumerate(chunks)
+                ]
+        except TimeoutError:
+            self._drop_connection()
+            raise DeadlineExceededError(
+                f"local read of record {request.record_id} took more than {timeout} s"
+            ) from None
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            self._drop_connection()
+            raise UnavailableError(f"local read socket {self.path}: {error!r}") from None
+        except BaseException:  # Ctrl-C: the reply may still come, on this connection
+            self._drop_connection()
+            raise
+        if chunks is None:
+            raise error
+        self.reads += 1
+        return views
 
     def close(self) -> None:
         with self._lock:
             sockets = list(self._sockets)
         for conn in sockets:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
             conn.close()
 
-    def _connection(self) -> socket.socket:
+    def _connection(self, timeout: float) -> socket.socket:
         conn: socket.socket | None = getattr(self._local, "conn", None)
+        if conn is not None and self._local.pid != os.getpid():
+            conn.close()  # the parent's connection, inherited by fork: not ours to use
+            conn = None
         if conn is None:
             conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            conn.settimeout(self.timeout)
+            conn.settimeout(timeout)
             try:
                 conn.connect(str(self.path))
             except OSError:
                 conn.close()
                 raise
-            self._local.conn = conn
+            self._local.conn, self._local.pid = conn, os.getpid()
             with self._lock:
                 self._sockets.add(conn)
         return conn

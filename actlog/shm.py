@@ -23,6 +23,7 @@ import ipaddress
 import logging
 import mmap
 import os
+import queue
 import secrets
 import stat
 import threading
@@ -153,14 +154,18 @@ class Lease:
 
     def __init__(self, pool: ArenaPool, arena: Arena, nbytes: int) -> None:
         self.buffer = (ctypes.c_uint8 * max(nbytes, 1)).from_buffer(arena.buffer)
-        weakref.finalize(self.buffer, pool.release, arena)
+        # The garbage collector may run this while the same thread holds the pool's lock:
+        # it only queues the arena; the pool takes it back at its next call.
+        returned = weakref.finalize(self.buffer, pool.returned.put, arena)
+        returned.atexit = False
 
 
 class ArenaPool:
     """Arenas for reads, each used by one read at a time; thread-safe.
 
     `acquire` lends an idle arena big enough (or makes one), `release` takes it back,
-    `lease` ties its return to the arrays handed to the caller instead. Arenas leased
+    `lease` ties its return to the arrays handed to the caller instead (taken back at
+    the pool's next call after they are gone; a closed pool closes it then). Arenas leased
     when the process forks are never reused (a child may still read them), and a child
     never uses its parent's. Idle arenas beyond `max_idle_bytes` are closed. The first
     arena sweeps away arenas of clients that were killed.
@@ -180,6 +185,7 @@ class ArenaPool:
         self._idle: list[Arena] = []
         self._leased: set[Arena] = set()
         self._lock = threading.Lock()
+        self.returned: queue.SimpleQueue[Arena] = queue.SimpleQueue()  # by leases' arrays
         self._directory: Path | None = None
         self._closed = False
         _POOLS.add(self)
@@ -191,6 +197,7 @@ class ArenaPool:
         """
         if size > self.max_bytes:
             raise ValueError(f"{size} bytes exceed the arena cap of {self.max_bytes}")
+        self._take_back()
         with self._lock:
             if self._closed:
                 raise ValueError("the client is closed")
@@ -209,6 +216,7 @@ class ArenaPool:
         return arena
 
     def can_lease(self, nbytes: int) -> bool:
+        self._take_back()
         with self._lock:
             return sum(a.size for a in self._leased) + nbytes <= self.max_leased_bytes
 
@@ -239,11 +247,21 @@ class ArenaPool:
 
     def close(self) -> None:
         """Close idle arenas now; leased ones when their arrays are gone."""
+        self._take_back()
         with self._lock:
             self._closed = True
             idle, self._idle = self._idle, []
         for arena in idle:
             self._close(arena)
+
+    def _take_back(self) -> None:
+        """Release the arenas whose leased arrays are gone."""
+        while True:
+            try:
+                arena = self.returned.get_nowait()
+            except queue.Empty:
+                return
+            self.release(arena)
 
     def taint_leased(self) -> None:
         with self._lock:

@@ -25,6 +25,7 @@ import os
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -41,6 +42,17 @@ LENGTH = struct.Struct("<I")
 MAX_REQUEST_BYTES = 1 << 20
 # (layer, row_start, row_count, shm_offset) of each chunk, for one request.
 ReadFn = Callable[[storage_pb2.StreamActivationsRequest], Iterable[tuple[int, int, int, int]]]
+
+
+def _answers(path: Path) -> bool:
+    """Whether a server accepts connections on the socket at `path`."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
 
 
 def _recv_exactly(conn: socket.socket, size: int) -> bytes | None:
@@ -61,28 +73,50 @@ class LocalReadServer:
         self._read = read
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._closed = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._inode = 0
+        self._lock = threading.Lock()
+        self._connections: set[socket.socket] = set()
+        self._threads: list[threading.Thread] = []
 
-    def start(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()  # left by a server that was killed
-        old_umask = os.umask(0o177)  # the socket file: owner only
-        try:
-            self._sock.bind(str(self.path))
-        finally:
-            os.umask(old_umask)
+    def start(self) -> bool:
+        """Bind and serve; False (gRPC only) when another live server holds the path."""
+        if self.path.exists():
+            if _answers(self.path):
+                logger.warning(
+                    "%s is served by another storage process: shared-memory reads of this "
+                    "one go over gRPC",
+                    self.path,
+                )
+                self._sock.close()
+                return False
+            self.path.unlink(missing_ok=True)  # left by a server that was killed
+        self._sock.bind(str(self.path))
+        os.chmod(self.path, 0o600)  # and its directory is the owner's only
+        self._inode = self.path.stat().st_ino
         self._sock.listen(64)
-        self._thread = threading.Thread(target=self._accept, name="local-reads", daemon=True)
-        self._thread.start()
+        accept = threading.Thread(target=self._accept, name="local-reads", daemon=True)
+        self._threads.append(accept)
+        accept.start()
         logger.info("shared-memory reads also served on %s", self.path)
+        return True
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop taking reads, end every connection, wait for reads in progress."""
         self._closed.set()
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)
         self._sock.close()
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        with self._lock:
+            connections = list(self._connections)
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        deadline = time.monotonic() + timeout
+        for thread in list(self._threads):
+            thread.join(max(0.0, deadline - time.monotonic()))
+        with contextlib.suppress(OSError):
+            if self._inode and self.path.stat().st_ino == self._inode:
+                self.path.unlink()  # ours, not a successor's
 
     def _accept(self) -> None:
         while not self._closed.is_set():
@@ -90,27 +124,37 @@ class LocalReadServer:
                 conn, _ = self._sock.accept()
             except OSError:
                 return
-            threading.Thread(
-                target=self._serve, args=(conn,), name="local-read", daemon=True
-            ).start()
+            with self._lock:
+                if self._closed.is_set():
+                    conn.close()
+                    return
+                self._connections.add(conn)
+                thread = threading.Thread(
+                    target=self._serve, args=(conn,), name="local-read", daemon=True
+                )
+                self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+            thread.start()
 
     def _serve(self, conn: socket.socket) -> None:
-        with conn:
-            while not self._closed.is_set():
-                try:
-                    head = _recv_exactly(conn, LENGTH.size)
-                    if head is None:
-                        return
-                    (size,) = LENGTH.unpack(head)
-                    if size > MAX_REQUEST_BYTES:
-                        return  # not a client of this protocol
-                    body = _recv_exactly(conn, size)
-                    if body is None:
-                        return
-                    reply = json.dumps(self._answer(body)).encode()
-                    conn.sendall(LENGTH.pack(len(reply)) + reply)
-                except OSError:
+        try:
+            while True:
+                head = _recv_exactly(conn, LENGTH.size)
+                if head is None or self._closed.is_set():
                     return
+                (size,) = LENGTH.unpack(head)
+                if size > MAX_REQUEST_BYTES:
+                    return  # not a client of this protocol
+                body = _recv_exactly(conn, size)
+                if body is None or self._closed.is_set():
+                    return
+                reply = json.dumps(self._answer(body)).encode()
+                conn.sendall(LENGTH.pack(len(reply)) + reply)
+        except OSError:
+            return
+        finally:
+            with self._lock:
+                self._connections.discard(conn)
+            conn.close()
 
     def _answer(self, body: bytes) -> dict[str, object]:
         try:
@@ -126,7 +170,11 @@ class LocalReadServer:
             return _failure(code, str(error), type(error).__name__)
         except Exception as error:
             logger.error("local StreamActivations failed", exc_info=error)
-            return _failure(grpc.StatusCode.INTERNAL, "internal error in the storage service")
+            return _failure(
+                grpc.StatusCode.INTERNAL,
+                "internal error in the storage service",
+                type(error).__name__,
+            )
 
 
 def _failure(code: grpc.StatusCode, message: str, error_type: str = "") -> dict[str, object]:

@@ -55,8 +55,8 @@ class StorageServer:
 
     def start(self) -> None:
         self.grpc_server.start()
-        if self.local_reads is not None:
-            self.local_reads.start()
+        if self.local_reads is not None and not self.local_reads.start():
+            self.local_reads = None
         for service in ("", SERVICE_NAME):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
 
@@ -64,7 +64,7 @@ class StorageServer:
         """Report NOT_SERVING, let calls in flight finish within `grace` s, close LMDB."""
         self.health.enter_graceful_shutdown()
         if self.local_reads is not None:
-            self.local_reads.stop()
+            self.local_reads.stop(grace or 0.0)  # before LMDB closes under its copies
         self.grpc_server.stop(grace).wait()
         self.segments.close()
         self.store.close()

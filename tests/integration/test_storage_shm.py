@@ -16,6 +16,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,8 +28,10 @@ from actlog.client import StorageClient
 from actlog.errors import (
     ERROR_TYPE_KEY,
     ActlogError,
+    DeadlineExceededError,
     FailedPreconditionError,
     InvalidArgumentError,
+    UnavailableError,
 )
 from actlog.ids import new_record_id
 from actlog.shm import Arena, local_socket_path, private_directory
@@ -332,6 +335,10 @@ def test_storage_serves_shared_memory_reads_on_a_private_local_socket(storage, s
         assert local_request(path, b"\xff\xff\xff")["code"] == "INVALID_ARGUMENT"
     finally:
         arena.close()
+    with StorageClient(storage.address) as client:  # auto, on this host: the socket
+        got = client.get_activations(record.header.record_id, layers=[2], as_float32=False)
+        np.testing.assert_array_equal(got[2], record.wire[2])
+        assert client.local_socket_reads == 1
     assert storage.alive()
 
 
@@ -346,19 +353,90 @@ def test_reads_without_the_local_socket_go_over_grpc(start_storage) -> None:
             for layer, values in got.items():
                 np.testing.assert_array_equal(values, record.wire[layer])
             assert client.activation_transport == "shm"
+            assert client.local_socket_reads == 0
 
 
 def test_a_storage_restart_breaks_no_read(start_storage, tmp_path) -> None:
     storage = start_storage(tmp_path / "restart.lmdb")
     with grpc.insecure_channel(storage.address, options=GRPC_OPTIONS) as channel:
         record = stored(storage_pb2_grpc.StorageStub(channel), "restart", num_positions=30)
-    with StorageClient(storage.address, transport="shm") as client:
-        client.get_activations(record.header.record_id)  # connected to the local socket
+    rid = record.header.record_id
+    with StorageClient(storage.address, transport="shm", timeout=10) as client:
+        client.get_activations(rid)
+        assert client.local_socket_reads == 1, "read through the local socket"
         assert storage.stop() == 0
+        with pytest.raises(UnavailableError):  # typed, as over gRPC
+            client.get_activations(rid)
         storage.start(port=storage.port)  # same LMDB, same port: a new socket
+        deadline = time.monotonic() + 10
+        while True:  # gRPC's channel reconnects after a back-off
+            try:
+                client.get_record(rid)
+                break
+            except UnavailableError:
+                assert time.monotonic() < deadline, "gRPC never reconnected"
+                time.sleep(0.1)
         for _ in range(2):
-            got = client.get_activations(record.header.record_id, as_float32=False)
+            got = client.get_activations(rid, as_float32=False)
             for layer, values in got.items():
                 np.testing.assert_array_equal(values, record.wire[layer])
-        assert client.activation_transport == "shm"
     assert storage.stop() == 0
+
+
+def test_a_broken_connection_is_redone_on_a_new_one(start_storage, tmp_path) -> None:
+    storage = start_storage(tmp_path / "reconnect.lmdb")
+    with grpc.insecure_channel(storage.address, options=GRPC_OPTIONS) as channel:
+        record = stored(storage_pb2_grpc.StorageStub(channel), "reconnect", num_positions=30)
+    rid = record.header.record_id
+    with StorageClient(storage.address, transport="shm") as client:
+        client.get_activations(rid)
+        assert storage.stop() == 0
+        storage.start(port=storage.port)
+        got = client.get_activations(rid, as_float32=False)  # its connection broke: redone
+        np.testing.assert_array_equal(got[4], record.wire[4])
+        assert client.local_socket_reads == 2
+    assert storage.stop() == 0
+
+
+def test_a_read_cut_short_never_answers_a_later_one(storage, stub) -> None:
+    record = stored(stub, "cut short", layers=(0, 1, 2, 3), num_positions=512, hidden_size=4096)
+    rid = record.header.record_id
+    with StorageClient(storage.address, transport="shm") as client:
+        in_hand = client.get_record(rid)  # so that the only call is the read itself
+        client.get_activations(in_hand, layers=[0], row_end=1)
+        client.timeout = 0.0002  # far less than copying 16 MiB takes
+        with pytest.raises(DeadlineExceededError, match="local read"):
+            client.get_activations(in_hand, as_float32=False)
+        client.timeout = 30
+        got = client.get_activations(rid, layers=[3, 1], row_start=7, as_float32=False)
+        assert list(got) == [3, 1]
+        np.testing.assert_array_equal(got[3], record.wire[3][7:])
+        np.testing.assert_array_equal(got[1], record.wire[1][7:])
+
+
+FORKED_CLIENT = """
+import os, sys
+import numpy as np
+from actlog.client import StorageClient
+client = StorageClient(sys.argv[1], transport="shm")
+rid = sys.argv[2]
+first = client.get_activations(rid, as_float32=False)
+pid = os.fork()
+results = []
+for start in range(8):  # parent and child read at once, on the client they share
+    got = client.get_activations(rid, row_start=start, as_float32=False)
+    results.append(all(np.array_equal(got[k], first[k][start:]) for k in got))
+if pid == 0:
+    os._exit(0 if all(results) and client.local_socket_reads >= 8 else 3)
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status) or (0 if all(results) else 4))
+"""
+
+
+def test_a_forked_child_reads_on_connections_of_its_own(storage, stub) -> None:
+    record = stored(stub, "fork reads", num_positions=40, hidden_size=256)
+    child = subprocess.run(
+        [sys.executable, "-c", FORKED_CLIENT, storage.address, record.header.record_id],
+        capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2],
+    )  # fmt: skip
+    assert child.returncode == 0, f"crossed or wrong reads ({child.returncode}): {child.stderr}"

@@ -6,6 +6,7 @@ import gc
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -151,8 +152,8 @@ def test_a_forked_child_neither_uses_nor_removes_its_parents_arenas(root) -> Non
     # Lent when the process forked: a child may still read it, so it is never reused.
     del lease
     gc.collect()
-    assert not (root / lent.name).exists()
-    assert pool.acquire(10) is idle
+    assert pool.acquire(10) is idle  # the pool's next call takes the lent one back...
+    assert not (root / lent.name).exists()  # ...and closes it
     pool.close()
 
 
@@ -263,3 +264,24 @@ def test_local_socket_statuses_become_the_typed_errors_grpc_gives(code: str, cls
     error = from_status(code, "what went wrong", "PartialRecord")
     assert type(error) is cls and error.details == "what went wrong"
     assert error.error_type == "PartialRecord"
+
+
+def test_arrays_dying_while_the_pool_is_busy_never_deadlock_it(root) -> None:
+    """The garbage collector may free leased arrays at any point, even inside the pool."""
+    pool = ArenaPool(root)
+    arena = pool.acquire(64)
+    arrays = np.frombuffer(pool.lease(arena, 64).buffer, np.uint8)
+    cycle: list[object] = [arrays]
+    cycle.append(cycle)  # only the collector frees it
+    del arrays, cycle
+
+    def collect_inside_the_pool() -> None:
+        with pool._lock:  # as if the collector ran during acquire or can_lease
+            gc.collect()
+
+    thread = threading.Thread(target=collect_inside_the_pool, daemon=True)
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive(), "the pool deadlocked on its own lock"
+    assert pool.acquire(10) is arena
+    pool.close()
