@@ -25,6 +25,7 @@ from actlog.errors import DeadlineExceededError, UnavailableError, from_status
 from actlog.v1 import storage_pb2
 from actlog.wire import ChunkView
 
+# Framing of the local read protocol, both ways: a little-endian u32 length, the bytes.
 LENGTH = struct.Struct("<I")
 RETRY_AFTER_S = 5.0
 
@@ -133,11 +134,19 @@ class LocalReads:
                 conn.close()
 
 
-def _recv_exactly(conn: socket.socket, size: int) -> bytes:
+def recv_exactly(conn: socket.socket, size: int) -> bytes | None:
+    """`size` bytes from `conn`; None when the peer closes first (both ends use this)."""
     data = bytearray()
     while len(data) < size:
         part = conn.recv(size - len(data))
         if not part:
-            raise ConnectionResetError("the storage service closed the local read socket")
+            return None
         data += part
     return bytes(data)
+
+
+def _recv_exactly(conn: socket.socket, size: int) -> bytes:
+    data = recv_exactly(conn, size)
+    if data is None:
+        raise ConnectionResetError("the storage service closed the local read socket")
+    return data

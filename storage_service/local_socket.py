@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import socket
-import struct
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -32,13 +31,13 @@ from pathlib import Path
 import grpc
 from google.protobuf.message import DecodeError
 
+from actlog.local_reads import LENGTH, recv_exactly
 from actlog.v1 import storage_pb2
 from storage_service.errors import InvalidArgument, StorageError
 from storage_service.interceptors import status_code
 
 logger = logging.getLogger(__name__)
 
-LENGTH = struct.Struct("<I")
 MAX_REQUEST_BYTES = 1 << 20
 # (layer, row_start, row_count, shm_offset) of each chunk, for one request.
 ReadFn = Callable[[storage_pb2.StreamActivationsRequest], Iterable[tuple[int, int, int, int]]]
@@ -53,16 +52,6 @@ def _answers(path: Path) -> bool:
         except OSError:
             return False
     return True
-
-
-def _recv_exactly(conn: socket.socket, size: int) -> bytes | None:
-    data = bytearray()
-    while len(data) < size:
-        part = conn.recv(size - len(data))
-        if not part:
-            return None
-        data += part
-    return bytes(data)
 
 
 class LocalReadServer:
@@ -138,13 +127,13 @@ class LocalReadServer:
     def _serve(self, conn: socket.socket) -> None:
         try:
             while True:
-                head = _recv_exactly(conn, LENGTH.size)
+                head = recv_exactly(conn, LENGTH.size)
                 if head is None or self._closed.is_set():
                     return
                 (size,) = LENGTH.unpack(head)
                 if size > MAX_REQUEST_BYTES:
                     return  # not a client of this protocol
-                body = _recv_exactly(conn, size)
+                body = recv_exactly(conn, size)
                 if body is None or self._closed.is_set():
                     return
                 reply = json.dumps(self._answer(body)).encode()
