@@ -19,6 +19,7 @@ from actlog.errors import (
 )
 from actlog.hashing import prompt_hash
 from actlog.ids import new_record_id
+from actlog.shm import shm_supported
 from actlog.v1 import storage_pb2, storage_pb2_grpc
 from storage_service.config import StorageSettings
 from storage_service.server import create_server
@@ -42,6 +43,8 @@ def stub(channel: grpc.Channel) -> storage_pb2_grpc.StorageStub:
 @pytest.fixture(scope="module", params=["stream", "shm"])
 def client(storage, request: pytest.FixtureRequest) -> Iterator[StorageClient]:
     """The client, reading activations over each transport in turn."""
+    if request.param == "shm" and not shm_supported():
+        pytest.skip("no writable /dev/shm here")
     with StorageClient(storage.address, timeout=30, transport=request.param) as client:
         yield client
 
