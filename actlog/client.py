@@ -427,25 +427,17 @@ class StorageClient:
                 if self.transport == "shm":
                     raise
                 logger.warning("%s; this read goes over the gRPC stream", error)
-        arrays = self._read_stream(selection)
-        if not as_float32:
-            return arrays
-        return {layer: to_float32(raw, record.dtype) for layer, raw in arrays.items()}
+        return self._read_stream(selection, as_float32)
 
     def _shm_enabled(self) -> bool:
         return self._shm_ok and self.transport != "stream"
 
-    def _read_stream(self, sel: _Selection) -> dict[int, np.ndarray]:
-        record, raw_dtype = sel.record, RAW_DTYPES[sel.record.dtype]
-        shape = (sel.rows, record.hidden_size)
-        arrays = {layer: np.empty(shape, raw_dtype) for layer in sel.layers}
+    def _read_stream(self, sel: _Selection, as_float32: bool) -> dict[int, np.ndarray]:
+        arrays = sel.empty_arrays(as_float32)
         filled = dict.fromkeys(sel.layers, 0)
+        raw_dtype = RAW_DTYPES[sel.record.dtype]
         for chunk in self._stream(self._stream_activations, sel.request()):
-            block = np.frombuffer(chunk.data, dtype=raw_dtype)
-            offset = chunk.row_start - sel.row_start
-            arrays[chunk.layer][offset : offset + chunk.row_count] = block.reshape(
-                chunk.row_count, record.hidden_size
-            )
+            _put_rows(sel, chunk, np.frombuffer(chunk.data, dtype=raw_dtype), arrays)
             filled[chunk.layer] += chunk.row_count
         sel.check_rows(filled)
         return arrays
@@ -457,18 +449,11 @@ class StorageClient:
         memory (the one copy is the storage service's; the arena goes back to the pool
         once the arrays are gone); otherwise they are converted or copied out of it.
         """
-        raw_dtype = RAW_DTYPES[sel.record.dtype]
-        out_dtype = np.dtype(np.float32) if as_float32 else raw_dtype
+        converts = as_float32 and sel.record.dtype != "float32"
         pieces = list(sel.split(self._arenas.max_bytes))
-        if (
-            out_dtype == raw_dtype
-            and len(pieces) == 1
-            and sel.nbytes
-            and self._arenas.can_lease(sel.nbytes)
-        ):
+        if not converts and len(pieces) == 1 and sel.nbytes and self._arenas.can_lease(sel.nbytes):
             return self._read_shm_in_place(sel)
-        shape = (sel.rows, sel.record.hidden_size)
-        arrays = {layer: np.empty(shape, out_dtype) for layer in sel.layers}
+        arrays = sel.empty_arrays(as_float32)
         filled = dict.fromkeys(sel.layers, 0)
         for piece in pieces:
             arena = self._acquire_arena(piece.nbytes)
@@ -605,6 +590,12 @@ class _Selection:
             for start in range(self.row_start, end, step):
                 yield _Selection(self.record, [layer], [layer], start, min(start + step, end))
 
+    def empty_arrays(self, as_float32: bool) -> dict[int, np.ndarray]:
+        """Arrays to read the selection into: float32, or the stored (raw) dtype."""
+        dtype = np.dtype(np.float32) if as_float32 else RAW_DTYPES[self.record.dtype]
+        shape = (self.rows, self.record.hidden_size)
+        return {layer: np.empty(shape, dtype) for layer in self.layers}
+
     def check_rows(self, filled: Mapping[int, int]) -> None:
         short = {layer: rows for layer, rows in filled.items() if rows != self.rows}
         if short:
@@ -618,17 +609,25 @@ def _copy_out(
     sel: _Selection, chunk: ChunkView, arena: Arena, arrays: dict[int, np.ndarray]
 ) -> None:
     """Copy (converting to the arrays' dtype) one chunk's rows from the arena."""
+    if chunk.data or chunk.shm_offset + chunk.row_count * sel.row_bytes > arena.size:
+        raise ActlogError(f"record {sel.record.record_id}: malformed chunk {chunk}")
+    count = chunk.row_count * sel.record.hidden_size
+    raw_dtype = RAW_DTYPES[sel.record.dtype]
+    _put_rows(sel, chunk, np.frombuffer(arena.buffer, raw_dtype, count, chunk.shm_offset), arrays)
+
+
+def _put_rows(
+    sel: _Selection, chunk: ChunkView, block: np.ndarray, arrays: dict[int, np.ndarray]
+) -> None:
+    """Put one chunk's rows (`block`: its raw values) in place, converted to the arrays' dtype."""
     hidden, offset = sel.record.hidden_size, chunk.row_start - sel.row_start
     if (
-        chunk.data
-        or chunk.layer not in arrays
+        chunk.layer not in arrays
         or offset < 0
         or offset + chunk.row_count > sel.rows
-        or chunk.shm_offset + chunk.row_count * sel.row_bytes > arena.size
+        or block.size != chunk.row_count * hidden
     ):
         raise ActlogError(f"record {sel.record.record_id}: malformed chunk {chunk}")
-    raw_dtype = RAW_DTYPES[sel.record.dtype]
-    block = np.frombuffer(arena.buffer, raw_dtype, chunk.row_count * hidden, chunk.shm_offset)
     target = arrays[chunk.layer][offset : offset + chunk.row_count]
     if target.dtype == np.float32 and sel.record.dtype == "bfloat16":
         bits = target.view(np.uint32)  # float32 = the bfloat16 bits followed by 16 zeros
