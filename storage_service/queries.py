@@ -269,7 +269,7 @@ class Queries:
         start, end = selection.row_start, selection.row_end
         rid = rec.record_key(header.record_id)
         decompress = codecs.decompressor(codecs.parse(header.compression))
-        target = np.frombuffer(out, np.uint8, selection.nbytes) if selection.nbytes else None
+        target = np.frombuffer(out, np.uint8, selection.nbytes)
         for index, layer in enumerate(selection.layers):
             base = index * selection.layer_bytes
             if not selection.layer_bytes:
@@ -278,27 +278,13 @@ class Queries:
             prefix = rec.layer_prefix(rid, layer)
             copied = 0
             with self._read() as txn:  # one layer is at most a few tens of MiB
-                cursor = txn.cursor(db=self._chunks)
-                found = cursor.set_range(prefix)
-                while found:
-                    key = cursor.key()
-                    if key[: len(prefix)] != prefix:
-                        break
-                    _, chunk_start = rec.split_chunk_key(bytes(key))
-                    if chunk_start >= end:
-                        break
-                    value = cursor.value()
-                    if decompress is not None:
-                        value = memoryview(decompress(value))
-                    lo, hi = max(start, chunk_start), min(end, chunk_start + len(value) // width)
-                    if lo < hi and target is not None:
-                        at, size = base + (lo - start) * width, (hi - lo) * width
-                        # numpy copies without the GIL: other readers' copies run too.
-                        target[at : at + size] = np.frombuffer(
-                            value, np.uint8, size, (lo - chunk_start) * width
-                        )
-                        copied += size
-                    found = cursor.next()
+                for _, lo, rows in self._clipped_chunks(
+                    txn, prefix, prefix, start, end, width, decompress
+                ):
+                    at = base + (lo - start) * width
+                    # numpy copies without the GIL: other readers' copies run too.
+                    target[at : at + len(rows)] = np.frombuffer(rows, np.uint8)
+                    copied += len(rows)
             if copied != selection.layer_bytes:
                 raise RuntimeError(
                     f"record {header.record_id} layer {layer}: found {copied} bytes of rows "
@@ -343,28 +329,48 @@ class Queries:
         batch: list[bytes] = []
         size = 0
         with self._read() as txn:
-            cursor = txn.cursor(db=self._chunks)
-            found = cursor.set_range(first_key)
-            while found:
-                key = bytes(cursor.key())
-                if key[: len(prefix)] != prefix:
-                    break
-                _, chunk_start = rec.split_chunk_key(key)
-                if chunk_start >= end:
-                    break
-                value = cursor.value()
-                if decompress is not None:
-                    value = memoryview(decompress(value))
-                lo, hi = max(start, chunk_start), min(end, chunk_start + len(value) // width)
-                if lo < hi:
-                    data = value[(lo - chunk_start) * width : (hi - chunk_start) * width]
-                    batch.append(
-                        encode_chunk(
-                            header.record_id, sequence + len(batch), layer, lo, hi - lo, data
-                        )
-                    )
-                    size += len(data)
-                    if size >= READ_BATCH_BYTES:
-                        return batch, rec.chunk_key(rid, layer, chunk_start + 1)
-                found = cursor.next()
+            for chunk_start, lo, rows in self._clipped_chunks(
+                txn, prefix, first_key, start, end, width, decompress
+            ):
+                count = len(rows) // width
+                batch.append(
+                    encode_chunk(header.record_id, sequence + len(batch), layer, lo, count, rows)
+                )
+                size += len(rows)
+                if size >= READ_BATCH_BYTES:
+                    return batch, rec.chunk_key(rid, layer, chunk_start + 1)
         return batch, None
+
+    def _clipped_chunks(
+        self,
+        txn: lmdb.Transaction,
+        prefix: bytes,
+        first_key: bytes,
+        start: int,
+        end: int,
+        width: int,
+        decompress: codecs.Codec | None,
+    ) -> Iterator[tuple[int, int, memoryview]]:
+        """The stored chunks under `prefix` (one layer) from `first_key` on that hold rows
+        of [start, end): (chunk's first row, first row given, those rows' bytes).
+
+        The bytes are LMDB's own buffer (or the decompressed chunk): use them before the
+        next item.
+        """
+        cursor = txn.cursor(db=self._chunks)
+        found = cursor.set_range(first_key)
+        while found:
+            key = bytes(cursor.key())
+            if key[: len(prefix)] != prefix:
+                return
+            _, chunk_start = rec.split_chunk_key(key)
+            if chunk_start >= end:
+                return
+            value = cursor.value()
+            if decompress is not None:
+                value = memoryview(decompress(value))
+            lo, hi = max(start, chunk_start), min(end, chunk_start + len(value) // width)
+            if lo < hi:
+                rows = value[(lo - chunk_start) * width : (hi - chunk_start) * width]
+                yield chunk_start, lo, rows
+            found = cursor.next()
