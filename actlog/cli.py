@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from actlog.launcher import Stack, StackConfig
+from actlog.default_model import DEFAULT_MODEL_NAME, is_default
+from actlog.launcher import LOG_FORMAT, ServiceExited, Stack, StackConfig, inference_model_info
 
 if TYPE_CHECKING:
     from actlog.client import Record
@@ -33,8 +34,10 @@ def up(
     gateway_port: Annotated[int, typer.Option(envvar="GATEWAY_PORT")] = 8000,
     inference_host: Annotated[str, typer.Option(envvar="INFERENCE_HOST")] = "127.0.0.1",
     inference_port: Annotated[int, typer.Option(envvar="INFERENCE_PORT")] = 50051,
+    inference_metrics_port: Annotated[int, typer.Option(envvar="INFERENCE_METRICS_PORT")] = 9051,
     storage_host: Annotated[str, typer.Option(envvar="STORAGE_HOST")] = "127.0.0.1",
     storage_port: Annotated[int, typer.Option(envvar="STORAGE_PORT")] = 50052,
+    storage_metrics_port: Annotated[int, typer.Option(envvar="STORAGE_METRICS_PORT")] = 9052,
     activation_lmdb_path: Annotated[
         str, typer.Option(envvar="ACTIVATION_LMDB_PATH")
     ] = "lmdb_data/activations.lmdb",
@@ -46,21 +49,21 @@ def up(
     ] = "default",
     dtype: Annotated[str, typer.Option(envvar="DTYPE")] = "auto",
     log_dir: Annotated[
-        str | None, typer.Option(help="write each service's log here instead of the terminal")
-    ] = None,
-    timeout: Annotated[float, typer.Option(help="seconds to wait for all to be healthy")] = 600,
+        str, typer.Option(envvar="ACTLOG_LOG_DIR", help="each service logs to <dir>/<name>.log")
+    ] = "logs",
+    timeout: Annotated[float, typer.Option(help="seconds to wait for all to be ready")] = 900,
 ) -> None:
     """Start storage, inference and gateway; stop all three on Ctrl-C."""
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
     config = StackConfig(
         gateway_host=gateway_host,
         gateway_port=gateway_port,
         inference_host=inference_host,
         inference_port=inference_port,
+        inference_metrics_port=inference_metrics_port,
         storage_host=storage_host,
         storage_port=storage_port,
+        storage_metrics_port=storage_metrics_port,
         activation_lmdb_path=activation_lmdb_path,
         capture_spool_dir=capture_spool_dir,
         model=model,
@@ -79,25 +82,57 @@ def up(
 
     signal.signal(signal.SIGTERM, _stop)
     started = time.monotonic()
+
+    def ready(name: str) -> None:
+        typer.echo(f"  {name:<10} ready after {time.monotonic() - started:.0f}s")
+        if name == "storage":
+            what = f"the default model, {DEFAULT_MODEL_NAME}" if is_default(model) else model
+            typer.echo(f"  {'inference':<10} loading {what} (about a minute)")
+
     try:
+        typer.echo(f"starting storage, inference and gateway; logs in {Path(log_dir).resolve()}")
         stack.start()
-        stack.wait_healthy(timeout)
-        typer.echo(
-            f"actlog is up after {time.monotonic() - started:.0f}s\n"
-            f"  gateway    {config.gateway_url}  (OpenAI API: {config.gateway_url}/v1)\n"
-            f"  inference  {config.inference_addr}  (gRPC)\n"
-            f"  storage    {config.storage_addr}  (gRPC, LMDB at {activation_lmdb_path})\n"
-            "Press Ctrl-C to stop."
-        )
+        stack.wait_healthy(timeout, on_ready=ready)
+        typer.echo(stack_summary(config, time.monotonic() - started))
         while all(p.poll() is None for p in stack.procs.values()):
             time.sleep(0.5)
         dead = [n for n, p in stack.procs.items() if p.poll() is not None]
-        typer.echo(f"{', '.join(dead)} exited; stopping the rest", err=True)
+        for name in dead:
+            typer.echo(f"{name} exited: {stack.log_tail(name) or '(no log)'}", err=True)
+        typer.echo(f"stopping the rest; logs in {Path(log_dir).resolve()}", err=True)
         raise typer.Exit(1)
+    except (ServiceExited, TimeoutError) as exc:
+        typer.echo(f"actlog did not come up: {exc}", err=True)
+        typer.echo(f"logs in {Path(log_dir).resolve()}", err=True)
+        raise typer.Exit(1) from None
     except KeyboardInterrupt:
-        typer.echo("stopping...")
+        typer.echo("stopping (the inference service hands its pending captures to storage)...")
     finally:
         stack.stop()
+    typer.echo("stopped")
+
+
+def stack_summary(config: StackConfig, elapsed_s: float) -> str:
+    """What `actlog up` prints once everything is ready: where each service listens, where
+    its metrics are, where the data lives."""
+    info = inference_model_info(config.inference_addr)
+    kv = f", KV cache {info.kv_cache_bytes / (1 << 30):.2f} GiB" if info.kv_cache_bytes else ""
+    host = config.inference_host
+    lines = [
+        f"actlog is up after {elapsed_s:.0f}s",
+        f"  gateway    {config.gateway_url}  (OpenAI API: {config.gateway_url}/v1; "
+        f"ready: /health, live: /health/live, metrics: /metrics)",
+        f"  inference  {config.inference_addr}  (gRPC; {info.model}, {info.dtype}{kv}; "
+        f"metrics: http://{host}:{config.inference_metrics_port}/metrics)",
+        f"  storage    {config.storage_addr}  (gRPC; "
+        f"metrics: http://{config.storage_host}:{config.storage_metrics_port}/metrics)",
+        f"  records    {Path(config.activation_lmdb_path).resolve()}  (LMDB)",
+        f"  spool      {Path(config.capture_spool_dir).resolve()}  (captures not yet stored)",
+    ]
+    if config.log_dir:
+        lines.append(f"  logs       {Path(config.log_dir).resolve()}")
+    lines.append("Press Ctrl-C to stop.")
+    return "\n".join(lines)
 
 
 @app.command("prepare-model")
@@ -106,7 +141,7 @@ def prepare_model(
     force: bool = False,
 ) -> None:
     """Convert the packaged SmolLM2-135M-Instruct GGUF into a Hugging Face directory (once)."""
-    from inference_service.default_model import prepare_default_model
+    from actlog.default_model import prepare_default_model
 
     logging.basicConfig(level=logging.INFO)
     path = prepare_default_model(Path(model_cache_dir) if model_cache_dir else None, force)

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -217,14 +219,11 @@ class StorageClient:
         self._local_reads = (
             LocalReads(local_socket_path(port)) if self._shm_ok and port and local_socket else None
         )
-        self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
-        self._stub = storage_pb2_grpc.StorageStub(self._channel)
-        # Chunks as views into the received messages: one copy of the rows fewer.
-        self._stream_activations = self._channel.unary_stream(
-            f"/{storage_pb2.DESCRIPTOR.services_by_name['Storage'].full_name}/StreamActivations",
-            request_serializer=storage_pb2.StreamActivationsRequest.SerializeToString,
-            response_deserializer=decode_chunk,
-        )
+        self._connection = _Connection.open(address)
+        # Connections a forked child inherited: never used or closed there, since their
+        # sockets and gRPC's polling state belong to the parent.
+        self._inherited: list[_Connection] = []
+        self._connection_lock = threading.Lock()
 
     @property
     def activation_transport(self) -> Literal["stream", "shm"]:
@@ -236,8 +235,25 @@ class StorageClient:
         """How many reads storage's local read socket answered (diagnostics)."""
         return self._local_reads.reads if self._local_reads is not None else 0
 
+    @property
+    def _live(self) -> _Connection:
+        """This process's own gRPC connection, opened afresh in a forked child."""
+        connection = self._connection
+        if connection.pid == os.getpid():
+            return connection
+        with self._connection_lock:
+            if self._connection.pid != os.getpid():
+                self._inherited.append(self._connection)
+                self._connection = _Connection.open(self.address)
+            return self._connection
+
+    @property
+    def _stub(self) -> storage_pb2_grpc.StorageStub:
+        return self._live.stub
+
     def close(self) -> None:
-        self._channel.close()
+        if self._connection.pid == os.getpid():
+            self._connection.channel.close()
         self._arenas.close()
         if self._local_reads is not None:
             self._local_reads.close()
@@ -436,7 +452,7 @@ class StorageClient:
         arrays = sel.empty_arrays(as_float32)
         filled = dict.fromkeys(sel.layers, 0)
         raw_dtype = RAW_DTYPES[sel.record.dtype]
-        for chunk in self._stream(self._stream_activations, sel.request()):
+        for chunk in self._stream(self._live.stream_activations, sel.request()):
             _put_rows(sel, chunk, np.frombuffer(chunk.data, dtype=raw_dtype), arrays)
             filled[chunk.layer] += chunk.row_count
         sel.check_rows(filled)
@@ -512,7 +528,7 @@ class StorageClient:
                 pass  # nothing was sent: this read goes over gRPC
             except UnavailableError as error:
                 raise _LocalSocketLost(error.details) from None
-        return self._stream(self._stream_activations, request)
+        return self._stream(self._live.stream_activations, request)
 
     def _acquire_arena(self, nbytes: int) -> Arena:
         try:
@@ -533,6 +549,27 @@ class StorageClient:
             yield from method(request, timeout=self.timeout)
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
+
+
+@dataclass(frozen=True)
+class _Connection:
+    """A gRPC channel to storage and its stubs, owned by the process that opened it."""
+
+    channel: grpc.Channel
+    stub: storage_pb2_grpc.StorageStub
+    stream_activations: Any
+    pid: int
+
+    @classmethod
+    def open(cls, address: str) -> _Connection:
+        channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        # Chunks as views into the received messages: one copy of the rows fewer.
+        stream = channel.unary_stream(
+            f"/{storage_pb2.DESCRIPTOR.services_by_name['Storage'].full_name}/StreamActivations",
+            request_serializer=storage_pb2.StreamActivationsRequest.SerializeToString,
+            response_deserializer=decode_chunk,
+        )
+        return cls(channel, storage_pb2_grpc.StorageStub(channel), stream, os.getpid())
 
 
 class _LocalSocketLost(UnavailableError):

@@ -15,13 +15,18 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from actlog.v1 import inference_pb2, inference_pb2_grpc
+
 logger = logging.getLogger(__name__)
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 @dataclass
@@ -30,13 +35,16 @@ class StackConfig:
     gateway_port: int = 8000
     inference_host: str = "127.0.0.1"
     inference_port: int = 50051
+    inference_metrics_port: int = 9051
     storage_host: str = "127.0.0.1"
     storage_port: int = 50052
+    storage_metrics_port: int = 9052
     activation_lmdb_path: str = "lmdb_data/activations.lmdb"
     capture_spool_dir: str = "capture_spool"
     model: str = "default"
     dtype: str = "auto"
-    log_dir: str | None = None
+    # Each service's log goes to <log_dir>/<service>.log; None = this process's terminal.
+    log_dir: str | None = "logs"
     # Further variables for the services (e.g. MAX_MODEL_LEN, VLLM_CPU_KVCACHE_SPACE);
     # an empty value removes the variable.
     extra_env: dict[str, str] = field(default_factory=dict)
@@ -72,12 +80,23 @@ def grpc_serving(address: str, timeout: float = 2.0) -> bool:
         return False
 
 
+def inference_model_info(address: str, timeout: float = 5.0) -> inference_pb2.ModelInfo:
+    """The served model as the inference service describes it (name, dtype, KV cache)."""
+    with grpc.insecure_channel(address) as channel:
+        stub = inference_pb2_grpc.InferenceStub(channel)
+        return stub.GetModelInfo(inference_pb2.ModelInfoRequest(), timeout=timeout)
+
+
 def http_ok(url: str, timeout: float = 2.0) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as reply:  # noqa: S310 (loopback)
             return reply.status == 200
     except OSError:
         return False
+
+
+class ServiceExited(RuntimeError):
+    """A service process ended while the launcher waited for it to be ready."""
 
 
 class Stack:
@@ -97,9 +116,11 @@ class Stack:
             {
                 "STORAGE_HOST": c.storage_host,
                 "STORAGE_PORT": str(c.storage_port),
+                "STORAGE_METRICS_PORT": str(c.storage_metrics_port),
                 "ACTIVATION_LMDB_PATH": c.activation_lmdb_path,
                 "INFERENCE_HOST": c.inference_host,
                 "INFERENCE_PORT": str(c.inference_port),
+                "INFERENCE_METRICS_PORT": str(c.inference_metrics_port),
                 "STORAGE_ADDR": c.storage_addr,
                 "CAPTURE_SPOOL_DIR": c.capture_spool_dir,
                 "MODEL": c.model,
@@ -126,9 +147,10 @@ class Stack:
             "gateway": "gateway",
         }[name]
         out = None
-        if self.config.log_dir:
-            Path(self.config.log_dir).mkdir(parents=True, exist_ok=True)
-            out = open(Path(self.config.log_dir) / f"{name}.log", "ab")  # noqa: SIM115
+        path = self.log_path(name)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            out = open(path, "ab")  # noqa: SIM115 (closed in stop)
             self._logs.append(out)
         proc = subprocess.Popen(
             [sys.executable, "-m", module],
@@ -143,7 +165,22 @@ class Stack:
         for name in self.SERVICES:
             self.start_service(name)
 
+    def log_path(self, name: str) -> Path | None:
+        return Path(self.config.log_dir) / f"{name}.log" if self.config.log_dir else None
+
+    def log_tail(self, name: str, lines: int = 1) -> str:
+        """The last `lines` non-empty lines of a service's log ("" without a log file)."""
+        path = self.log_path(name)
+        if path is None or not path.is_file():
+            return ""
+        with path.open("rb") as f:
+            f.seek(max(f.seek(0, os.SEEK_END) - 16384, 0))
+            text = f.read().decode(errors="replace")
+        return "\n".join([line for line in text.splitlines() if line.strip()][-lines:])
+
     def healthy(self, name: str) -> bool:
+        """Ready: the gRPC health service says SERVING (inference: its model is loaded);
+        the gateway's readiness path answers 200 (it can serve a completion)."""
         c = self.config
         if name == "storage":
             return grpc_serving(c.storage_addr)
@@ -151,16 +188,28 @@ class Stack:
             return grpc_serving(c.inference_addr)
         return http_ok(f"{c.gateway_url}/health")
 
-    def wait_healthy(self, timeout: float = 600.0, names: tuple[str, ...] | None = None) -> None:
+    def wait_healthy(
+        self,
+        timeout: float = 600.0,
+        names: tuple[str, ...] | None = None,
+        on_ready: Callable[[str], None] | None = None,
+    ) -> None:
         deadline = time.monotonic() + timeout
         waiting = list(names or self.SERVICES)
         while waiting:
-            for name in list(waiting):
+            for name in waiting:
                 proc = self.procs.get(name)
                 if proc is not None and proc.poll() is not None:
-                    raise RuntimeError(f"{name} exited with code {proc.returncode} while starting")
-                if self.healthy(name):
-                    waiting.remove(name)
+                    last = self.log_tail(name)
+                    raise ServiceExited(
+                        f"{name} exited with code {proc.returncode} while starting"
+                        + (f": {last}" if last else "")
+                    )
+            # In start order: the gateway is ready only once inference is.
+            while waiting and self.healthy(waiting[0]):
+                name = waiting.pop(0)
+                if on_ready is not None:
+                    on_ready(name)
             if waiting and time.monotonic() > deadline:
                 raise TimeoutError(f"not healthy after {timeout:.0f}s: {', '.join(waiting)}")
             if waiting:

@@ -20,9 +20,9 @@ import time
 import uuid
 from pathlib import Path
 
-from actlog.launcher import Stack, StackConfig
+from actlog.default_model import resolve_model
+from actlog.launcher import Stack, StackConfig, free_port
 from inference_service.config import InferenceSettings
-from inference_service.default_model import resolve_model
 from inference_service.engine import CaptureEngine
 from inference_service.types import CaptureRequest, GenerationRequest, GenerationResult, Sampling
 
@@ -75,7 +75,10 @@ async def main(args: argparse.Namespace) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="actlog-bench-"))
     storage = Stack(
         StackConfig(
-            storage_port=args.storage_port, activation_lmdb_path=str(tmp / "db"), log_dir=str(tmp)
+            storage_port=args.storage_port,
+            storage_metrics_port=free_port(),
+            activation_lmdb_path=str(tmp / "db"),
+            log_dir=str(tmp),
         )
     )
     storage.start_service("storage")

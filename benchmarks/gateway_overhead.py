@@ -85,6 +85,7 @@ def main(args: argparse.Namespace) -> None:
     tmp = tempfile.mkdtemp(prefix="actlog-gw-bench-")
     config = StackConfig(
         gateway_port=free_port(), inference_port=free_port(), storage_port=free_port(),
+        inference_metrics_port=free_port(), storage_metrics_port=free_port(),
         activation_lmdb_path=f"{tmp}/db", capture_spool_dir=f"{tmp}/spool", dtype="float32",
         log_dir=tmp, extra_env={"VLLM_CPU_KVCACHE_SPACE": "1", "MAX_MODEL_LEN": "1024"},
     )  # fmt: skip

@@ -158,6 +158,7 @@ def start_service(lmdb_path: Path, map_size: int, compression: str, log: Path):
         sys.executable, "-m", "storage_service", "--storage-port", str(port),
         "--activation-lmdb-path", str(lmdb_path), "--lmdb-map-size", str(map_size),
         "--storage-compression", compression, "--log-level", "WARNING",
+        "--storage-metrics-port", "0",
     ]  # fmt: skip
     with log.open("wb") as out:
         proc = subprocess.Popen(args, cwd=ROOT, stdout=out, stderr=out)

@@ -1,10 +1,11 @@
 #!/opt/venv/bin/python
 """Container health probe: `actlog-healthcheck storage|inference|gateway`.
 
-Exits 0 when the service in this container answers: the standard gRPC health service for
+Exits 0 when the service in this container is ready: the standard gRPC health service for
 storage and inference (SERVING; the inference service says NOT_SERVING while its engine
-loads), `GET /health` for the gateway. The port is the one the service itself reads
-(STORAGE_PORT, INFERENCE_PORT, GATEWAY_PORT), so a changed port needs no changed probe.
+loads), `GET /health` for the gateway (200 only while a completion can be served). The port
+is the one the service itself reads (STORAGE_PORT, INFERENCE_PORT, GATEWAY_PORT), so a
+changed port needs no changed probe.
 Used by the images' HEALTHCHECK (shell form: podman's Docker API splits exec-form arguments).
 """
 

@@ -61,7 +61,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     HF_HOME=/var/lib/actlog/models/huggingface
 USER 10001:10001
 WORKDIR /var/lib/actlog
-EXPOSE 50051
+EXPOSE 50051 9051
 HEALTHCHECK --interval=5s --timeout=5s --start-period=900s --retries=3 \
     CMD ["actlog-healthcheck", "inference"]
 CMD ["python", "-m", "inference_service"]

@@ -36,7 +36,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     ACTIVATION_LMDB_PATH=/var/lib/actlog/lmdb/activations.lmdb
 USER 10001:10001
 WORKDIR /var/lib/actlog
-EXPOSE 50052
+EXPOSE 50052 9052
 HEALTHCHECK --interval=5s --timeout=5s --start-period=30s --retries=3 \
     CMD ["actlog-healthcheck", "storage"]
 CMD ["python", "-m", "storage_service"]

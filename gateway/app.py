@@ -15,6 +15,7 @@ from gateway.backends import InferenceBackend
 from gateway.config import GatewaySettings
 from gateway.errors import GatewayError, error_response, status_phrase
 from gateway.limits import ConcurrencyLimit, GuardMiddleware
+from gateway.metrics import GatewayMetrics, MetricsMiddleware
 from gateway.routes import router
 from gateway.serving_chat import OpenAIServingChat
 from gateway.serving_completion import OpenAIServingCompletion
@@ -26,22 +27,30 @@ def build_app(settings: GatewaySettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         backend = InferenceBackend(
-            settings.inference_addr, settings.grpc_max_message_bytes, settings.request_timeout_s
+            settings.inference_addr,
+            settings.grpc_max_message_bytes,
+            settings.request_timeout_s,
+            metrics,
         )
         app.state.backend = backend
         app.state.completions = OpenAIServingCompletion(backend, settings)
         app.state.chat = OpenAIServingChat(backend, settings)
-        app.state.limit = ConcurrencyLimit(settings.max_concurrent_requests)
+        app.state.limit = limit = ConcurrencyLimit(settings.max_concurrent_requests)
+        metrics.in_flight.set_function(lambda: limit.active)
         try:
             yield
         finally:
             await backend.close()
 
+    metrics = GatewayMetrics()
     app = FastAPI(title="actlog gateway", version="0.1.0", lifespan=lifespan)
+    app.state.metrics = metrics
     app.include_router(router)
     app.add_middleware(
         GuardMiddleware, keys=settings.keys(), max_body_bytes=settings.max_body_bytes
     )
+    # Added last, so outermost: it sees the guards' 401 and 413 too.
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     @app.exception_handler(GatewayError)
     async def _gateway_error(request: Request, exc: GatewayError) -> JSONResponse:

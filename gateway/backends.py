@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -10,10 +11,18 @@ from google.protobuf.json_format import MessageToDict
 
 from actlog.v1 import inference_pb2, inference_pb2_grpc
 from gateway.errors import from_grpc
+from gateway.metrics import GatewayMetrics
 
 
 class InferenceBackend:
-    def __init__(self, address: str, max_message_bytes: int, timeout_s: float) -> None:
+    def __init__(
+        self,
+        address: str,
+        max_message_bytes: int,
+        timeout_s: float,
+        metrics: GatewayMetrics | None = None,
+    ) -> None:
+        self._metrics = metrics or GatewayMetrics()
         self._channel = grpc.aio.insecure_channel(
             address,
             options=[
@@ -61,8 +70,20 @@ class InferenceBackend:
     async def stream(
         self, request: inference_pb2.GenerateRequest
     ) -> AsyncIterator[inference_pb2.GenerateResponse]:
+        started = time.perf_counter()
+        first = True
         try:
             async for message in self._stub.Generate(request, timeout=self._timeout):
+                kind = message.WhichOneof("kind")
+                if first and kind == "delta" and message.delta.token_ids:
+                    self._metrics.ttft.observe(time.perf_counter() - started)
+                    first = False
+                elif kind == "result":
+                    result = message.result
+                    self._metrics.observe_tokens(
+                        len(result.prompt_token_ids) if result.index == 0 else 0,
+                        len(result.output_token_ids),
+                    )
                 yield message
         except grpc.aio.AioRpcError as exc:
             raise from_grpc(exc) from exc
@@ -71,13 +92,11 @@ class InferenceBackend:
         self, request: inference_pb2.GenerateRequest
     ) -> list[inference_pb2.GenerateResult]:
         """Run one generation to the end and return its final results, one per choice."""
-        results = []
-        try:
-            async for message in self._stub.Generate(request, timeout=self._timeout):
-                if message.WhichOneof("kind") == "result":
-                    results.append(message.result)
-        except grpc.aio.AioRpcError as exc:
-            raise from_grpc(exc) from exc
+        results = [
+            message.result
+            async for message in self.stream(request)
+            if message.WhichOneof("kind") == "result"
+        ]
         if len(results) != max(request.sampling.n, 1):
             raise RuntimeError("the inference stream ended without all its results")
         return sorted(results, key=lambda r: r.index)

@@ -6,7 +6,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.protocol import (
     ChatCompletionRequest,
@@ -21,10 +22,28 @@ router = APIRouter()
 
 
 @router.get("/health")
-async def health(request: Request) -> dict[str, Any]:
-    """200 while the gateway is up; details say whether inference answers and what its
-    capture pipeline holds (records waiting in the spool when storage is slow or down)."""
-    return {"status": "ok", "inference": await request.app.state.backend.status()}
+async def health(request: Request) -> JSONResponse:
+    """Readiness: 200 only when a completion can be served now (inference answers and its
+    model is loaded), else 503 with the same details, as vLLM's and TGI's servers answer.
+    The details say what the capture pipeline holds (records waiting in the spool when
+    storage is slow or down)."""
+    inference = await request.app.state.backend.status()
+    ready = inference.get("status") == "ok" and bool(inference.get("ready"))
+    body = {"status": "ok" if ready else "unavailable", "inference": inference}
+    return JSONResponse(body, status_code=200 if ready else 503)
+
+
+@router.get("/health/live")
+async def live() -> dict[str, str]:
+    """Liveness: 200 while the gateway process serves HTTP, whatever inference is doing."""
+    return {"status": "ok"}
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics of this gateway (prometheus_client's text format)."""
+    registry = request.app.state.metrics.registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/v1/models", response_model=ModelList)

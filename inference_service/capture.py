@@ -71,6 +71,10 @@ class CaptureCollector:
         self._pending: dict[str, PendingCapture] = {}
         self._server: asyncio.AbstractServer | None = None
         self.recomputed_rows = 0
+        self.captured_rows = 0
+        # Frames not filed, by reason: "finished" (rows of steps computed after a request
+        # ended, e.g. past a stop string: harmless) or "malformed" (a bug worth a look).
+        self.dropped_frames = {"finished": 0, "malformed": 0}
 
     async def start(self) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -134,14 +138,18 @@ class CaptureCollector:
                 capture = self._pending.get(key)
                 if capture is None:
                     # Finished or abandoned: e.g. steps computed after a stop string matched.
+                    self.dropped_frames["finished"] += 1
                     continue
                 if layer not in capture.layers or DTYPE_NAMES.get(code) != capture.dtype:
                     logger.error("capture %s: unexpected layer %d or dtype %d", key, layer, code)
+                    self.dropped_frames["malformed"] += 1
                     continue
                 if n_bytes != n_rows * capture.row_bytes:
                     logger.error("capture %s: frame of %d bytes for %d rows", key, n_bytes, n_rows)
+                    self.dropped_frames["malformed"] += 1
                     continue
                 self.recomputed_rows += capture.put(layer, pos, n_rows, data)
+                self.captured_rows += n_rows
                 capture.changed.set()
         except asyncio.IncompleteReadError:
             return

@@ -15,6 +15,9 @@ class InferenceSettings(BaseSettings):
 
     inference_host: str = "127.0.0.1"
     inference_port: int = 50051
+    inference_metrics_port: int = Field(
+        9051, description="port of Prometheus metrics (/metrics, on INFERENCE_HOST); 0 = off"
+    )
     model: str = Field(
         "default",
         description="`default` (offline SmolLM2-135M-Instruct), "
@@ -49,7 +52,11 @@ class InferenceSettings(BaseSettings):
         "capture_spool", description="on-disk spool of captures not yet stored"
     )
     capture_queue_size: int = Field(1024, description="finished captures queued in memory")
-    kv_cache_memory_bytes: int = Field(0, description="KV cache size; 0 = vLLM's default")
+    kv_cache_memory_bytes: int = Field(
+        0,
+        description="KV cache size; 0 = on CPU sized from MAX_MODEL_LEN x MAX_NUM_SEQS "
+        "(at most 2 GiB), on GPU vLLM's share of GPU memory",
+    )
     capture_socket_dir: str = Field("", description="directory for the worker's capture socket")
     grpc_max_message_bytes: int = 64 * 1024 * 1024
     log_level: str = "INFO"

@@ -10,8 +10,10 @@ waiting for any of that.
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import logging
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -21,13 +23,13 @@ from typing import Any
 
 from vllm.exceptions import VLLMValidationError
 
+from actlog.default_model import DEFAULT_MODEL_NAME, resolve_model
 from actlog.hashing import prompt_hash
 from actlog.ids import new_record_id
-from inference_service import capture_worker
+from inference_service import capture_worker, memory
 from inference_service.capture import CaptureCollector
 from inference_service.capture_frames import DTYPE_SIZES
 from inference_service.config import InferenceSettings
-from inference_service.default_model import DEFAULT_MODEL_NAME, resolve_model
 from inference_service.errors import (
     CaptureIncomplete,
     EngineNotReady,
@@ -55,6 +57,7 @@ class ModelDescription:
     max_model_len: int
     default_layers: tuple[int, ...]
     recommended_layers: tuple[int, ...]
+    kv_cache_bytes: int = 0
 
 
 @dataclass
@@ -86,6 +89,8 @@ class CaptureEngine:
         self.info: ModelDescription | None = None
         self._chunked_prefill = False
         self._is_cpu = False
+        # Bytes of KV cache the engine was given (0: vLLM's own sizing, e.g. on GPU).
+        self.kv_cache_bytes = settings.kv_cache_memory_bytes
 
     def engine_args(self, model_path: str, served: str) -> Any:
         from vllm.engine.arg_utils import AsyncEngineArgs
@@ -113,7 +118,48 @@ class CaptureEngine:
         if not self._chunked_prefill and not s.max_num_batched_tokens:
             # Without chunked prefill a whole prompt must fit one step.
             args.max_num_batched_tokens = max(s.max_model_len or 8192, 2048)
+        if self._is_cpu:
+            self._size_cpu_memory(args, model_path)
         return args
+
+    def _size_cpu_memory(self, args: Any, model_path: str) -> None:
+        """Give the KV cache what the engine needs (memory.py) unless a setting says
+        otherwise, and fail at once, in one line, when the engine cannot fit."""
+        s = self._settings
+        if s.gpu_memory_utilization or os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+            return  # vLLM's own reservation and checks apply
+        probe = copy.deepcopy(args)
+        config = probe.create_engine_config()
+        model = config.model_config
+        dtype_size = model.dtype.itemsize
+        cache_dtype = str(config.cache_config.cache_dtype)
+        cache_size = dtype_size if cache_dtype == "auto" else (1 if "fp8" in cache_dtype else 2)
+        per_token = memory.kv_bytes_per_token(
+            model.get_num_layers(config.parallel_config),
+            model.get_num_kv_heads(config.parallel_config),
+            model.get_head_size(),
+            cache_size,
+        )
+        available = memory.cpu_available_bytes()
+        if s.kv_cache_memory_bytes:
+            kv_bytes = s.kv_cache_memory_bytes
+            logger.info("KV cache %.2f GiB (KV_CACHE_MEMORY_BYTES)", kv_bytes / memory.GIB)
+        else:
+            plan = memory.plan_kv_cache(
+                per_token,
+                model.max_model_len,
+                config.scheduler_config.max_num_seqs,
+                available,
+            )
+            kv_bytes = args.kv_cache_memory_bytes = plan.kv_cache_bytes
+            logger.info("%s", plan.describe())
+        stored = getattr(model.hf_config, "dtype", None) or getattr(
+            model.hf_config, "torch_dtype", None
+        )
+        stored_size = getattr(stored, "itemsize", None) or (4 if "32" in str(stored) else 2)
+        weights = memory.weights_bytes_on_disk(model_path, dtype_size, stored_size)
+        memory.check_fits(kv_bytes, weights, available)
+        self.kv_cache_bytes = kv_bytes
 
     async def start(self) -> ModelDescription:
         from vllm.platforms import current_platform
@@ -150,6 +196,7 @@ class CaptureEngine:
             max_model_len=int(self._llm.model_config.max_model_len),
             default_layers=tuple(default_layers),
             recommended_layers=tuple(recommended_layers(num_layers)),
+            kv_cache_bytes=self.kv_cache_bytes,
         )
         logger.info("engine ready: %s", self.info)
         return self.info
@@ -172,7 +219,7 @@ class CaptureEngine:
             raise EngineNotReady("the model is still loading")
         return self.info
 
-    def status(self) -> dict[str, int | bool]:
+    def status(self) -> dict[str, int | float | bool]:
         records, size = self.spool.usage()
         return {
             "pending_captures": self.collector.pending,
@@ -183,6 +230,8 @@ class CaptureEngine:
             "storage_failures": self.sink.failures,
             "storage_reachable": self.sink.reachable,
             "recomputed_rows": self.collector.recomputed_rows,
+            "ready": self.info is not None,
+            "oldest_spooled_age_s": self.spool.oldest_age_s(),
         }
 
     # -- requests ----------------------------------------------------------------------------

@@ -21,3 +21,8 @@ class EngineNotReady(InferenceError):
 
 class PromptTooLong(InvalidRequest):
     """The prompt exceeds the configured or model limit (OUT_OF_RANGE)."""
+
+
+class StartupError(Exception):
+    """The service cannot start as configured; the message says why and what to change, in
+    one line (printed instead of a traceback)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -13,7 +14,9 @@ from grpc_reflection.v1alpha import reflection
 from actlog.v1 import inference_pb2, inference_pb2_grpc
 from inference_service.config import InferenceSettings
 from inference_service.engine import CaptureEngine
+from inference_service.errors import StartupError
 from inference_service.interceptors import ErrorMappingInterceptor
+from inference_service.metrics import serve_metrics
 from inference_service.servicer import InferenceServicer
 
 logger = logging.getLogger("inference_service")
@@ -42,13 +45,15 @@ async def serve(settings: InferenceSettings) -> None:
     # Health answers NOT_SERVING while the engine loads, so probes can tell "starting" from "down".
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    serve_metrics(engine, settings.inference_host, settings.inference_metrics_port)
     await server.start()
     logger.info("inference listening on %s:%d (loading model)", settings.inference_host, port)
 
     try:
         await engine.start()
-    except BaseException:
-        logger.exception("the engine failed to start")
+    except BaseException as exc:
+        if not isinstance(exc, StartupError):
+            logger.exception("the engine failed to start")
         await server.stop(None)
         await engine.stop(0)
         raise
@@ -74,7 +79,12 @@ def main() -> None:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    asyncio.run(serve(settings))
+    try:
+        asyncio.run(serve(settings))
+    except StartupError as exc:
+        # One line that says what to change, not a traceback.
+        logger.error("%s", exc)
+        sys.exit(f"inference: {exc}")
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             max_model_len=info.max_model_len,
             default_layers=info.default_layers,
             recommended_layers=info.recommended_layers,
+            kv_cache_bytes=info.kv_cache_bytes,
         )
 
     async def GetStatus(  # noqa: N802

@@ -15,11 +15,12 @@ import json
 import logging
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from actlog.ids import is_record_id
+from actlog.ids import is_record_id, record_id_timestamp_ms
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +104,13 @@ class Spool:
 
     def remove(self, record_id: str) -> None:
         shutil.rmtree(self.root / record_id, ignore_errors=True)
+
+    def oldest_age_s(self) -> float:
+        """Seconds since the oldest finished record still here was created (0 when none)."""
+        ready = self.ready()
+        if not ready:
+            return 0.0
+        return max(time.time() - record_id_timestamp_ms(ready[0]) / 1000, 0.0)
 
     def usage(self) -> tuple[int, int]:
         """(finished records, bytes on disk) of the whole spool."""

@@ -33,6 +33,9 @@ class StorageSettings(BaseSettings):
     )
     storage_host: str = Field("127.0.0.1", description="Address the gRPC server binds.")
     storage_port: int = Field(50052, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
+    storage_metrics_port: int = Field(
+        9052, ge=0, le=65535, description="Port of Prometheus metrics (/metrics); 0 = off."
+    )
     lmdb_map_size: int = Field(
         GIB, gt=0, description="Initial LMDB map size in bytes; doubled whenever it fills up."
     )

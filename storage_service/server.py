@@ -20,6 +20,7 @@ from storage_service.config import MIB, StorageSettings, load_settings
 from storage_service.interceptors import CodecInterceptor, ErrorInterceptor
 from storage_service.local_socket import LocalReadServer
 from storage_service.malloc import tune_for_large_buffers
+from storage_service.metrics import StorageMetrics
 from storage_service.servicer import StorageServicer
 from storage_service.shm import SegmentCache
 from storage_service.store import ActivationStore
@@ -45,16 +46,22 @@ class StorageServer:
         health_servicer: health.HealthServicer,
         store: ActivationStore,
         segments: SegmentCache,
+        metrics: StorageMetrics,
         local_reads: LocalReadServer | None = None,
+        metrics_address: tuple[str, int] = ("127.0.0.1", 0),
     ) -> None:
         self.grpc_server = server
         self.health = health_servicer
         self.store = store
         self.segments = segments
+        self.metrics = metrics
         self.local_reads = local_reads
+        self._metrics_address = metrics_address
+        self._stop_metrics = lambda: None
 
     def start(self) -> None:
         self.grpc_server.start()
+        self._stop_metrics = self.metrics.serve(*self._metrics_address)
         if self.local_reads is not None and not self.local_reads.start():
             self.local_reads = None
         for service in ("", SERVICE_NAME):
@@ -66,6 +73,7 @@ class StorageServer:
         if self.local_reads is not None:
             self.local_reads.stop(grace or 0.0)  # before LMDB closes under its copies
         self.grpc_server.stop(grace).wait()
+        self._stop_metrics()
         self.segments.close()
         self.store.close()
 
@@ -101,7 +109,8 @@ def create_server(settings: StorageSettings) -> tuple[StorageServer, int]:
         options=options,
     )
     segments = SegmentCache(enabled=settings.storage_shm_reads)
-    servicer = StorageServicer(store, segments)
+    metrics = StorageMetrics(store.stats)
+    servicer = StorageServicer(store, segments, metrics)
     storage_pb2_grpc.add_StorageServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -126,7 +135,11 @@ def create_server(settings: StorageSettings) -> tuple[StorageServer, int]:
             local_reads = LocalReadServer(local_socket_path(port), servicer.shm_read)
         except OSError as error:
             logger.warning("shared-memory reads over gRPC only: %s", error)
-    return StorageServer(server, health_servicer, store, segments, local_reads), port
+    storage = StorageServer(
+        server, health_servicer, store, segments, metrics, local_reads,
+        (settings.storage_host, settings.storage_metrics_port),
+    )  # fmt: skip
+    return storage, port
 
 
 def main(argv: Sequence[str] | None = None) -> None:

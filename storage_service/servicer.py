@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import mmap
+import time
 from collections.abc import Iterator
 
 import grpc
@@ -10,21 +11,26 @@ import grpc
 from actlog.v1 import storage_pb2, storage_pb2_grpc
 from storage_service.errors import InvalidArgument
 from storage_service.ingest import IngestSession
+from storage_service.metrics import StorageMetrics
 from storage_service.queries import Selection
 from storage_service.shm import SegmentCache
 from storage_service.store import ActivationStore
 
 
 class StorageServicer(storage_pb2_grpc.StorageServicer):
-    def __init__(self, store: ActivationStore, segments: SegmentCache) -> None:
+    def __init__(
+        self, store: ActivationStore, segments: SegmentCache, metrics: StorageMetrics
+    ) -> None:
         self._store = store
         self._segments = segments
+        self._metrics = metrics
 
     def Ingest(
         self,
         request_iterator: Iterator[storage_pb2.IngestRequest],
         context: grpc.ServicerContext,
     ) -> storage_pb2.IngestResponse:
+        started = time.perf_counter()
         session = IngestSession(self._store)
         try:
             for request in request_iterator:
@@ -32,6 +38,11 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
             result = session.finish()
         finally:
             session.settle()  # answer only once this stream's writes are settled
+        m = self._metrics
+        m.ingest_duration.observe(time.perf_counter() - started)
+        m.ingest_bytes.inc(result.bytes_written)
+        status = storage_pb2.RecordStatus.Name(result.status).removeprefix("RECORD_STATUS_")
+        m.ingested_records.labels(status.lower()).inc()
         return storage_pb2.IngestResponse(
             record_id=result.record_id, status=result.status, bytes_written=result.bytes_written
         )
@@ -59,7 +70,9 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
             selection = self._store.select(
                 request.record_id, list(request.layers), request.row_start, request.row_end
             )
-            return self._store.stream_activations(selection)
+            return self._metrics.timed_read(
+                "stream", selection.nbytes, self._store.stream_activations(selection)
+            )
         chunks = self.shm_read(request)  # checks the request before the stream starts
         return (
             storage_pb2.ActivationChunk(
@@ -90,7 +103,9 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
                 f"the selection holds {selection.nbytes} bytes, more than shm_size "
                 f"{request.shm_size}"
             )
-        return self._copy(selection, segment.mapping)
+        return self._metrics.timed_read(
+            "shm", selection.nbytes, self._copy(selection, segment.mapping)
+        )
 
     def _copy(self, selection: Selection, out: mmap.mmap) -> Iterator[tuple[int, int, int, int]]:
         rows = selection.row_end - selection.row_start

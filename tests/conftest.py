@@ -24,6 +24,8 @@ def stack_config(tmp: Path, dtype: str) -> StackConfig:
         gateway_port=free_port(),
         inference_port=free_port(),
         storage_port=free_port(),
+        inference_metrics_port=free_port(),
+        storage_metrics_port=free_port(),
         activation_lmdb_path=str(tmp / "activations.lmdb"),
         capture_spool_dir=str(tmp / "spool"),
         dtype=dtype,
@@ -34,7 +36,7 @@ def stack_config(tmp: Path, dtype: str) -> StackConfig:
 
 @pytest.fixture(scope="session")
 def model_dir() -> str:
-    from inference_service.default_model import prepare_default_model
+    from actlog.default_model import prepare_default_model
 
     return str(prepare_default_model())
 

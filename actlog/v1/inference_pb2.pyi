@@ -155,7 +155,7 @@ class ModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("model", "num_layers", "hidden_size", "dtype", "max_model_len", "default_layers", "recommended_layers")
+    __slots__ = ("model", "num_layers", "hidden_size", "dtype", "max_model_len", "default_layers", "recommended_layers", "kv_cache_bytes")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     NUM_LAYERS_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -163,6 +163,7 @@ class ModelInfo(_message.Message):
     MAX_MODEL_LEN_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_LAYERS_FIELD_NUMBER: _ClassVar[int]
     RECOMMENDED_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    KV_CACHE_BYTES_FIELD_NUMBER: _ClassVar[int]
     model: str
     num_layers: int
     hidden_size: int
@@ -170,14 +171,15 @@ class ModelInfo(_message.Message):
     max_model_len: int
     default_layers: _containers.RepeatedScalarFieldContainer[int]
     recommended_layers: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, model: _Optional[str] = ..., num_layers: _Optional[int] = ..., hidden_size: _Optional[int] = ..., dtype: _Optional[str] = ..., max_model_len: _Optional[int] = ..., default_layers: _Optional[_Iterable[int]] = ..., recommended_layers: _Optional[_Iterable[int]] = ...) -> None: ...
+    kv_cache_bytes: int
+    def __init__(self, model: _Optional[str] = ..., num_layers: _Optional[int] = ..., hidden_size: _Optional[int] = ..., dtype: _Optional[str] = ..., max_model_len: _Optional[int] = ..., default_layers: _Optional[_Iterable[int]] = ..., recommended_layers: _Optional[_Iterable[int]] = ..., kv_cache_bytes: _Optional[int] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class ServiceStatus(_message.Message):
-    __slots__ = ("pending_captures", "queued_records", "spool_records", "spool_bytes", "stored_records", "storage_failures", "storage_reachable", "recomputed_rows")
+    __slots__ = ("pending_captures", "queued_records", "spool_records", "spool_bytes", "stored_records", "storage_failures", "storage_reachable", "recomputed_rows", "ready", "oldest_spooled_age_s")
     PENDING_CAPTURES_FIELD_NUMBER: _ClassVar[int]
     QUEUED_RECORDS_FIELD_NUMBER: _ClassVar[int]
     SPOOL_RECORDS_FIELD_NUMBER: _ClassVar[int]
@@ -186,6 +188,8 @@ class ServiceStatus(_message.Message):
     STORAGE_FAILURES_FIELD_NUMBER: _ClassVar[int]
     STORAGE_REACHABLE_FIELD_NUMBER: _ClassVar[int]
     RECOMPUTED_ROWS_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    OLDEST_SPOOLED_AGE_S_FIELD_NUMBER: _ClassVar[int]
     pending_captures: int
     queued_records: int
     spool_records: int
@@ -194,4 +198,6 @@ class ServiceStatus(_message.Message):
     storage_failures: int
     storage_reachable: bool
     recomputed_rows: int
-    def __init__(self, pending_captures: _Optional[int] = ..., queued_records: _Optional[int] = ..., spool_records: _Optional[int] = ..., spool_bytes: _Optional[int] = ..., stored_records: _Optional[int] = ..., storage_failures: _Optional[int] = ..., storage_reachable: _Optional[bool] = ..., recomputed_rows: _Optional[int] = ...) -> None: ...
+    ready: bool
+    oldest_spooled_age_s: float
+    def __init__(self, pending_captures: _Optional[int] = ..., queued_records: _Optional[int] = ..., spool_records: _Optional[int] = ..., spool_bytes: _Optional[int] = ..., stored_records: _Optional[int] = ..., storage_failures: _Optional[int] = ..., storage_reachable: _Optional[bool] = ..., recomputed_rows: _Optional[int] = ..., ready: _Optional[bool] = ..., oldest_spooled_age_s: _Optional[float] = ...) -> None: ...

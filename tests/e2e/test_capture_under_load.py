@@ -40,6 +40,7 @@ def stress_engine(stack, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("stress")
     config = StackConfig(
         inference_port=free_port(),
+        inference_metrics_port=free_port(),
         storage_port=stack.config.storage_port,
         dtype="float32",
         log_dir=str(tmp / "logs"),

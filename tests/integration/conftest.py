@@ -27,6 +27,7 @@ class StorageProcess:
         self.log_path = log_path
         self.extra_args = extra_args
         self.port = 0
+        self.metrics_port = 0
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -39,12 +40,15 @@ class StorageProcess:
     def start(self, port: int | None = None) -> StorageProcess:
         """Start on `port` (a free one by default)."""
         self.port = port or free_port()
+        self.metrics_port = self.metrics_port or free_port()
         args = [
             sys.executable,
             "-m",
             "storage_service",
             "--storage-port",
             str(self.port),
+            "--storage-metrics-port",
+            str(self.metrics_port),
             "--activation-lmdb-path",
             str(self.lmdb_path),
             *self.extra_args,

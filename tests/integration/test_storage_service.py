@@ -409,7 +409,9 @@ def test_sigterm_stops_gracefully(start_storage) -> None:
 
 
 def test_unexpected_errors_are_internal_and_logged(tmp_path, caplog, monkeypatch) -> None:
-    settings = StorageSettings(activation_lmdb_path=str(tmp_path / "lmdb"), storage_port=0)
+    settings = StorageSettings(
+        activation_lmdb_path=str(tmp_path / "lmdb"), storage_port=0, storage_metrics_port=0
+    )
     server, port = create_server(settings)
 
     def broken_stats() -> None:

@@ -421,19 +421,33 @@ from actlog.client import StorageClient
 client = StorageClient(sys.argv[1], transport="shm")
 rid = sys.argv[2]
 first = client.get_activations(rid, as_float32=False)
+parents_channel = client._live.channel
+read, write = os.pipe()
 pid = os.fork()
 results = []
 for start in range(8):  # parent and child read at once, on the client they share
+    # By id: a gRPC GetRecord first, then the rows on the local socket.
     got = client.get_activations(rid, row_start=start, as_float32=False)
     results.append(all(np.array_equal(got[k], first[k][start:]) for k in got))
 if pid == 0:
-    os._exit(0 if all(results) and client.local_socket_reads >= 8 else 3)
+    own = client._live.channel is not parents_channel
+    client.close()  # must not cut the parent's connection
+    os.write(write, b"x")
+    os._exit(0 if all(results) and own and client.local_socket_reads >= 8 else 3)
+os.read(read, 1)  # the child has closed its client: the parent's still works
+for start in range(4):
+    got = client.get_activations(rid, row_start=start, as_float32=False)
+    results.append(all(np.array_equal(got[k], first[k][start:]) for k in got))
+results.append(client._live.channel is parents_channel)
 _, status = os.waitpid(pid, 0)
 sys.exit(os.waitstatus_to_exitcode(status) or (0 if all(results) else 4))
 """
 
 
 def test_a_forked_child_reads_on_connections_of_its_own(storage, stub) -> None:
+    """A client inherited through fork() opens its own gRPC channel in the child (one used on
+    both sides breaks: "Wrong file descriptor generation"); closing it there leaves the
+    parent's connection working."""
     record = stored(stub, "fork reads", num_positions=40, hidden_size=256)
     child = subprocess.run(
         [sys.executable, "-c", FORKED_CLIENT, storage.address, record.header.record_id],

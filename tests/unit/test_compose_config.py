@@ -179,23 +179,32 @@ def test_ports_match_the_services_defaults() -> None:
     storage_port = default("storage", "storage_port")
     inference_port = default("inference", "inference_port")
     gateway_port = default("gateway", "gateway_port")
+    storage_metrics = default("storage", "storage_metrics_port")
+    inference_metrics = default("inference", "inference_metrics_port")
     for files in (GPU_FILES, CPU_FILES):
         assert int(environment(files, "storage")["STORAGE_PORT"]) == storage_port
+        assert int(environment(files, "storage")["STORAGE_METRICS_PORT"]) == storage_metrics
         assert int(environment(files, "inference")["INFERENCE_PORT"]) == inference_port
+        metrics_port = int(environment(files, "inference")["INFERENCE_METRICS_PORT"])
+        assert metrics_port == inference_metrics
         assert int(environment(files, "gateway")["GATEWAY_PORT"]) == gateway_port
         assert port_of(environment(files, "inference")["STORAGE_ADDR"]) == storage_port
         assert port_of(environment(files, "gateway")["INFERENCE_ADDR"]) == inference_port
-    # The gateway on 8000 for everyone; storage on loopback only; inference not published.
+    # The gateway (API and /metrics) on 8000 for everyone; storage's gRPC and the metrics
+    # ports on loopback only; inference's gRPC not published.
     assert published("gateway") == [("", str(gateway_port), str(gateway_port))]
-    assert published("storage") == [("127.0.0.1", str(storage_port), str(storage_port))]
-    assert published("inference") == []
-    for dockerfile, port in (
-        ("storage.Dockerfile", storage_port),
-        ("inference.Dockerfile", inference_port),
-        ("inference-cpu.Dockerfile", inference_port),
-        ("gateway.Dockerfile", gateway_port),
+    assert published("storage") == [
+        ("127.0.0.1", str(storage_port), str(storage_port)),
+        ("127.0.0.1", str(storage_metrics), str(storage_metrics)),
+    ]
+    assert published("inference") == [("127.0.0.1", str(inference_metrics), str(inference_metrics))]
+    for dockerfile, ports in (
+        ("storage.Dockerfile", f"{storage_port} {storage_metrics}"),
+        ("inference.Dockerfile", f"{inference_port} {inference_metrics}"),
+        ("inference-cpu.Dockerfile", f"{inference_port} {inference_metrics}"),
+        ("gateway.Dockerfile", str(gateway_port)),
     ):
-        assert f"EXPOSE {port}\n" in (DOCKER / dockerfile).read_text(), dockerfile
+        assert f"EXPOSE {ports}\n" in (DOCKER / dockerfile).read_text(), dockerfile
 
 
 # -- compose structure -----------------------------------------------------------------------

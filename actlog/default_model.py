@@ -92,8 +92,13 @@ def prepare_default_model(cache_dir: Path | None = None, force: bool = False) ->
     return target
 
 
+def is_default(model: str) -> bool:
+    """Whether `model` names the built-in default model."""
+    return model in (DEFAULT_MODEL_ALIAS, "", DEFAULT_MODEL_NAME)
+
+
 def resolve_model(model: str, cache_dir: Path | None = None) -> str:
     """Map the `default` alias to the prepared directory; pass other ids/paths through."""
-    if model in (DEFAULT_MODEL_ALIAS, "", DEFAULT_MODEL_NAME):
+    if is_default(model):
         return str(prepare_default_model(cache_dir))
     return model

@@ -1,0 +1,120 @@
+"""The storage service's Prometheus metrics, served over HTTP on STORAGE_METRICS_PORT.
+
+What is stored (records, bytes, LMDB map size and use) is read from the store's counters at
+each scrape, so it is exact after restarts; ingest and read traffic is counted and timed as
+calls finish.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from storage_service.queries import StoreStats
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+# An ingest or read moves a few MiB per layer on a 135M model, up to GiB on large ones.
+DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class _StoredCollector(Collector):
+    def __init__(self, stats: Callable[[], StoreStats]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            s = self._stats()
+        except Exception:  # noqa: BLE001 (the store is closing: report nothing, not an error)
+            return
+        values = {
+            "actlog_storage_records": ("Records stored, complete or partial", s.records),
+            "actlog_storage_complete_records": ("Records stored complete", s.complete_records),
+            "actlog_storage_activation_bytes": (
+                "Activation bytes of the records (uncompressed)",
+                s.activation_bytes,
+            ),
+            "actlog_storage_stored_bytes": (
+                "Activation bytes on disk, after compression",
+                s.stored_bytes,
+            ),
+            "actlog_storage_prompt_hashes": ("Distinct prompt hashes", s.prompt_hashes),
+            "actlog_storage_lmdb_map_size_bytes": (
+                "LMDB map size (it doubles whenever it fills)",
+                s.lmdb_map_size,
+            ),
+            "actlog_storage_lmdb_used_bytes": ("LMDB pages in use, in bytes", s.lmdb_used_bytes),
+        }
+        for name, (doc, value) in values.items():
+            yield GaugeMetricFamily(name, doc, value=value)
+        per_model = GaugeMetricFamily(
+            "actlog_storage_model_records", "Records stored per model", labels=["model"]
+        )
+        for model, counts in s.models.items():
+            per_model.add_metric([model], counts.records)
+        yield per_model
+
+
+class StorageMetrics:
+    """One registry per server, so servers in one process (tests) never share counters."""
+
+    def __init__(self, stats: Callable[[], StoreStats]) -> None:
+        self.registry = r = CollectorRegistry()
+        r.register(_StoredCollector(stats))
+        self.ingested_records = Counter(
+            "actlog_storage_ingested_records", "Ingest calls answered, by the record's status",
+            ["status"], registry=r,
+        )  # fmt: skip
+        self.ingest_bytes = Counter(
+            "actlog_storage_ingest_bytes", "Activation bytes written by Ingest", registry=r
+        )
+        self.ingest_duration = Histogram(
+            "actlog_storage_ingest_duration_seconds", "Time of one Ingest call",
+            buckets=DURATION_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.read_bytes = Counter(
+            "actlog_storage_read_bytes", "Activation bytes read, by transport (stream or shm)",
+            ["transport"], registry=r,
+        )  # fmt: skip
+        self.read_duration = Histogram(
+            "actlog_storage_read_duration_seconds",
+            "Time of one activation read, to its last chunk", ["transport"],
+            buckets=DURATION_BUCKETS, registry=r,
+        )  # fmt: skip
+        for transport in ("stream", "shm"):
+            self.read_bytes.labels(transport)
+            self.read_duration.labels(transport)
+
+    def timed_read(self, transport: str, nbytes: int, chunks: Iterator[T]) -> Iterator[T]:
+        """`chunks`, counted and timed once the caller has taken the last one."""
+        started = time.perf_counter()
+        yield from chunks
+        self.read_duration.labels(transport).observe(time.perf_counter() - started)
+        self.read_bytes.labels(transport).inc(nbytes)
+
+    def serve(self, host: str, port: int) -> Callable[[], None]:
+        """Serve /metrics on host:port (0: not at all); returns how to stop serving."""
+        if not port:
+            return lambda: None
+        try:
+            server, thread = start_http_server(port, addr=host, registry=self.registry)
+        except OSError as error:
+            raise RuntimeError(
+                f"storage could not serve metrics on {host}:{port} (STORAGE_METRICS_PORT): "
+                f"{error.strerror or error}"
+            ) from error
+        logger.info("metrics on http://%s:%d/metrics", host, server.server_port)
+
+        def stop() -> None:
+            server.shutdown()
+            server.server_close()
+            thread.join(5)
+
+        return stop

@@ -1,0 +1,208 @@
+"""`actlog up` as a new user runs it: the README's path with the shipped defaults (only ports
+given, data in the working directory), on the default bf16 engine. It comes up and says where
+everything is, capture matches transformers in bf16, `actlog export` writes the record to
+safetensors, and Ctrl-C stops every process it started."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import openai
+import psutil
+import pytest
+
+from actlog.client import StorageClient
+from actlog.hashing import prompt_hash
+from actlog.launcher import grpc_serving, http_ok
+from gateway.config import GatewaySettings
+from inference_service.config import InferenceSettings
+from storage_service.config import StorageSettings
+from tests.conftest import free_port
+from tests.reference import load_reference, record_mismatches
+
+pytestmark = pytest.mark.vllm
+
+ACTLOG = Path(sys.executable).with_name("actlog")
+PORT_FLAGS = {
+    "gateway": "--gateway-port",
+    "inference": "--inference-port",
+    "inference_metrics": "--inference-metrics-port",
+    "storage": "--storage-port",
+    "storage_metrics": "--storage-metrics-port",
+}
+
+
+def new_user_env() -> dict[str, str]:
+    """This process's environment without any setting of the stack or of vLLM: what a new
+    user's shell has."""
+    ours = set()
+    for settings in (GatewaySettings, InferenceSettings, StorageSettings):
+        ours |= {name.upper() for name in settings.model_fields}
+    return {k: v for k, v in os.environ.items() if k not in ours and not k.startswith("VLLM_")}
+
+
+def start_actlog_up(cwd: Path, ports: dict[str, int], env: dict[str, str]) -> subprocess.Popen:
+    args = [str(ACTLOG), "up"]
+    for name, flag in PORT_FLAGS.items():
+        args += [flag, str(ports[name])]
+    # Its own session, so a Ctrl-C reaches its whole process group, as in a terminal.
+    return subprocess.Popen(
+        args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def default_stack(tmp_path_factory, model_dir):
+    cwd = tmp_path_factory.mktemp("new-user")
+    ports = {name: free_port() for name in PORT_FLAGS}
+    proc = start_actlog_up(cwd, ports, new_user_env())
+    banner = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        banner.append(line)
+        if "Press Ctrl-C" in line or "did not come up" in line:
+            break
+    if "Press Ctrl-C" not in "".join(banner):
+        proc.kill()
+        logs = "".join(p.read_text()[-3000:] for p in (cwd / "logs").glob("*.log"))
+        pytest.fail(f"actlog up did not come up:\n{''.join(banner)}\n{logs}")
+    yield proc, ports, "".join(banner), cwd
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def test_actlog_up_says_where_everything_is(default_stack):
+    _, ports, banner, cwd = default_stack
+    assert re.search(r"actlog is up after \d+s", banner)
+    for port in ports.values():
+        assert f"127.0.0.1:{port}" in banner
+    # Data paths are absolute, so the user finds them from any directory.
+    for path in ("lmdb_data/activations.lmdb", "capture_spool", "logs"):
+        assert str((cwd / path).resolve()) in banner
+    # The services' own logs go to files, not to the terminal.
+    assert "vLLM" not in banner and "WARNING" not in banner
+    assert {p.name for p in (cwd / "logs").iterdir()} == {
+        "storage.log", "inference.log", "gateway.log"
+    }  # fmt: skip
+    kv = re.search(r"KV cache (\d+\.\d+) GiB", banner)
+    assert kv and 0 < float(kv.group(1)) <= 2.0, "sized from the engine's needs, capped"
+
+
+def test_a_completion_with_the_openai_client(default_stack):
+    _, ports, _, _ = default_stack
+    client = openai.OpenAI(
+        base_url=f"http://127.0.0.1:{ports['gateway']}/v1", api_key="k", max_retries=0, timeout=300
+    )
+    reply = client.completions.create(
+        model="SmolLM2-135M-Instruct", prompt="The capital of France is", max_tokens=4,
+        temperature=0,
+    )  # fmt: skip
+    assert "Paris" in reply.choices[0].text
+    assert reply.model_extra["activations"][0]["record_ids"]
+
+
+def test_bf16_capture_matches_transformers_and_exports(default_stack, model_dir):
+    _, ports, _, tmp = default_stack
+    client = openai.OpenAI(
+        base_url=f"http://127.0.0.1:{ports['gateway']}/v1", api_key="k", max_retries=0, timeout=300
+    )
+    model = client.models.list().data[0].id
+    prompt = "Explain in one sentence why the sky is blue."
+    reply = client.completions.create(
+        model=model,
+        prompt=prompt,
+        max_tokens=12,
+        temperature=0,
+        extra_body={"capture_layers": [0, 10, 20, -1]},
+    )
+    storage_addr = f"127.0.0.1:{ports['storage']}"
+    with StorageClient(storage_addr) as storage:
+        [record] = storage.wait_for_record(prompt_hash(prompt), timeout=120)
+        activations = storage.get_activations(record.record_id)
+    assert record.dtype == "bfloat16"
+    assert record.num_positions == record.prompt_length + reply.usage.completion_tokens - 1
+    reference = load_reference(model_dir, "bfloat16")
+    assert (
+        record_mismatches(activations, list(record.token_ids), record.num_positions, reference)
+        == []
+    )
+
+    out = tmp / "record.safetensors"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "actlog.cli",
+            "export",
+            "--prompt-hash",
+            prompt_hash(prompt),
+            "--output",
+            str(out),
+            "--layers",
+            "0,-1",
+            "--storage",
+            storage_addr,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    import torch
+    from safetensors import safe_open
+
+    with safe_open(str(out), framework="pt") as f:
+        names = set(f.keys())
+        meta = f.metadata()
+        assert names == {"layer_0", f"layer_{record.num_layers}", "token_ids"}
+        last = f.get_tensor(f"layer_{record.num_layers}")
+        assert last.dtype == torch.bfloat16, "stored dtype is kept"
+        assert last.shape == (record.num_positions, record.hidden_size)
+        np.testing.assert_array_equal(last.float().numpy(), activations[record.num_layers])
+        assert f.get_tensor("token_ids").tolist() == list(record.token_ids)
+    assert meta["prompt"] == prompt
+    assert meta["response"] == reply.choices[0].text
+    assert meta["model"] == model
+    assert int(meta["prompt_length"]) == record.prompt_length
+    assert json.loads(meta["layers"]) == [0, record.num_layers]
+
+
+def test_ctrl_c_stops_every_process(default_stack):
+    proc, ports, _, _ = default_stack
+    started = psutil.Process(proc.pid).children(recursive=True)
+    assert len(started) >= 4, "storage, inference (and its engine core), gateway"
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=120) == 0
+    assert proc.stdout is not None
+    assert "stopped" in proc.stdout.read()
+    _, alive = psutil.wait_procs(started, timeout=30)
+    assert not alive, f"still running after Ctrl-C: {[p.pid for p in alive]}"
+    assert not http_ok(f"http://127.0.0.1:{ports['gateway']}/health/live", timeout=1)
+    assert not grpc_serving(f"127.0.0.1:{ports['inference']}", timeout=1)
+    assert not grpc_serving(f"127.0.0.1:{ports['storage']}", timeout=1)
+
+
+def test_too_little_memory_is_one_clear_line(tmp_path):
+    """When the engine cannot fit, `actlog up` ends with one line saying what was wanted,
+    what is free and which setting to change, not with tracebacks from three processes."""
+    env = {**new_user_env(), "KV_CACHE_MEMORY_BYTES": str(1 << 50)}
+    ports = {name: free_port() for name in PORT_FLAGS}
+    proc = start_actlog_up(tmp_path, ports, env)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 1, out
+    assert "Traceback" not in out
+    line = next(x for x in out.splitlines() if "did not come up" in x)
+    assert "inference exited with code 1 while starting" in line
+    assert re.search(r"wants \d+\.\d+ GiB .* and \d+\.\d+ GiB is free", line), line
+    assert "KV_CACHE_MEMORY_BYTES" in line
+    log = (tmp_path / "logs" / "inference.log").read_text()
+    assert "Traceback" not in log
