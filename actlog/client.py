@@ -562,7 +562,11 @@ class _Connection:
 
     @classmethod
     def open(cls, address: str) -> _Connection:
-        channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        # A subchannel pool of its own: gRPC otherwise shares connections between channels
+        # to the same address, so a forked child's new channel would reuse the TCP
+        # connection it inherited ("Wrong file descriptor generation").
+        options = [*CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
+        channel = grpc.insecure_channel(address, options=options)
         # Chunks as views into the received messages: one copy of the rows fewer.
         stream = channel.unary_stream(
             f"/{storage_pb2.DESCRIPTOR.services_by_name['Storage'].full_name}/StreamActivations",

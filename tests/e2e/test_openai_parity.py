@@ -260,6 +260,8 @@ def test_auth_token_is_never_stored_logged_or_echoed(stack, openai_client, serve
 
 
 def test_inference_down_gives_503_fast_and_recovers(stack, openai_client, served_model):
+    health = f"{stack.config.gateway_url}/health"
+    assert httpx.get(health).status_code == 200
     stack.stop_service("inference")
     try:
         started = time.monotonic()
@@ -268,8 +270,24 @@ def test_inference_down_gives_503_fast_and_recovers(stack, openai_client, served
         assert time.monotonic() - started < 1.0
         assert info.value.status_code == 503
         assert json.loads(info.value.response.text)["error"]["type"] == "service_unavailable"
+        # Not ready (a load balancer takes it out of rotation), but alive (nothing restarts it).
+        down = httpx.get(health)
+        assert down.status_code == 503
+        assert down.json()["status"] == "unavailable"
+        assert down.json()["inference"]["status"] == "unavailable"
+        assert httpx.get(f"{health}/live").status_code == 200
     finally:
         stack.start_service("inference")
+    # While the engine loads, inference answers but cannot serve: still 503.
+    deadline = time.monotonic() + 120
+    while not stack.healthy("inference") and time.monotonic() < deadline:
+        reply = httpx.get(health)
+        if reply.json()["inference"]["status"] == "ok":
+            assert reply.status_code == 503 and reply.json()["inference"]["ready"] is False
+            break
+        time.sleep(0.2)
     stack.wait_healthy(timeout=900, names=("inference",))
+    up = httpx.get(health)
+    assert up.status_code == 200 and up.json()["inference"]["ready"] is True
     # The same gateway and client recover without a restart.
     assert openai_client.completions.create(model=served_model, prompt="y", max_tokens=1).choices

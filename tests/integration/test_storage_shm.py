@@ -434,7 +434,8 @@ if pid == 0:
     client.close()  # must not cut the parent's connection
     os.write(write, b"x")
     os._exit(0 if all(results) and own and client.local_socket_reads >= 8 else 3)
-os.read(read, 1)  # the child has closed its client: the parent's still works
+os.close(write)
+os.read(read, 1)  # the child has closed its client (or died): the parent's still works
 for start in range(4):
     got = client.get_activations(rid, row_start=start, as_float32=False)
     results.append(all(np.array_equal(got[k], first[k][start:]) for k in got))
