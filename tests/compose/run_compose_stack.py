@@ -10,6 +10,8 @@ none does (.ci/run sets one up with docker/engine-setup.sh first). Phases, each 
 4. capture:  one completion through the published gateway port with the official openai client;
              its record found by the prompt's SHA-256 through the published storage port with
              actlog's StorageClient; activations shaped (positions, the model's hidden size).
+   metrics:  each service's /metrics through its published port, parsed with
+             prometheus_client: the stored record, the request and vLLM's count are there.
 5. restart:  `down` (volumes kept), `up --wait` again: the same record is still there.
 6. outage:   storage stopped alone, 5 completions all answered, storage started again: all 5
              records arrive (the inference service spooled them).
@@ -179,6 +181,21 @@ def free_port(preferred: int) -> int:
     raise RuntimeError("no free port")
 
 
+def scrape_metrics(url: str) -> dict[str, float]:
+    """A /metrics page parsed with prometheus_client: each sample name's total."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=10) as reply:  # noqa: S310 (loopback)
+        text = reply.read().decode()
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+    return totals
+
+
 def check(condition: bool, message: str) -> None:
     if not condition:
         raise AssertionError(message)
@@ -247,6 +264,13 @@ def main() -> int:
     storage_port = free_port(50052)
     env["GATEWAY_PUBLISH_PORT"] = str(gateway_port)
     env["STORAGE_PUBLISH_PORT"] = str(storage_port)
+    metrics_ports = {
+        "gateway": gateway_port,
+        "inference": free_port(9051),
+        "storage": free_port(9052),
+    }
+    env["INFERENCE_METRICS_PUBLISH_PORT"] = str(metrics_ports["inference"])
+    env["STORAGE_METRICS_PUBLISH_PORT"] = str(metrics_ports["storage"])
     cpu = Compose(args.project, CPU_FILES, env)
     gpu = Compose(args.project, GPU_FILES, env)
     nonce = uuid.uuid4().hex[:8]
@@ -292,6 +316,17 @@ def main() -> int:
             shape = acts[layers].shape
             check(shape == (rows, hidden), f"activations {shape}, wanted {(rows, hidden)}")
             log(f"record {record.record_id}: {reply.choices[0].text!r}, activations {shape}")
+
+        with phase("metrics"):
+            for service, port in metrics_ports.items():
+                samples = scrape_metrics(f"http://127.0.0.1:{port}/metrics")
+                log(f"{service} /metrics: {len(samples)} samples")
+            stored = scrape_metrics(f"http://127.0.0.1:{metrics_ports['storage']}/metrics")
+            check(stored.get("actlog_storage_complete_records", 0) >= 1, "no stored record counted")
+            served = scrape_metrics(f"http://127.0.0.1:{gateway_port}/metrics")
+            check(served.get("actlog_gateway_requests_total", 0) >= 1, "no request counted")
+            engine = scrape_metrics(f"http://127.0.0.1:{metrics_ports['inference']}/metrics")
+            check(engine.get("vllm:request_success_total", 0) >= 1, "vLLM counted no request")
 
         with phase("down, up: record kept"):
             cpu.run("down")
