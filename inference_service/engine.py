@@ -167,7 +167,9 @@ class CaptureEngine:
 
         s = self._settings
         cache = Path(s.model_cache_dir) if s.model_cache_dir else None
-        model_path = resolve_model(s.model, cache)
+        # Everything slow here runs in threads, so the event loop answers health checks
+        # and status (NOT_SERVING, "loading") while the model is prepared and loaded.
+        model_path = await asyncio.to_thread(resolve_model, s.model, cache)
         served = s.served_model_name or (
             DEFAULT_MODEL_NAME if model_path != s.model else s.model.rstrip("/").split("/")[-1]
         )
@@ -179,11 +181,11 @@ class CaptureEngine:
         )
         await self.sink.start()
         await self.collector.start()
-        args = self.engine_args(model_path, served)
+        args = await asyncio.to_thread(self.engine_args, model_path, served)
         logger.info(
             "starting vLLM engine for %s (chunked prefill %s)", model_path, self._chunked_prefill
         )
-        self._llm = AsyncLLM.from_engine_args(args)
+        self._llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
         [shape, *_] = await self._llm.collective_rpc("actlog_install")
         self._tokenizer = self._llm.get_tokenizer()
         num_layers = int(shape["num_layers"])
