@@ -16,7 +16,14 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from actlog.default_model import DEFAULT_MODEL_NAME, is_default
-from actlog.launcher import LOG_FORMAT, ServiceExited, Stack, StackConfig, inference_model_info
+from actlog.launcher import (
+    LOG_FORMAT,
+    ServiceExited,
+    Stack,
+    StackConfig,
+    inference_model_info,
+    spooled_records,
+)
 
 if TYPE_CHECKING:
     from actlog.client import Record
@@ -106,10 +113,24 @@ def up(
         typer.echo(f"logs in {Path(log_dir).resolve()}", err=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
-        typer.echo("stopping (the inference service hands its pending captures to storage)...")
+        typer.echo("stopping: gateway, then inference (it hands its pending captures to "
+                   "storage), then storage...")  # fmt: skip
     finally:
         stack.stop()
-    typer.echo("stopped")
+    typer.echo(stop_summary(config))
+
+
+def stop_summary(config: StackConfig) -> str:
+    """Where the data stayed, and whether captures still wait to be delivered."""
+    spool = Path(config.capture_spool_dir).resolve()
+    waiting = spooled_records(spool)
+    lines = [f"stopped; records in {Path(config.activation_lmdb_path).resolve()}"]
+    if waiting:
+        lines.append(
+            f"{waiting} captured records wait in {spool}: they reach storage at the next start "
+            f"with CAPTURE_SPOOL_DIR={spool}"
+        )
+    return "\n".join(lines)
 
 
 def stack_summary(config: StackConfig, elapsed_s: float) -> str:
@@ -231,11 +252,16 @@ def find(
     except ActlogError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
+    if not records:
+        of_model = f" of model {model}" if model else ""
+        typer.echo(f"no records for prompt hash {key}{of_model}", err=True)
+        raise typer.Exit(1)
     for r in records:
         typer.echo(
             json.dumps(
                 {
                     "record_id": r.record_id,
+                    "prompt_hash": r.prompt_hash,
                     "model": r.model,
                     "status": r.status,
                     "layers": list(r.layers),
@@ -337,6 +363,39 @@ def stats(storage: StorageOpt = "127.0.0.1:50052") -> None:
     with _storage_errors(), StorageClient(storage) as client:
         result = client.stats()
     typer.echo(json.dumps(dataclasses.asdict(result), indent=2))
+
+
+@app.command("dead-letters")
+def dead_letters(
+    retry: Annotated[
+        list[str] | None, typer.Option(help="put this record back in line; repeatable")
+    ] = None,
+    retry_all: Annotated[bool, typer.Option(help="put every dead letter back in line")] = False,
+    inference: Annotated[
+        str, typer.Option("--inference", envvar="INFERENCE_ADDR", help="inference host:port")
+    ] = "127.0.0.1:50051",
+) -> None:
+    """Records storage would not take, set aside in the inference service's spool; list them
+    (JSON lines) or put them back in line for delivery."""
+    import grpc
+
+    from actlog.v1 import inference_pb2, inference_pb2_grpc
+
+    request = inference_pb2.DeadLettersRequest(retry=retry or [], retry_all=retry_all)
+    try:
+        with grpc.insecure_channel(inference) as channel:
+            reply = inference_pb2_grpc.InferenceStub(channel).DeadLetters(request, timeout=30)
+    except grpc.RpcError as exc:
+        typer.echo(f"error: {exc.details() or exc.code().name}", err=True)
+        raise typer.Exit(1) from None
+    for record_id in reply.retried:
+        typer.echo(json.dumps({"record_id": record_id, "retried": True}))
+    for letter in reply.dead_letters:
+        typer.echo(json.dumps({"record_id": letter.record_id, "reason": letter.reason}))
+    missing = set(retry or ()) - set(reply.retried)
+    if missing:
+        typer.echo(f"not dead letters: {', '.join(sorted(missing))}", err=True)
+        raise typer.Exit(1)
 
 
 @contextmanager

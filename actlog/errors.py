@@ -90,6 +90,8 @@ _BY_CODE: dict[grpc.StatusCode, type[ActlogError]] = {
 
 # Trailing-metadata key the services use for their domain error's class name.
 ERROR_TYPE_KEY = "actlog-error-type"
+# Trailing-metadata key naming the request field at fault (the gateway's OpenAI `param`).
+PARAM_KEY = "actlog-param"
 
 
 def from_rpc_error(error: grpc.RpcError) -> ActlogError:

@@ -22,6 +22,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from actlog.ids import is_record_id
 from actlog.v1 import inference_pb2, inference_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -85,6 +86,14 @@ def inference_model_info(address: str, timeout: float = 5.0) -> inference_pb2.Mo
     with grpc.insecure_channel(address) as channel:
         stub = inference_pb2_grpc.InferenceStub(channel)
         return stub.GetModelInfo(inference_pb2.ModelInfoRequest(), timeout=timeout)
+
+
+def spooled_records(spool_dir: Path) -> int:
+    """Finished captures waiting in an inference service's spool (one directory each, named
+    by its record id; captures still arriving have a suffix)."""
+    if not spool_dir.is_dir():
+        return 0
+    return sum(1 for p in spool_dir.iterdir() if p.is_dir() and is_record_id(p.name))
 
 
 def http_ok(url: str, timeout: float = 2.0) -> bool:
@@ -157,6 +166,9 @@ class Stack:
             env=self._env(),
             stdout=out,
             stderr=subprocess.STDOUT if out else None,
+            # A process group of its own: a Ctrl-C in the terminal reaches the launcher only,
+            # which then stops the services in order (stop()), instead of all at once.
+            process_group=0,
         )
         self.procs[name] = proc
         return proc
@@ -215,7 +227,11 @@ class Stack:
             if waiting:
                 time.sleep(0.5)
 
-    def stop_service(self, name: str, timeout: float = 30.0, kill: bool = False) -> None:
+    # How long each service may take to stop: inference hands its pending captures to storage.
+    STOP_TIMEOUT_S = {"gateway": 30.0, "inference": 90.0, "storage": 30.0}
+
+    def stop_service(self, name: str, timeout: float | None = None, kill: bool = False) -> None:
+        timeout = timeout or self.STOP_TIMEOUT_S[name]
         proc = self.procs.pop(name, None)
         if proc is None or proc.poll() is not None:
             return
@@ -228,7 +244,8 @@ class Stack:
             proc.wait()
 
     def stop(self) -> None:
-        # Gateway first (no new requests), then inference (drains captures into storage).
+        """Gateway first (no new requests), then inference, which hands its pending captures
+        to storage before it exits, then storage."""
         for name in reversed(self.SERVICES):
             self.stop_service(name)
         for handle in self._logs:

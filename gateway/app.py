@@ -16,6 +16,7 @@ from gateway.config import GatewaySettings
 from gateway.errors import GatewayError, error_response, status_phrase
 from gateway.limits import ConcurrencyLimit, GuardMiddleware
 from gateway.metrics import GatewayMetrics, MetricsMiddleware
+from gateway.protocol import InvalidField
 from gateway.routes import router
 from gateway.serving_chat import OpenAIServingChat
 from gateway.serving_completion import OpenAIServingCompletion
@@ -58,14 +59,15 @@ def build_app(settings: GatewaySettings) -> FastAPI:
             logger.warning(
                 "%s %s -> %d: %s", request.method, request.url.path, exc.status, exc.message
             )
-        return error_response(exc.message, exc.status, exc.type, exc.param, exc.code)
+        return error_response(exc.message, exc.status, exc.type, exc.param, exc.code, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         first = errors[0] if errors else {}
         loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-        param = ".".join(loc) or None
+        cause = first.get("ctx", {}).get("error")
+        param = cause.path if isinstance(cause, InvalidField) else ".".join(loc) or None
         message = "; ".join(
             f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'body'}: {e.get('msg')}"
             for e in errors[:5]

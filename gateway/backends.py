@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from google.protobuf.json_format import MessageToDict
 
 from actlog.v1 import inference_pb2, inference_pb2_grpc
 from gateway.errors import from_grpc
@@ -60,12 +59,8 @@ class InferenceBackend:
             reply = await self._stub.GetStatus(inference_pb2.StatusRequest(), timeout=2)
         except grpc.aio.AioRpcError as exc:
             return {"status": "unavailable", "detail": exc.code().name}
-        return {
-            "status": "ok",
-            **MessageToDict(
-                reply, always_print_fields_with_no_presence=True, preserving_proto_field_name=True
-            ),
-        }
+        # Field by field: protobuf's JSON mapping writes 64-bit integers as strings.
+        return {"status": "ok", **{f.name: getattr(reply, f.name) for f in reply.DESCRIPTOR.fields}}
 
     async def stream(
         self, request: inference_pb2.GenerateRequest

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from http import HTTPStatus
 
 import grpc
 from fastapi.responses import JSONResponse
 
+from actlog.errors import ERROR_TYPE_KEY, PARAM_KEY
 from gateway.protocol import ErrorInfo, ErrorResponse
+
+logger = logging.getLogger(__name__)
 
 
 class GatewayError(Exception):
@@ -18,6 +22,7 @@ class GatewayError(Exception):
         type_: str = "invalid_request_error",
         param: str | None = None,
         code: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -25,6 +30,7 @@ class GatewayError(Exception):
         self.type = type_
         self.param = param
         self.code = code
+        self.headers = headers
 
 
 _GRPC_TO_HTTP = {
@@ -40,11 +46,22 @@ _GRPC_TO_HTTP = {
 def from_grpc(exc: grpc.aio.AioRpcError) -> GatewayError:
     status, type_ = _GRPC_TO_HTTP.get(exc.code(), (500, "internal_error"))
     message = exc.details() or exc.code().name
+    headers = None
+    metadata = dict(exc.trailing_metadata() or ())
     if status == 503:
-        message = f"the inference service is unavailable: {message}"
+        headers = {"Retry-After": "1"}
+        if ERROR_TYPE_KEY not in metadata:
+            # Not the service's own refusal: gRPC's details name internal addresses
+            # ("ipv4:127.0.0.1:50051: ..."). They stay in the log; clients get what to do.
+            logger.warning("inference unavailable: %s", message)
+            message = "the inference service is unavailable; retry shortly"
+    if status == 429:
+        headers = {"Retry-After": "1"}
     if status == 500:
         message = "internal error in the inference service"
-    return GatewayError(message, status, type_)
+    param = metadata.get(PARAM_KEY)
+    return GatewayError(message, status, type_, param=param if isinstance(param, str) else None,
+                        headers=headers)  # fmt: skip
 
 
 def error_response(
@@ -53,11 +70,12 @@ def error_response(
     type_: str = "invalid_request_error",
     param: str | None = None,
     code: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     body = ErrorResponse(
         error=ErrorInfo(message=message, type=type_, param=param, code=code or str(status))
     )
-    return JSONResponse(status_code=status, content=body.model_dump())
+    return JSONResponse(status_code=status, content=body.model_dump(), headers=headers)
 
 
 def status_phrase(status: int) -> str:

@@ -22,7 +22,7 @@ class ConcurrencyLimit:
         if self.active >= self.limit:
             raise GatewayError(
                 f"too many requests in flight (limit {self.limit}); retry shortly",
-                status=429, type_="rate_limit_error",
+                status=429, type_="rate_limit_error", headers={"Retry-After": "1"},
             )  # fmt: skip
         self.active += 1
 
@@ -54,6 +54,15 @@ class GuardMiddleware:
         if declared.isdigit() and int(declared) > self.max_body_bytes:
             await self._too_large(scope, receive, send)
             return
+        if not declared.isdigit():
+            # A chunked body has no declared size: read it here (it is at most
+            # max_body_bytes), so one too large is a 413, not a parse error of a cut body.
+            body = await self._read_capped(receive)
+            if body is None:
+                await self._too_large(scope, receive, send)
+                return
+            await self.app(scope, _replay(body, receive), send)
+            return
         received = 0
         too_large = False
 
@@ -72,12 +81,29 @@ class GuardMiddleware:
         except _BodyTooLarge:
             await self._too_large(scope, receive, send)
 
+    async def _read_capped(self, receive: Receive) -> bytes | None:
+        """The whole body, or None once it grows past max_body_bytes."""
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return b"".join(parts)  # the client went away: the app will see it too
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                return None
+            parts.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(parts)
+
     def _authorized(self, header: str) -> bool:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer":
             return False
-        token = token.strip()
-        return any(hmac.compare_digest(token, key) for key in self.keys)
+        # As bytes: compare_digest refuses str with non-ASCII characters.
+        given = token.strip().encode("utf-8", "surrogateescape")
+        return any(hmac.compare_digest(given, key.encode()) for key in self.keys)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Any) -> None:
         response = error_response(
@@ -89,3 +115,17 @@ class GuardMiddleware:
 
 class _BodyTooLarge(Exception):
     pass
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive that hands over `body` once, then what the connection says next."""
+    sent = False
+
+    async def replayed() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replayed

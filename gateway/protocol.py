@@ -25,6 +25,38 @@ class ErrorResponse(BaseModel):
     error: ErrorInfo
 
 
+class InvalidField(ValueError):
+    """A request-wide check failed at `path` (dotted, as OpenAI's `param`)."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+def _invalid_unicode_at(value: object, path: str = "") -> str | None:
+    """The path of the first string in `value` that is not valid Unicode (a lone surrogate,
+    which JSON's \\uD800 escapes allow and UTF-8 cannot encode), or None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path or "body"
+        return None
+    items = (
+        value.items()
+        if isinstance(value, dict)
+        else enumerate(value)
+        if isinstance(value, list)
+        else ()
+    )
+    for key, item in items:
+        if isinstance(key, str) and (found := _invalid_unicode_at(key, path)):
+            return found
+        if found := _invalid_unicode_at(item, f"{path}.{key}" if path else str(key)):
+            return found
+    return None
+
+
 class OpenAIBaseModel(BaseModel):
     # Unknown fields are accepted (clients send vendor extras) and logged, as vLLM does.
     model_config = ConfigDict(extra="allow")
@@ -42,6 +74,13 @@ class StreamOptions(BaseModel):
 
 class SamplingFields(OpenAIBaseModel):
     """Fields completions and chat share."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: object) -> object:
+        if (path := _invalid_unicode_at(data)) is not None:
+            raise InvalidField(path, f"{path} is not valid Unicode (it holds a lone surrogate)")
+        return data
 
     model: str
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -17,6 +20,10 @@ from gateway.protocol import (
     ModelCard,
     ModelList,
 )
+
+logger = logging.getLogger(__name__)
+
+CLIENT_CLOSED_REQUEST = 499
 
 router = APIRouter()
 
@@ -52,6 +59,31 @@ async def list_models(request: Request) -> ModelList:
     return ModelList(data=[ModelCard(id=info.model, max_model_len=info.max_model_len)])
 
 
+async def _unless_disconnected(request: Request, work: Awaitable[Any]) -> Any:
+    """`work`'s result, or, once the client has gone away, an empty 499 ("client closed
+    request", as nginx logs it): the work is cancelled then, which aborts its generation in the
+    engine (as vLLM's server does), instead of computing an answer nobody reads."""
+    task = asyncio.ensure_future(work)
+    watch = asyncio.ensure_future(_disconnected(request))
+    try:
+        done, _ = await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+    if task in done:
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+    logger.info("%s: the client went away; its generation was aborted", request.url.path)
+    return Response(status_code=CLIENT_CLOSED_REQUEST)
+
+
+async def _disconnected(request: Request) -> None:
+    # The body is read already: the next message on the connection is its end.
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 async def _serve(
     request: Request,
     stream: bool,
@@ -63,7 +95,7 @@ async def _serve(
     limit.acquire()
     if not stream:
         try:
-            return await answer()
+            return await _unless_disconnected(request, answer())
         finally:
             limit.release()
     try:

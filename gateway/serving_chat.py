@@ -40,8 +40,10 @@ class OpenAIServingChat:
         self, req: ChatCompletionRequest, info: inference_pb2.ModelInfo
     ) -> inference_pb2.GenerateRequest:
         limit = self._settings.max_tokens_limit
-        # Without a limit, chat may use the rest of the context, capped by the server limit.
-        max_tokens = req.token_limit() or min(limit, max(info.max_model_len // 2, 1))
+        # Without max_tokens, chat may use what remains of the context (as vLLM's server),
+        # up to the server's limit: the inference service clips it to the rendered prompt.
+        asked = req.token_limit()
+        max_tokens = asked or limit
         if max_tokens > limit:
             raise GatewayError(
                 f"max_tokens {max_tokens} is above this server's limit of {limit}",
@@ -55,6 +57,7 @@ class OpenAIServingChat:
             request_id=f"chatcmpl-{uuid.uuid4().hex}",
             logprobs=(req.top_logprobs or 0) if req.logprobs else None,
         )
+        message.sampling.fit_context = asked is None
         for m in req.messages:
             message.chat.messages.add(role=m.role, content=m.text())
         return message

@@ -75,6 +75,8 @@ class OpenAIServingCompletion:
                 logprobs=req.logprobs,
                 prompt_logprobs=req.logprobs if req.echo and req.logprobs is not None else None,
             )
+            # The request's prompts share its cap on captured bytes (CAPTURE_MAX_BYTES).
+            message.capture.request_prompts = len(prompts)
             if isinstance(prompt, str):
                 message.prompt = prompt
             else:

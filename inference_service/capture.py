@@ -90,10 +90,19 @@ class CaptureCollector:
             os.unlink(self.path)
 
     def register(
-        self, key: str, record_id: str, layers: list[int], hidden_size: int, dtype: str
+        self,
+        key: str,
+        record_id: str,
+        layers: list[int],
+        hidden_size: int,
+        dtype: str,
+        max_rows: int = 0,
     ) -> None:
+        """Expect rows for `key`; its spool space (`max_rows` of every layer) is reserved
+        now, or SpoolFull is raised."""
         row_bytes = hidden_size * DTYPE_SIZES[dtype]
-        writer = self._spool.open(record_id, layers, row_bytes)
+        reserve = max_rows * row_bytes * len(layers)
+        writer = self._spool.open(record_id, layers, row_bytes, reserve)
         self._pending[key] = PendingCapture(record_id, layers, dtype, row_bytes, writer)
 
     def discard(self, key: str) -> None:

@@ -51,6 +51,18 @@ class InferenceSettings(BaseSettings):
     capture_spool_dir: str = Field(
         "capture_spool", description="on-disk spool of captures not yet stored"
     )
+    capture_spool_max_bytes: int = Field(
+        0,
+        description="bytes the spool may hold (finished records plus the worst case of "
+        "captures in flight); beyond, captured requests get 503. 0 = 90% of the free space "
+        "of its disk at start",
+    )
+    capture_max_attempts: int = Field(
+        5,
+        ge=1,
+        description="sends of a record storage fails (other than being down or out of disk) "
+        "before it moves to the spool's dead-letter area",
+    )
     capture_queue_size: int = Field(1024, description="finished captures queued in memory")
     kv_cache_memory_bytes: int = Field(
         0,

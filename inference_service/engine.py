@@ -17,7 +17,7 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from inference_service.errors import (
 from inference_service.layers import parse_layer_spec, recommended_layers, resolve_layers
 from inference_service.logprobs import token_logprobs
 from inference_service.sink import RecordSink
-from inference_service.spool import Spool
+from inference_service.spool import Spool, SpoolFull
 from inference_service.types import GenerationRequest, GenerationResult, TokenDelta
 
 logger = logging.getLogger(__name__)
@@ -75,12 +75,13 @@ class _Choice:
 class CaptureEngine:
     def __init__(self, settings: InferenceSettings) -> None:
         self._settings = settings
-        self.spool = Spool(Path(settings.capture_spool_dir))
+        self.spool = Spool(Path(settings.capture_spool_dir), settings.capture_spool_max_bytes)
         self.sink = RecordSink(
             self.spool,
             settings.storage_addr,
             settings.grpc_max_message_bytes,
             settings.capture_queue_size,
+            settings.capture_max_attempts,
         )
         self.collector = CaptureCollector(self.spool, settings.capture_socket_dir or None)
         self._background: set[asyncio.Task[None]] = set()
@@ -211,8 +212,9 @@ class CaptureEngine:
         await self.collector.close()
         if not await self.sink.drain(grace_s):
             logger.warning(
-                "%d captured records stay in the spool until the next start",
+                "%d captured records stay in the spool %s until the next start",
                 len(self.spool.ready()),
+                self.spool.root.resolve(),
             )
         await self.sink.stop()
 
@@ -221,7 +223,7 @@ class CaptureEngine:
             raise EngineNotReady("the model is still loading")
         return self.info
 
-    def status(self) -> dict[str, int | float | bool]:
+    def status(self) -> dict[str, int | float | bool | str]:
         records, size = self.spool.usage()
         return {
             "pending_captures": self.collector.pending,
@@ -234,6 +236,11 @@ class CaptureEngine:
             "recomputed_rows": self.collector.recomputed_rows,
             "ready": self.info is not None,
             "oldest_spooled_age_s": self.spool.oldest_age_s(),
+            "spool_max_bytes": self.spool.max_bytes,
+            "spool_reserved_bytes": self.spool.reserved_bytes,
+            "refused_captures": self.spool.refused,
+            "dead_letter_records": len(self.spool.dead_letters()),
+            "storage_error": self.sink.last_error,
         }
 
     # -- requests ----------------------------------------------------------------------------
@@ -246,9 +253,11 @@ class CaptureEngine:
 
         s = req.sampling
         if s.max_tokens < 1:
-            raise InvalidRequest(f"max_tokens must be at least 1, got {s.max_tokens}")
+            raise InvalidRequest(
+                f"max_tokens must be at least 1, got {s.max_tokens}", param="max_tokens"
+            )
         if not 1 <= s.n <= MAX_N:
-            raise InvalidRequest(f"n must be between 1 and {MAX_N}, got {s.n}")
+            raise InvalidRequest(f"n must be between 1 and {MAX_N}, got {s.n}", param="n")
         seed = s.seed
         if seed is not None and self._is_cpu and self._chunked_prefill:
             # vLLM's CPU backend crashes the engine when a seeded request's prompt is split by
@@ -294,7 +303,9 @@ class CaptureEngine:
         enabled = self._settings.capture_default if c.enabled is None else c.enabled
         if not enabled:
             if c.layers or c.preset:
-                raise InvalidRequest("capture layers were given but capture is off")
+                raise InvalidRequest(
+                    "capture layers were given but capture is off", param="capture_layers"
+                )
             return None
         if not c.layers and not c.preset:
             return list(info.default_layers)
@@ -332,25 +343,42 @@ class CaptureEngine:
         rows = prompt_len + req.sampling.max_tokens - 1
         need = rows * info.hidden_size * DTYPE_SIZES[info.dtype] * len(layers) * req.sampling.n
         cap = self._settings.capture_max_bytes
-        if need > cap:
+        prompts = req.capture.request_prompts
+        share = cap // prompts
+        if need > share:
+            of = f"this prompt's share ({share} bytes) of " if prompts > 1 else ""
             raise InvalidRequest(
                 f"capturing {len(layers)} layers of up to {rows} positions x {req.sampling.n} "
-                f"choices needs up to {need} bytes, above the per-request cap of {cap} bytes "
-                "(CAPTURE_MAX_BYTES): capture fewer layers or lower max_tokens"
+                f"choices needs up to {need} bytes, above {of}the per-request cap of {cap} "
+                f"bytes (CAPTURE_MAX_BYTES{f', shared by {prompts} prompts' if prompts > 1 else ''}"
+                "): capture fewer layers or lower max_tokens",
+                param="capture_layers",
             )
 
     async def generate(
         self, req: GenerationRequest
     ) -> AsyncIterator[TokenDelta | GenerationResult]:
         info = self.require_ready()
-        prompt_ids, prompt_text = self._prompt(req)
+        # Off the event loop, in threads: a long prompt takes seconds to tokenize, and every
+        # other request's tokens flow through this loop. (Encoding with fixed settings only
+        # reads the fast tokenizer's state, so threads may share it.)
+        prompt_ids, prompt_text = await asyncio.to_thread(self._prompt, req)
         limit = self._settings.max_prompt_tokens or info.max_model_len - 1
         if len(prompt_ids) > limit:
-            raise PromptTooLong(f"the prompt has {len(prompt_ids)} tokens; the limit is {limit}")
+            raise PromptTooLong(
+                f"the prompt has {len(prompt_ids)} tokens; the limit is {limit}",
+                param="messages" if req.chat is not None else "prompt",
+            )
+        if req.sampling.fit_context:
+            remaining = info.max_model_len - len(prompt_ids)
+            req = replace(req, sampling=replace(req.sampling, max_tokens=min(
+                req.sampling.max_tokens, remaining
+            ), fit_context=False))  # fmt: skip
         if len(prompt_ids) + req.sampling.max_tokens > info.max_model_len:
             raise InvalidRequest(
                 f"max_tokens {req.sampling.max_tokens} plus the prompt's {len(prompt_ids)} "
-                f"tokens exceed the model's context of {info.max_model_len} tokens"
+                f"tokens exceed the model's context of {info.max_model_len} tokens",
+                param="max_tokens",
             )
         layers = self._capture_layers(req)
         request_id = req.request_id or uuid.uuid4().hex
@@ -361,13 +389,20 @@ class CaptureEngine:
         n = req.sampling.n
         choices = [_Choice(key="", record_id="") for _ in range(n)]
         if capture_key is not None:
-            for i, c in enumerate(choices):
-                # The worker suffixes the key with the child index when n > 1.
-                c.key = capture_key if n == 1 else f"{capture_key}:{i}"
-                c.record_id = capture_key if i == 0 else new_record_id()
-                self.collector.register(
-                    c.key, c.record_id, layers or [], info.hidden_size, info.dtype
-                )
+            max_rows = len(prompt_ids) + req.sampling.max_tokens - 1
+            try:
+                for i, c in enumerate(choices):
+                    # The worker suffixes the key with the child index when n > 1.
+                    key = capture_key if n == 1 else f"{capture_key}:{i}"
+                    record_id = capture_key if i == 0 else new_record_id()
+                    self.collector.register(
+                        key, record_id, layers or [], info.hidden_size, info.dtype, max_rows
+                    )
+                    c.key, c.record_id = key, record_id
+            except SpoolFull:
+                # Refused before generation: no record id is ever promised for it.
+                self._discard(choices)
+                raise
         final = None
         prompt_lps = None
         lp_k = req.sampling.logprobs

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 
 class InferenceError(Exception):
-    """Base of errors a client can act on."""
+    """Base of errors a client can act on; `param` names the request field at fault."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class InvalidRequest(InferenceError):

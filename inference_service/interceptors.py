@@ -8,17 +8,28 @@ from typing import Any
 
 import grpc
 
-from inference_service.errors import EngineNotReady, InvalidRequest, PromptTooLong
+from actlog.errors import ERROR_TYPE_KEY, PARAM_KEY
+from inference_service.errors import (
+    EngineNotReady,
+    InferenceError,
+    InvalidRequest,
+    PromptTooLong,
+)
+from inference_service.spool import SpoolFull
 
 logger = logging.getLogger(__name__)
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
+    if isinstance(exc, InferenceError) and exc.param:
+        context.set_trailing_metadata(((PARAM_KEY, exc.param),))
     if isinstance(exc, PromptTooLong):
         await context.abort(grpc.StatusCode.OUT_OF_RANGE, str(exc))
     if isinstance(exc, InvalidRequest):
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-    if isinstance(exc, EngineNotReady):
+    if isinstance(exc, EngineNotReady | SpoolFull):
+        # Named, so the gateway can tell the service's own refusal from a lost connection.
+        context.set_trailing_metadata(((ERROR_TYPE_KEY, type(exc).__name__),))
         await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
     logger.exception("unhandled error", exc_info=exc)
     await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the inference service log")

@@ -25,7 +25,9 @@ def resolve_layers(layers: Iterable[int], preset: str, num_layers: int) -> list[
     """Normalize a request's layer choice to sorted, unique, non-negative indices."""
     requested = list(layers)
     if preset and requested:
-        raise InvalidRequest("give either capture layers or a layer preset, not both")
+        raise InvalidRequest(
+            "give either capture layers or a layer preset, not both", param="capture_layers"
+        )
     if preset:
         if preset == "last":
             return [num_layers]
@@ -33,7 +35,9 @@ def resolve_layers(layers: Iterable[int], preset: str, num_layers: int) -> list[
             return list(range(num_layers + 1))
         if preset == "recommended":
             return recommended_layers(num_layers)
-        raise InvalidRequest(f"unknown layer preset {preset!r}; expected one of {PRESETS}")
+        raise InvalidRequest(
+            f"unknown layer preset {preset!r}; expected one of {PRESETS}", param="capture_layers"
+        )
     if not requested:
         return [num_layers]
     total = num_layers + 1
@@ -42,7 +46,8 @@ def resolve_layers(layers: Iterable[int], preset: str, num_layers: int) -> list[
         if not -total <= layer < total:
             raise InvalidRequest(
                 f"layer {layer} does not exist: the model has hidden states 0..{num_layers} "
-                f"(or {-total}..-1 counting from the end)"
+                f"(or {-total}..-1 counting from the end)",
+                param="capture_layers",
             )
         resolved.add(layer % total)
     return sorted(resolved)

@@ -41,9 +41,21 @@ class CapturePipelineCollector(Collector):
             "actlog_capture_queued_records": ("Finished records queued to send", e.sink.backlog),
             "actlog_capture_spool_records": ("Finished records in the on-disk spool", records),
             "actlog_capture_spool_bytes": ("Bytes in the on-disk spool (all captures)", size),
+            "actlog_capture_spool_max_bytes": (
+                "The spool's budget (CAPTURE_SPOOL_MAX_BYTES)",
+                e.spool.max_bytes,
+            ),
+            "actlog_capture_spool_reserved_bytes": (
+                "Spool bytes reserved by captures in flight (their worst case)",
+                e.spool.reserved_bytes,
+            ),
             "actlog_capture_spool_oldest_age_seconds": (
                 "Age of the oldest finished record not yet stored",
                 e.spool.oldest_age_s(),
+            ),
+            "actlog_capture_dead_letter_records": (
+                "Records storage would not take, moved aside (actlog dead-letters)",
+                len(e.spool.dead_letters()),
             ),
             "actlog_capture_storage_reachable": (
                 "1 unless the last attempt to reach storage failed",
@@ -65,6 +77,10 @@ class CapturePipelineCollector(Collector):
             "actlog_capture_storage_failures": (
                 "Failed attempts to send a record",
                 e.sink.failures,
+            ),
+            "actlog_capture_refused": (
+                "Captured requests refused (503): the spool could not take them",
+                e.spool.refused,
             ),
         }
         for name, (doc, value) in counters.items():

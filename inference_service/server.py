@@ -22,7 +22,10 @@ from inference_service.servicer import InferenceServicer
 logger = logging.getLogger("inference_service")
 
 SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
+# Requests in flight get GRACE_S to finish; then pending captures get DRAIN_GRACE_S to reach
+# storage (what is left stays in the spool for the next start).
 GRACE_S = 10.0
+DRAIN_GRACE_S = 30.0
 
 
 async def serve(settings: InferenceSettings) -> None:
@@ -32,6 +35,8 @@ async def serve(settings: InferenceSettings) -> None:
         options=[
             ("grpc.max_send_message_length", settings.grpc_max_message_bytes),
             ("grpc.max_receive_message_length", settings.grpc_max_message_bytes),
+            # No SO_REUSEPORT: a second service on the same port must fail, not share it.
+            ("grpc.so_reuseport", 0),
         ],
     )
     health_servicer = health.aio.HealthServicer()
@@ -41,7 +46,12 @@ async def serve(settings: InferenceSettings) -> None:
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     address = f"{settings.inference_host}:{settings.inference_port}"
-    port = server.add_insecure_port(address)
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as error:
+        raise StartupError(f"inference could not bind {address}: {error}") from error
+    if port == 0:
+        raise StartupError(f"inference could not bind {address} (is another server on it?)")
     # Health answers NOT_SERVING while the engine loads, so probes can tell "starting" from "down".
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -70,7 +80,7 @@ async def serve(settings: InferenceSettings) -> None:
     logger.info("shutting down: draining requests and captures")
     await health_servicer.enter_graceful_shutdown()
     await server.stop(GRACE_S)
-    await engine.stop(GRACE_S)
+    await engine.stop(DRAIN_GRACE_S)
 
 
 def main() -> None:

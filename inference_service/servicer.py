@@ -37,6 +37,20 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             kv_cache_bytes=info.kv_cache_bytes,
         )
 
+    async def DeadLetters(  # noqa: N802
+        self, request: inference_pb2.DeadLettersRequest, context: grpc.aio.ServicerContext
+    ) -> inference_pb2.DeadLetterList:
+        retried: list[str] = []
+        if request.retry_all or request.retry:
+            retried = self._engine.sink.retry_dead_letters(list(request.retry) or None)
+        return inference_pb2.DeadLetterList(
+            dead_letters=[
+                inference_pb2.DeadLetter(record_id=rid, reason=reason)
+                for rid, reason in self._engine.spool.dead_letters()
+            ],
+            retried=retried,
+        )
+
     async def GetStatus(  # noqa: N802
         self, request: inference_pb2.StatusRequest, context: grpc.aio.ServicerContext
     ) -> inference_pb2.ServiceStatus:

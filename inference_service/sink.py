@@ -24,6 +24,12 @@ from inference_service.spool import Spool, SpooledRecord
 logger = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1 << 20
+# Storage down, restarting or out of disk: every record waits alike, so these are retried
+# for as long as they last; any other failure counts against a record's attempts.
+TRANSIENT = frozenset({
+    grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED,
+})  # fmt: skip
 HEADER_FIELDS = (
     "record_id", "prompt_hash", "prompt", "response", "model", "token_ids", "token_strings",
     "prompt_length", "sampling_params_json", "layers", "num_positions", "hidden_size", "dtype",
@@ -78,8 +84,10 @@ class RecordSink:
         storage_addr: str,
         max_message_bytes: int = 64 << 20,
         queue_size: int = 1024,
+        max_attempts: int = 5,
     ) -> None:
         self._spool = spool
+        self._max_attempts = max_attempts
         self._addr = storage_addr
         self._options = [
             ("grpc.max_send_message_length", max_message_bytes),
@@ -93,6 +101,7 @@ class RecordSink:
         self.stored = 0
         self.failures = 0
         self.reachable = True
+        self.last_error = ""
 
     async def start(self) -> None:
         self._channel = grpc.aio.insecure_channel(self._addr, options=self._options)
@@ -117,6 +126,14 @@ class RecordSink:
             if not self._overflow:
                 logger.warning("send queue full; records wait in the spool")
             self._overflow = True
+
+    def retry_dead_letters(self, record_ids: list[str] | None = None) -> list[str]:
+        """Put dead letters (all, or those named) back in line; the ids requeued."""
+        wanted = record_ids or [rid for rid, _ in self._spool.dead_letters()]
+        revived = [rid for rid in wanted if self._spool.revive(rid)]
+        for record_id in revived:
+            self.submit(record_id)
+        return revived
 
     @property
     def backlog(self) -> int:
@@ -160,6 +177,7 @@ class RecordSink:
 
     async def _send_until_stored(self, stub: storage_pb2_grpc.StorageStub, record_id: str) -> None:
         delay = 0.2
+        attempts = 0
         while True:
             try:
                 record = self._spool.load(record_id)
@@ -169,16 +187,18 @@ class RecordSink:
                 await stub.Ingest(ingest_messages(record), timeout=120)
             except grpc.aio.AioRpcError as exc:
                 self.failures += 1
-                if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                    # Retrying cannot help; keep the data on disk for inspection.
-                    logger.error(
-                        "storage rejected record %s: %s; left in the spool at %s",
-                        record_id,
-                        exc.details(),
-                        record.directory,
-                    )
-                    rejected = record.directory.with_name(record_id + ".rejected")
-                    record.directory.rename(rejected)
+                attempts += 1
+                code = exc.code()
+                self.last_error = f"{code.name}: {exc.details()}"
+                if code == grpc.StatusCode.INVALID_ARGUMENT or (
+                    code not in TRANSIENT and attempts >= self._max_attempts
+                ):
+                    # Retrying cannot help (or did not, this many times): move it aside,
+                    # data kept for inspection and `actlog dead-letters --retry`, so the
+                    # records behind it are delivered.
+                    reason = f"{code.name} after {attempts} attempts: {exc.details()}"
+                    where = self._spool.dead_letter(record_id, reason)
+                    logger.error("record %s is a dead letter at %s: %s", record_id, where, reason)
                     return
                 if self.reachable:
                     logger.warning(
@@ -191,6 +211,7 @@ class RecordSink:
             if not self.reachable:
                 logger.info("storage reachable again; replaying the spool")
             self.reachable = True
+            self.last_error = ""
             self.stored += 1
             self._spool.remove(record_id)
             return

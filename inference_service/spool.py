@@ -15,17 +15,22 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from actlog.ids import is_record_id, record_id_timestamp_ms
+from inference_service.errors import InferenceError
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_SHARE_OF_FREE = 0.9
 PARTIAL_SUFFIX = ".partial"
 HEADER_FILE = "header.json"
+DEAD_LETTER_DIR = "dead-letter"
+REASON_FILE = "reason.txt"
 
 
 def layer_file(directory: Path, layer: int) -> Path:
@@ -33,11 +38,14 @@ def layer_file(directory: Path, layer: int) -> Path:
 
 
 class SpoolWriter:
-    """Rows of one capture in flight."""
+    """Rows of one capture in flight; `reserved` bytes of the spool are set aside for it."""
 
-    def __init__(self, directory: Path, layers: list[int], row_bytes: int) -> None:
+    def __init__(
+        self, directory: Path, layers: list[int], row_bytes: int, reserved: int = 0
+    ) -> None:
         self.directory = directory
         self.row_bytes = row_bytes
+        self.reserved = reserved
         directory.mkdir(parents=True, exist_ok=True)
         self._fds = {
             layer: os.open(layer_file(directory, layer), os.O_RDWR | os.O_CREAT, 0o600)
@@ -63,8 +71,18 @@ class SpooledRecord:
         return layer_file(self.directory, layer)
 
 
+class SpoolFull(InferenceError):
+    """A capture cannot be spooled: refused before generation (UNAVAILABLE, so 503)."""
+
+
 class Spool:
-    def __init__(self, root: Path) -> None:
+    """The spool directory, within a byte budget (`max_bytes`; 0 = 90% of the free space of
+    its disk at start). A capture reserves its worst case (every row of every layer) when it
+    opens, before generation starts, so a response never promises a record the spool cannot
+    hold; the reservation becomes the record's real size when it finishes, and is freed when
+    storage has it."""
+
+    def __init__(self, root: Path, max_bytes: int = 0) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         # Rows of requests that were in flight when a previous process died cannot be
@@ -72,9 +90,29 @@ class Spool:
         for stale in root.glob(f"*{PARTIAL_SUFFIX}"):
             logger.warning("dropping unfinished capture %s from a previous run", stale.name)
             shutil.rmtree(stale, ignore_errors=True)
+        self.max_bytes = max_bytes or int(shutil.disk_usage(root).free * DEFAULT_SHARE_OF_FREE)
+        self.held_bytes = self.usage()[1]  # finished records, waiting for storage
+        self.reserved_bytes = 0  # captures in flight, at their worst case
+        self.refused = 0
+        self._lock = threading.Lock()  # the sender removes records from another task
 
-    def open(self, record_id: str, layers: list[int], row_bytes: int) -> SpoolWriter:
-        return SpoolWriter(self.root / f"{record_id}{PARTIAL_SUFFIX}", layers, row_bytes)
+    def open(
+        self, record_id: str, layers: list[int], row_bytes: int, reserve: int = 0
+    ) -> SpoolWriter:
+        """A writer for a new capture, once `reserve` bytes are set aside (SpoolFull if not)."""
+        with self._lock:
+            used = self.held_bytes + self.reserved_bytes
+            free_disk = shutil.disk_usage(self.root).free - self.reserved_bytes
+            if used + reserve > self.max_bytes or reserve > free_disk:
+                self.refused += 1
+                raise SpoolFull(
+                    f"the capture spool cannot take this request's capture ({reserve} bytes): "
+                    f"{used} of its {self.max_bytes} bytes (CAPTURE_SPOOL_MAX_BYTES) are in use "
+                    f"and {max(free_disk, 0)} bytes are free on its disk, while storage takes "
+                    "the records it holds; retry later, or send capture: false"
+                )
+            self.reserved_bytes += reserve
+        return SpoolWriter(self.root / f"{record_id}{PARTIAL_SUFFIX}", layers, row_bytes, reserve)
 
     def finish(self, writer: SpoolWriter, record_id: str, header: dict[str, Any]) -> None:
         """Make a capture durable and visible to the sender."""
@@ -83,11 +121,19 @@ class Spool:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(header))
         os.replace(tmp, path)
+        size = _directory_bytes(writer.directory)
         os.replace(writer.directory, self.root / record_id)
+        with self._lock:
+            self.reserved_bytes -= writer.reserved
+            self.held_bytes += size
+        writer.reserved = 0
 
     def abandon(self, writer: SpoolWriter) -> None:
         writer.close()
         shutil.rmtree(writer.directory, ignore_errors=True)
+        with self._lock:
+            self.reserved_bytes -= writer.reserved
+        writer.reserved = 0
 
     def ready(self) -> list[str]:
         """Finished records not yet acknowledged by storage, oldest first."""
@@ -103,7 +149,11 @@ class Spool:
         return SpooledRecord(record_id, directory, header)
 
     def remove(self, record_id: str) -> None:
-        shutil.rmtree(self.root / record_id, ignore_errors=True)
+        directory = self.root / record_id
+        size = _directory_bytes(directory)
+        shutil.rmtree(directory, ignore_errors=True)
+        with self._lock:
+            self.held_bytes = max(self.held_bytes - size, 0)
 
     def oldest_age_s(self) -> float:
         """Seconds since the oldest finished record still here was created (0 when none)."""
@@ -113,15 +163,63 @@ class Spool:
         return max(time.time() - record_id_timestamp_ms(ready[0]) / 1000, 0.0)
 
     def usage(self) -> tuple[int, int]:
-        """(finished records, bytes on disk) of the whole spool."""
+        """(finished records, bytes on disk) of the whole spool, dead letters included in
+        the bytes (they hold disk space until retried or removed)."""
         records = 0
         size = 0
         for directory in self.root.iterdir():
             if not directory.is_dir():
                 continue
+            if directory.name == DEAD_LETTER_DIR:
+                size += sum(_directory_bytes(d) for d in directory.iterdir() if d.is_dir())
+                continue
             if is_record_id(directory.name):
                 records += 1
-            for f in directory.iterdir():
-                with contextlib.suppress(FileNotFoundError):
-                    size += f.stat().st_size
+            size += _directory_bytes(directory)
         return records, size
+
+    # -- dead letters: records storage would not take after every attempt ------------
+
+    @property
+    def dead_letter_root(self) -> Path:
+        return self.root / DEAD_LETTER_DIR
+
+    def dead_letter(self, record_id: str, reason: str) -> Path:
+        """Move a record aside, with why, so the records behind it are delivered."""
+        target = self.dead_letter_root / record_id
+        target.parent.mkdir(exist_ok=True)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(self.root / record_id, target)
+        (target / REASON_FILE).write_text(reason + "\n")
+        return target
+
+    def dead_letters(self) -> list[tuple[str, str]]:
+        """(record id, reason) of every dead letter, oldest first."""
+        if not self.dead_letter_root.is_dir():
+            return []
+        found = []
+        for directory in sorted(self.dead_letter_root.iterdir()):
+            if is_record_id(directory.name) and (directory / HEADER_FILE).is_file():
+                reason = directory / REASON_FILE
+                found.append((directory.name, reason.read_text().strip() if reason.is_file()
+                              else ""))  # fmt: skip
+        return found
+
+    def revive(self, record_id: str) -> bool:
+        """Put a dead letter back in line for delivery; False if there is no such one."""
+        source = self.dead_letter_root / record_id
+        if not is_record_id(record_id) or not (source / HEADER_FILE).is_file():
+            return False
+        with contextlib.suppress(FileNotFoundError):
+            (source / REASON_FILE).unlink()
+        os.replace(source, self.root / record_id)
+        return True
+
+
+def _directory_bytes(directory: Path) -> int:
+    total = 0
+    with contextlib.suppress(FileNotFoundError):
+        for f in directory.iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                total += f.stat().st_size
+    return total

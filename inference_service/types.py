@@ -22,6 +22,7 @@ class Sampling:
     ignore_eos: bool = False
     logprobs: int | None = None
     prompt_logprobs: int | None = None
+    fit_context: bool = False
 
     @classmethod
     def from_pb(cls, pb: inference_pb2.SamplingParams) -> Sampling:
@@ -41,6 +42,7 @@ class Sampling:
             ignore_eos=pb.ignore_eos,
             logprobs=opt("logprobs"),  # type: ignore[arg-type]
             prompt_logprobs=opt("prompt_logprobs"),  # type: ignore[arg-type]
+            fit_context=pb.fit_context,
         )
 
 
@@ -49,6 +51,7 @@ class CaptureRequest:
     enabled: bool | None = None
     layers: tuple[int, ...] = ()
     preset: str = ""
+    request_prompts: int = 1
 
     @classmethod
     def from_pb(cls, pb: inference_pb2.CaptureOptions) -> CaptureRequest:
@@ -56,6 +59,7 @@ class CaptureRequest:
             enabled=pb.enabled if pb.HasField("enabled") else None,
             layers=tuple(pb.layers),
             preset=pb.preset,
+            request_prompts=max(pb.request_prompts, 1),
         )
 
 

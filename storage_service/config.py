@@ -36,6 +36,12 @@ class StorageSettings(BaseSettings):
     storage_metrics_port: int = Field(
         9052, ge=0, le=65535, description="Port of Prometheus metrics (/metrics); 0 = off."
     )
+    storage_max_record_bytes: int = Field(
+        64 * GIB,
+        ge=0,
+        description="Largest record (its activations) Ingest accepts; larger headers get "
+        "INVALID_ARGUMENT. 0 = no limit.",
+    )
     lmdb_map_size: int = Field(
         GIB, gt=0, description="Initial LMDB map size in bytes; doubled whenever it fills up."
     )

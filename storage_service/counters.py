@@ -57,11 +57,14 @@ class Counters:
     def add_record(
         self, txn: lmdb.Transaction, header: storage_pb2.RecordHeader, sign: int
     ) -> None:
-        """Count (`sign` 1) or uncount (-1) a record as its header describes it."""
+        """Count (`sign` 1) or uncount (-1) a record as its header describes it. Every
+        record counts in `records`; only COMPLETE ones in the bytes and per-model counts,
+        since a PARTIAL header claims bytes it may never hold."""
         self.add(txn, RECORDS, sign)
+        if header.status != storage_pb2.RECORD_STATUS_COMPLETE:
+            return
+        self.add(txn, COMPLETE, sign)
         self.add(txn, ACTIVATION_BYTES, sign * header.activation_bytes)
-        if header.status == storage_pb2.RECORD_STATUS_COMPLETE:
-            self.add(txn, COMPLETE, sign)
         key = MODEL_PREFIX + header.model.encode()
         value = txn.get(key, db=self._db)
         records, nbytes = _MODEL.unpack(value) if value is not None else (0, 0)

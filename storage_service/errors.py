@@ -25,3 +25,30 @@ class PartialRecord(FailedPrecondition):
 
 class ResourceExhausted(StorageError):
     """A resource ran out for this request (file descriptors, memory); retrying may help."""
+
+
+# Below this much free space on its disk, a failed LMDB write is reported as a full disk.
+DISK_FULL_BYTES = 64 << 20
+
+
+def explain_lmdb_error(error: Exception, lmdb_path: str) -> StorageError | None:
+    """What a failure inside LMDB means for the caller, when it means something: a key or
+    value LMDB cannot hold (INVALID_ARGUMENT), a full disk (RESOURCE_EXHAUSTED, with the
+    free bytes); None for anything else (INTERNAL)."""
+    import errno
+    import shutil
+
+    import lmdb
+
+    if isinstance(error, lmdb.BadValsizeError):
+        return InvalidArgument(f"a key or value is too large for LMDB: {error}")
+    if not isinstance(error, lmdb.Error | OSError):
+        return None
+    try:
+        free = shutil.disk_usage(lmdb_path).free
+    except OSError:
+        return None
+    no_space = getattr(error, "errno", None) == errno.ENOSPC or "No space" in str(error)
+    if no_space or free < DISK_FULL_BYTES:
+        return ResourceExhausted(f"storage disk full ({free} bytes free)")
+    return None

@@ -52,6 +52,7 @@ class IngestSession:
         self._bytes = 0
         self._rows: dict[int, dict[int, int]] = {}  # layer -> row_start -> row_count
         self._result: IngestResult | None = None
+        self._replay = False  # the record is COMPLETE in storage: acknowledge, change nothing
 
     def add(self, request: storage_pb2.IngestRequest | ChunkView) -> None:
         """Handle one message of the stream (a chunk may come as a zero-copy view)."""
@@ -77,6 +78,8 @@ class IngestSession:
         """The outcome once the stream has ended; InvalidArgument without a commit."""
         if self._result is not None:
             return self._result
+        if self._replay and self._header is not None:
+            return IngestResult(self._header.record_id, storage_pb2.RECORD_STATUS_COMPLETE, 0)
         if self._header is None:
             raise InvalidArgument("empty Ingest stream: expected a header, chunks, a commit")
         raise InvalidArgument(
@@ -95,6 +98,12 @@ class IngestSession:
                 f"second header in the Ingest stream of record {self._header.record_id}: "
                 "one Ingest stream carries one record"
             )
+        if self._store.replaying_complete(header.record_id):
+            # Stored whole already: check the replay's stream as usual, write nothing.
+            rec.validate_header(header, self._store.max_record_bytes)
+            self._header = header
+            self._replay = True
+            return
         self._ticket, written = self._store.begin_ingest(header)
         self._header = self._ticket.header
         self._track(written)
@@ -116,6 +125,8 @@ class IngestSession:
         self._next_sequence += 1
         self._sha.update(data)
         self._rows.setdefault(chunk.layer, {})[chunk.row_start] = chunk.row_count
+        if self._replay:
+            return
         self._pending.append((chunk.layer, chunk.row_start, data))
         self._pending_bytes += len(data)
         if self._pending_bytes >= WRITE_BATCH_BYTES:
@@ -142,6 +153,9 @@ class IngestSession:
                 f"hash to {digest}); the record stays partial"
             )
         self._check_coverage(header)
+        if self._replay:
+            self._result = IngestResult(rid, storage_pb2.RECORD_STATUS_COMPLETE, 0)
+            return
         self._flush(complete=True)
         while self._in_flight:
             self._in_flight.popleft().result()

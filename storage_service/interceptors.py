@@ -35,8 +35,14 @@ def status_code(error: StorageError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-def _abort(context: grpc.ServicerContext, method: str, error: Exception) -> None:
+Explain = Callable[[Exception], StorageError | None]
+
+
+def _abort(context: grpc.ServicerContext, method: str, error: Exception, explain: Explain) -> None:
     """End the call with the status `error` maps to; never returns."""
+    if not isinstance(error, StorageError) and (explained := explain(error)) is not None:
+        logger.error("%s: %s (%s)", method, explained, error)
+        error = explained
     if isinstance(error, StorageError):
         code, message = status_code(error), str(error)
         logger.info("%s -> %s: %s", method, code.name, message)
@@ -46,26 +52,29 @@ def _abort(context: grpc.ServicerContext, method: str, error: Exception) -> None
     else:
         code, message = grpc.StatusCode.INTERNAL, "internal error in the storage service"
         logger.error("%s failed", method, exc_info=error)
-    context.set_trailing_metadata(((ERROR_TYPE_KEY, type(error).__name__),))
+    if isinstance(error, StorageError):  # internals' class names stay in the log
+        context.set_trailing_metadata(((ERROR_TYPE_KEY, type(error).__name__),))
     context.abort(code, message)
 
 
-def _wrap_unary(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+def _wrap_unary(behavior: Callable[..., Any], method: str, explain: Explain) -> Callable[..., Any]:
     def handler(request: Any, context: grpc.ServicerContext) -> Any:
         try:
             return behavior(request, context)
         except Exception as error:  # every error becomes a status
-            _abort(context, method, error)
+            _abort(context, method, error, explain)
 
     return handler
 
 
-def _wrap_stream(behavior: Callable[..., Iterator[Any]], method: str) -> Callable[..., Any]:
+def _wrap_stream(
+    behavior: Callable[..., Iterator[Any]], method: str, explain: Explain
+) -> Callable[..., Any]:
     def handler(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         try:
             yield from behavior(request, context)
         except Exception as error:  # every error becomes a status
-            _abort(context, method, error)
+            _abort(context, method, error, explain)
 
     return handler
 
@@ -73,9 +82,13 @@ def _wrap_stream(behavior: Callable[..., Iterator[Any]], method: str) -> Callabl
 class ErrorInterceptor(grpc.ServerInterceptor):
     """Turns exceptions raised by servicer methods into gRPC statuses.
 
-    StorageError subclasses keep their message; anything else is logged with its
-    traceback and reported as INTERNAL with a generic message.
+    StorageError subclasses keep their message; so do errors `explain` turns into one (a
+    full disk, a key too large for LMDB); anything else is logged with its traceback and
+    reported as INTERNAL with a generic message.
     """
+
+    def __init__(self, explain: Explain = lambda error: None) -> None:
+        self._explain = explain
 
     def intercept_service(
         self,
@@ -92,19 +105,19 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         }
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary, method), **codec
+                _wrap_unary(handler.unary_unary, method, self._explain), **codec
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary(handler.stream_unary, method), **codec
+                _wrap_unary(handler.stream_unary, method, self._explain), **codec
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream, method), **codec
+                _wrap_stream(handler.unary_stream, method, self._explain), **codec
             )
         if handler.stream_stream:
             return grpc.stream_stream_rpc_method_handler(
-                _wrap_stream(handler.stream_stream, method), **codec
+                _wrap_stream(handler.stream_stream, method, self._explain), **codec
             )
         return handler
 

@@ -7,7 +7,9 @@ calls finish.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
@@ -26,8 +28,9 @@ DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 
 
 class _StoredCollector(Collector):
-    def __init__(self, stats: Callable[[], StoreStats]) -> None:
+    def __init__(self, stats: Callable[[], StoreStats], lmdb_path: str) -> None:
         self._stats = stats
+        self._path = lmdb_path
 
     def collect(self) -> Iterator[Metric]:
         try:
@@ -54,6 +57,11 @@ class _StoredCollector(Collector):
         }
         for name, (doc, value) in values.items():
             yield GaugeMetricFamily(name, doc, value=value)
+        with contextlib.suppress(OSError):
+            yield GaugeMetricFamily(
+                "actlog_storage_disk_free_bytes", "Free bytes on the LMDB directory's disk",
+                value=shutil.disk_usage(self._path).free,
+            )  # fmt: skip
         per_model = GaugeMetricFamily(
             "actlog_storage_model_records", "Records stored per model", labels=["model"]
         )
@@ -65,9 +73,9 @@ class _StoredCollector(Collector):
 class StorageMetrics:
     """One registry per server, so servers in one process (tests) never share counters."""
 
-    def __init__(self, stats: Callable[[], StoreStats]) -> None:
+    def __init__(self, stats: Callable[[], StoreStats], lmdb_path: str) -> None:
         self.registry = r = CollectorRegistry()
-        r.register(_StoredCollector(stats))
+        r.register(_StoredCollector(stats, lmdb_path))
         self.ingested_records = Counter(
             "actlog_storage_ingested_records", "Ingest calls answered, by the record's status",
             ["status"], registry=r,

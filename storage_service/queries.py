@@ -241,7 +241,9 @@ class Queries:
             )
         chosen = rec.resolve_layers(header, list(layers))
         end = row_end or header.num_positions
-        if not row_start <= end <= header.num_positions:
+        # An empty range of a record that has rows is a mistake (`--rows 12:` of 12 rows).
+        empty = row_start == end and header.num_positions > 0
+        if not row_start <= end <= header.num_positions or empty:
             raise InvalidArgument(
                 f"rows [{row_start}, {row_end or 'end'}) outside record {record_id}, "
                 f"which has {header.num_positions} positions"

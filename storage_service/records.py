@@ -15,6 +15,10 @@ DTYPE_SIZES: dict[str, int] = {"bfloat16": 2, "float16": 2, "float32": 4}
 MAX_LAYER = 0xFFFF
 # Label keys are part of an LMDB key (record id + key, at most 511 bytes); values are not.
 MAX_LABEL_KEY_BYTES = 256
+# LMDB keys hold at most 511 bytes; per-model counters are keyed by the model's name.
+MAX_MODEL_NAME_BYTES = 256
+# Positions fit the u32 row_start of chunk keys; 2**31 keeps every row index a signed int32.
+MAX_POSITIONS = (1 << 31) - 1
 MAX_LABEL_VALUE_BYTES = 64 << 10
 
 
@@ -100,10 +104,20 @@ def activation_bytes(header: storage_pb2.RecordHeader) -> int:
     return len(header.layers) * header.num_positions * row_bytes(header)
 
 
-def validate_header(header: storage_pb2.RecordHeader) -> None:
-    """Raise InvalidArgument unless `header` describes a record storage can hold."""
+def validate_header(header: storage_pb2.RecordHeader, max_record_bytes: int = 0) -> None:
+    """Raise InvalidArgument unless `header` describes a record storage can hold (of at most
+    `max_record_bytes` of activations when that is set)."""
     record_key(header.record_id)
     hash_key(header.prompt_hash)
+    if len(header.model.encode()) > MAX_MODEL_NAME_BYTES:
+        raise InvalidArgument(
+            f"record {header.record_id}: model name of {len(header.model.encode())} bytes, "
+            f"more than {MAX_MODEL_NAME_BYTES}"
+        )
+    if header.num_positions > MAX_POSITIONS:
+        raise InvalidArgument(
+            f"record {header.record_id}: num_positions {header.num_positions} > {MAX_POSITIONS}"
+        )
     if header.dtype not in DTYPE_SIZES:
         raise InvalidArgument(
             f"record {header.record_id}: dtype {header.dtype!r} is not one of {sorted(DTYPE_SIZES)}"
@@ -139,6 +153,13 @@ def validate_header(header: storage_pb2.RecordHeader) -> None:
             f"{n_tokens} token_ids"
         )
     validate_labels(header.record_id, header.labels)
+    claimed = activation_bytes(header)
+    if max_record_bytes and claimed > max_record_bytes:
+        raise InvalidArgument(
+            f"record {header.record_id}: {len(layers)} layers x {header.num_positions} positions "
+            f"x {row_bytes(header)} bytes = {claimed} bytes of activations, more than the "
+            f"maximum record size of {max_record_bytes} bytes (STORAGE_MAX_RECORD_BYTES)"
+        )
 
 
 def validate_chunk(header: storage_pb2.RecordHeader, chunk: ChunkLike, data_len: int) -> None:

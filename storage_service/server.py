@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 from collections.abc import Sequence
 from concurrent import futures
@@ -17,6 +18,7 @@ from actlog.shm import local_socket_path, private_directory, shm_supported
 from actlog.v1 import storage_pb2, storage_pb2_grpc
 from storage_service.compression import Compression
 from storage_service.config import MIB, StorageSettings, load_settings
+from storage_service.errors import explain_lmdb_error
 from storage_service.interceptors import CodecInterceptor, ErrorInterceptor
 from storage_service.local_socket import LocalReadServer
 from storage_service.malloc import tune_for_large_buffers
@@ -93,6 +95,7 @@ def create_server(settings: StorageSettings) -> tuple[StorageServer, int]:
         settings.activation_lmdb_path,
         settings.lmdb_map_size,
         Compression(settings.storage_compression),
+        settings.storage_max_record_bytes,
     )
     options = [
         ("grpc.max_receive_message_length", settings.grpc_max_message_bytes),
@@ -100,16 +103,22 @@ def create_server(settings: StorageSettings) -> tuple[StorageServer, int]:
         # Ingest streams 1 MiB chunks: a stream window well above gRPC's starting one
         # keeps a sender from stalling on flow control.
         ("grpc.http2.lookahead_bytes", 16 * MIB),
+        # gRPC enables SO_REUSEPORT by default: a second server on the same port would bind
+        # too and take half the connections. Off, the second one fails to start.
+        ("grpc.so_reuseport", 0),
     ]
     server = grpc.server(
         futures.ThreadPoolExecutor(
             max_workers=settings.storage_max_workers, thread_name_prefix="storage-rpc"
         ),
-        interceptors=[CodecInterceptor(BULK_CODECS), ErrorInterceptor()],
+        interceptors=[
+            CodecInterceptor(BULK_CODECS),
+            ErrorInterceptor(lambda error: explain_lmdb_error(error, str(store.path))),
+        ],
         options=options,
     )
     segments = SegmentCache(enabled=settings.storage_shm_reads)
-    metrics = StorageMetrics(store.stats)
+    metrics = StorageMetrics(store.stats, str(store.path))
     servicer = StorageServicer(store, segments, metrics)
     storage_pb2_grpc.add_StorageServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
@@ -127,7 +136,7 @@ def create_server(settings: StorageSettings) -> tuple[StorageServer, int]:
         raise RuntimeError(f"storage could not bind {address}: {error}") from error
     if port == 0:
         store.close()
-        raise RuntimeError(f"storage could not bind {address}")
+        raise RuntimeError(f"storage could not bind {address} (is another server on it?)")
     local_reads = None
     if settings.storage_shm_reads and settings.storage_local_socket and shm_supported():
         try:
@@ -149,7 +158,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    server, port = create_server(settings)
+    try:
+        server, port = create_server(settings)
+    except RuntimeError as error:
+        logger.error("%s", error)
+        sys.exit(f"storage: {error}")  # one line, not a traceback
     stopping = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -45,7 +45,9 @@ logger = logging.getLogger(__name__)
 COMPLETE = storage_pb2.RECORD_STATUS_COMPLETE
 PARTIAL = storage_pb2.RECORD_STATUS_PARTIAL
 LAYOUT_KEY = b"layout"
-LAYOUT = b"2"  # 1: labels inside headers, Stats by scanning; 2: this module
+# 1: labels inside headers, Stats by scanning; 2: counters; 3: activation bytes of complete
+# records only (a PARTIAL header claims bytes it may never hold)
+LAYOUT = b"3"
 _INGESTING = struct.Struct(">8sQ")  # token, stored bytes so far
 
 
@@ -67,8 +69,10 @@ class ActivationStore(Queries):
         path: str | os.PathLike[str],
         map_size: int,
         compression: codecs.Compression = codecs.Compression.NONE,
+        max_record_bytes: int = 0,
     ) -> None:
         self.path = Path(path)
+        self.max_record_bytes = max_record_bytes
         self.path.mkdir(parents=True, exist_ok=True)
         codecs.check_available(compression)
         self.compression = compression
@@ -89,12 +93,14 @@ class ActivationStore(Queries):
     def begin_ingest(self, header: storage_pb2.RecordHeader) -> tuple[IngestTicket, Future[None]]:
         """Queue `header` as a PARTIAL record; the ticket for its chunks, and the write.
 
-        Writing the header of an existing record replaces it: its old chunks are dropped,
+        Writing the header of a PARTIAL record replaces it: its old chunks are dropped,
         so re-ingesting a record (e.g. replaying a spooled capture) never mixes old rows
         with new ones, and the record is PARTIAL until the new commit. Labels already
-        attached to the record are kept (those in `header` are set on top).
+        attached to the record are kept (those in `header` are set on top). A COMPLETE
+        record is never rewritten (`replaying_complete` says when to acknowledge instead);
+        if one completes meanwhile, the write fails with FailedPrecondition.
         """
-        rec.validate_header(header)
+        rec.validate_header(header, self.max_record_bytes)
         sent = storage_pb2.RecordHeader()
         sent.CopyFrom(header)
         sent.status = PARTIAL
@@ -112,6 +118,10 @@ class ActivationStore(Queries):
 
         def write(txn: lmdb.Transaction) -> None:
             old = self._load(txn, rid, labels=False)
+            if old is not None and old.status == COMPLETE:
+                raise FailedPrecondition(
+                    f"record {sent.record_id} was completed by another call meanwhile"
+                )
             if old is not None:
                 self._counters.add_record(txn, old, -1)
                 self._counters.add(txn, counters.STORED_BYTES, -self._delete_chunks(txn, rid))
@@ -167,16 +177,25 @@ class ActivationStore(Queries):
             if complete:
                 header = self._load(txn, rid, labels=False)
                 assert header is not None  # the ingesting token is removed with it
+                self._counters.add_record(txn, header, -1)
                 header.status = COMPLETE
                 header.stored_bytes = stored + delta
                 txn.put(rid, header.SerializeToString(), db=self._records)
                 txn.delete(rid, db=self._ingesting)
-                self._counters.add(txn, counters.COMPLETE, 1)
+                self._counters.add_record(txn, header, 1)
             else:
                 txn.put(rid, _INGESTING.pack(token, stored + delta), db=self._ingesting)
             return size
 
         return self._writer.submit(write, size)
+
+    def replaying_complete(self, record_id: str) -> bool:
+        """Whether `record_id` is already stored COMPLETE: an Ingest of it is a replay
+        (e.g. a spool resent after a lost acknowledgement) to acknowledge, not to apply."""
+        rid = rec.record_key(record_id)
+        with self._read() as txn:
+            header = self._load(txn, rid, labels=False)
+        return header is not None and header.status == COMPLETE
 
     # -- labels and deletion --------------------------------------------------------
 

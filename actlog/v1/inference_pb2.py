@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x61\x63tlog/v1/inference.proto\x12\tactlog.v1\"\x93\x03\n\x0eSamplingParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\r\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12\x0c\n\x04stop\x18\x04 \x03(\t\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x02\x88\x01\x01\x12\x12\n\x05top_k\x18\x06 \x01(\x05H\x03\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\x07 \x01(\x02H\x04\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\x08 \x01(\x02H\x05\x88\x01\x01\x12\t\n\x01n\x18\t \x01(\r\x12\x12\n\nignore_eos\x18\n \x01(\x08\x12\x15\n\x08logprobs\x18\x0b \x01(\rH\x06\x88\x01\x01\x12\x1c\n\x0fprompt_logprobs\x18\x0c \x01(\rH\x07\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seedB\x08\n\x06_top_kB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x0b\n\t_logprobsB\x12\n\x10_prompt_logprobs\"R\n\x0e\x43\x61ptureOptions\x12\x14\n\x07\x65nabled\x18\x01 \x01(\x08H\x00\x88\x01\x01\x12\x0e\n\x06layers\x18\x02 \x03(\x05\x12\x0e\n\x06preset\x18\x03 \x01(\tB\n\n\x08_enabled\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"8\n\x0c\x43hatMessages\x12(\n\x08messages\x18\x01 \x03(\x0b\x32\x16.actlog.v1.ChatMessage\"\xf3\x01\n\x0fGenerateRequest\x12\x10\n\x06prompt\x18\x01 \x01(\tH\x00\x12/\n\x10prompt_token_ids\x18\x02 \x01(\x0b\x32\x13.actlog.v1.TokenIdsH\x00\x12\'\n\x04\x63hat\x18\x06 \x01(\x0b\x32\x17.actlog.v1.ChatMessagesH\x00\x12+\n\x08sampling\x18\x03 \x01(\x0b\x32\x19.actlog.v1.SamplingParams\x12*\n\x07\x63\x61pture\x18\x04 \x01(\x0b\x32\x19.actlog.v1.CaptureOptions\x12\x12\n\nrequest_id\x18\x05 \x01(\tB\x07\n\x05input\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\r\"o\n\x10GenerateResponse\x12&\n\x05\x64\x65lta\x18\x01 \x01(\x0b\x32\x15.actlog.v1.TokenDeltaH\x00\x12+\n\x06result\x18\x02 \x01(\x0b\x32\x19.actlog.v1.GenerateResultH\x00\x42\x06\n\x04kind\">\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\"u\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\x14\n\x07logprob\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\"\n\x03top\x18\x04 \x03(\x0b\x32\x15.actlog.v1.TopLogprobB\n\n\x08_logprob\"g\n\nTokenDelta\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\r\n\x05index\x18\x03 \x01(\r\x12)\n\x08logprobs\x18\x04 \x03(\x0b\x32\x17.actlog.v1.TokenLogprob\"\xac\x02\n\x0eGenerateResult\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12\x18\n\x10output_token_ids\x18\x03 \x03(\r\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12\x13\n\x0bprompt_hash\x18\x05 \x01(\t\x12\x11\n\trecord_id\x18\x06 \x01(\t\x12\x0e\n\x06layers\x18\x07 \x03(\r\x12\r\n\x05model\x18\x08 \x01(\t\x12\r\n\x05index\x18\t \x01(\r\x12)\n\x08logprobs\x18\n \x03(\x0b\x32\x17.actlog.v1.TokenLogprob\x12\x30\n\x0fprompt_logprobs\x18\x0b \x03(\x0b\x32\x17.actlog.v1.TokenLogprob\x12\x0e\n\x06prompt\x18\x0c \x01(\t\"\x12\n\x10ModelInfoRequest\"\xb5\x01\n\tModelInfo\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nnum_layers\x18\x02 \x01(\r\x12\x13\n\x0bhidden_size\x18\x03 \x01(\r\x12\r\n\x05\x64type\x18\x04 \x01(\t\x12\x15\n\rmax_model_len\x18\x05 \x01(\r\x12\x16\n\x0e\x64\x65\x66\x61ult_layers\x18\x06 \x03(\r\x12\x1a\n\x12recommended_layers\x18\x07 \x03(\r\x12\x16\n\x0ekv_cache_bytes\x18\x08 \x01(\x04\"\x0f\n\rStatusRequest\"\x80\x02\n\rServiceStatus\x12\x18\n\x10pending_captures\x18\x01 \x01(\r\x12\x16\n\x0equeued_records\x18\x02 \x01(\r\x12\x15\n\rspool_records\x18\x03 \x01(\r\x12\x13\n\x0bspool_bytes\x18\x04 \x01(\x04\x12\x16\n\x0estored_records\x18\x05 \x01(\x04\x12\x18\n\x10storage_failures\x18\x06 \x01(\x04\x12\x19\n\x11storage_reachable\x18\x07 \x01(\x08\x12\x17\n\x0frecomputed_rows\x18\x08 \x01(\x04\x12\r\n\x05ready\x18\t \x01(\x08\x12\x1c\n\x14oldest_spooled_age_s\x18\n \x01(\x01\x32\xd6\x01\n\tInference\x12\x45\n\x08Generate\x12\x1a.actlog.v1.GenerateRequest\x1a\x1b.actlog.v1.GenerateResponse0\x01\x12\x41\n\x0cGetModelInfo\x12\x1b.actlog.v1.ModelInfoRequest\x1a\x14.actlog.v1.ModelInfo\x12?\n\tGetStatus\x12\x18.actlog.v1.StatusRequest\x1a\x18.actlog.v1.ServiceStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x61\x63tlog/v1/inference.proto\x12\tactlog.v1\"\xa8\x03\n\x0eSamplingParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\r\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12\x0c\n\x04stop\x18\x04 \x03(\t\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x02\x88\x01\x01\x12\x12\n\x05top_k\x18\x06 \x01(\x05H\x03\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\x07 \x01(\x02H\x04\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\x08 \x01(\x02H\x05\x88\x01\x01\x12\t\n\x01n\x18\t \x01(\r\x12\x12\n\nignore_eos\x18\n \x01(\x08\x12\x15\n\x08logprobs\x18\x0b \x01(\rH\x06\x88\x01\x01\x12\x1c\n\x0fprompt_logprobs\x18\x0c \x01(\rH\x07\x88\x01\x01\x12\x13\n\x0b\x66it_context\x18\r \x01(\x08\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seedB\x08\n\x06_top_kB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x0b\n\t_logprobsB\x12\n\x10_prompt_logprobs\"k\n\x0e\x43\x61ptureOptions\x12\x14\n\x07\x65nabled\x18\x01 \x01(\x08H\x00\x88\x01\x01\x12\x0e\n\x06layers\x18\x02 \x03(\x05\x12\x0e\n\x06preset\x18\x03 \x01(\t\x12\x17\n\x0frequest_prompts\x18\x04 \x01(\rB\n\n\x08_enabled\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"8\n\x0c\x43hatMessages\x12(\n\x08messages\x18\x01 \x03(\x0b\x32\x16.actlog.v1.ChatMessage\"\xf3\x01\n\x0fGenerateRequest\x12\x10\n\x06prompt\x18\x01 \x01(\tH\x00\x12/\n\x10prompt_token_ids\x18\x02 \x01(\x0b\x32\x13.actlog.v1.TokenIdsH\x00\x12\'\n\x04\x63hat\x18\x06 \x01(\x0b\x32\x17.actlog.v1.ChatMessagesH\x00\x12+\n\x08sampling\x18\x03 \x01(\x0b\x32\x19.actlog.v1.SamplingParams\x12*\n\x07\x63\x61pture\x18\x04 \x01(\x0b\x32\x19.actlog.v1.CaptureOptions\x12\x12\n\nrequest_id\x18\x05 \x01(\tB\x07\n\x05input\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\r\"o\n\x10GenerateResponse\x12&\n\x05\x64\x65lta\x18\x01 \x01(\x0b\x32\x15.actlog.v1.TokenDeltaH\x00\x12+\n\x06result\x18\x02 \x01(\x0b\x32\x19.actlog.v1.GenerateResultH\x00\x42\x06\n\x04kind\">\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\"u\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\x14\n\x07logprob\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\"\n\x03top\x18\x04 \x03(\x0b\x32\x15.actlog.v1.TopLogprobB\n\n\x08_logprob\"g\n\nTokenDelta\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\r\n\x05index\x18\x03 \x01(\r\x12)\n\x08logprobs\x18\x04 \x03(\x0b\x32\x17.actlog.v1.TokenLogprob\"\xac\x02\n\x0eGenerateResult\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12\x18\n\x10output_token_ids\x18\x03 \x03(\r\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12\x13\n\x0bprompt_hash\x18\x05 \x01(\t\x12\x11\n\trecord_id\x18\x06 \x01(\t\x12\x0e\n\x06layers\x18\x07 \x03(\r\x12\r\n\x05model\x18\x08 \x01(\t\x12\r\n\x05index\x18\t \x01(\r\x12)\n\x08logprobs\x18\n \x03(\x0b\x32\x17.actlog.v1.TokenLogprob\x12\x30\n\x0fprompt_logprobs\x18\x0b \x03(\x0b\x32\x17.actlog.v1.TokenLogprob\x12\x0e\n\x06prompt\x18\x0c \x01(\t\"\x12\n\x10ModelInfoRequest\"\xb5\x01\n\tModelInfo\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nnum_layers\x18\x02 \x01(\r\x12\x13\n\x0bhidden_size\x18\x03 \x01(\r\x12\r\n\x05\x64type\x18\x04 \x01(\t\x12\x15\n\rmax_model_len\x18\x05 \x01(\r\x12\x16\n\x0e\x64\x65\x66\x61ult_layers\x18\x06 \x03(\r\x12\x1a\n\x12recommended_layers\x18\x07 \x03(\r\x12\x16\n\x0ekv_cache_bytes\x18\x08 \x01(\x04\"\x0f\n\rStatusRequest\"\x85\x03\n\rServiceStatus\x12\x18\n\x10pending_captures\x18\x01 \x01(\r\x12\x16\n\x0equeued_records\x18\x02 \x01(\r\x12\x15\n\rspool_records\x18\x03 \x01(\r\x12\x13\n\x0bspool_bytes\x18\x04 \x01(\x04\x12\x16\n\x0estored_records\x18\x05 \x01(\x04\x12\x18\n\x10storage_failures\x18\x06 \x01(\x04\x12\x19\n\x11storage_reachable\x18\x07 \x01(\x08\x12\x17\n\x0frecomputed_rows\x18\x08 \x01(\x04\x12\r\n\x05ready\x18\t \x01(\x08\x12\x1c\n\x14oldest_spooled_age_s\x18\n \x01(\x01\x12\x17\n\x0fspool_max_bytes\x18\x0b \x01(\x04\x12\x1c\n\x14spool_reserved_bytes\x18\x0c \x01(\x04\x12\x18\n\x10refused_captures\x18\r \x01(\x04\x12\x1b\n\x13\x64\x65\x61\x64_letter_records\x18\x0e \x01(\r\x12\x15\n\rstorage_error\x18\x0f \x01(\t\"/\n\nDeadLetter\x12\x11\n\trecord_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"6\n\x12\x44\x65\x61\x64LettersRequest\x12\r\n\x05retry\x18\x01 \x03(\t\x12\x11\n\tretry_all\x18\x02 \x01(\x08\"N\n\x0e\x44\x65\x61\x64LetterList\x12+\n\x0c\x64\x65\x61\x64_letters\x18\x01 \x03(\x0b\x32\x15.actlog.v1.DeadLetter\x12\x0f\n\x07retried\x18\x02 \x03(\t2\x9f\x02\n\tInference\x12\x45\n\x08Generate\x12\x1a.actlog.v1.GenerateRequest\x1a\x1b.actlog.v1.GenerateResponse0\x01\x12\x41\n\x0cGetModelInfo\x12\x1b.actlog.v1.ModelInfoRequest\x1a\x14.actlog.v1.ModelInfo\x12?\n\tGetStatus\x12\x18.actlog.v1.StatusRequest\x1a\x18.actlog.v1.ServiceStatus\x12G\n\x0b\x44\x65\x61\x64Letters\x12\x1d.actlog.v1.DeadLettersRequest\x1a\x19.actlog.v1.DeadLetterListb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,35 +32,41 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'actlog.v1.inference_pb2', _
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SAMPLINGPARAMS']._serialized_start=41
-  _globals['_SAMPLINGPARAMS']._serialized_end=444
-  _globals['_CAPTUREOPTIONS']._serialized_start=446
-  _globals['_CAPTUREOPTIONS']._serialized_end=528
-  _globals['_CHATMESSAGE']._serialized_start=530
-  _globals['_CHATMESSAGE']._serialized_end=574
-  _globals['_CHATMESSAGES']._serialized_start=576
-  _globals['_CHATMESSAGES']._serialized_end=632
-  _globals['_GENERATEREQUEST']._serialized_start=635
-  _globals['_GENERATEREQUEST']._serialized_end=878
-  _globals['_TOKENIDS']._serialized_start=880
-  _globals['_TOKENIDS']._serialized_end=903
-  _globals['_GENERATERESPONSE']._serialized_start=905
-  _globals['_GENERATERESPONSE']._serialized_end=1016
-  _globals['_TOPLOGPROB']._serialized_start=1018
-  _globals['_TOPLOGPROB']._serialized_end=1080
-  _globals['_TOKENLOGPROB']._serialized_start=1082
-  _globals['_TOKENLOGPROB']._serialized_end=1199
-  _globals['_TOKENDELTA']._serialized_start=1201
-  _globals['_TOKENDELTA']._serialized_end=1304
-  _globals['_GENERATERESULT']._serialized_start=1307
-  _globals['_GENERATERESULT']._serialized_end=1607
-  _globals['_MODELINFOREQUEST']._serialized_start=1609
-  _globals['_MODELINFOREQUEST']._serialized_end=1627
-  _globals['_MODELINFO']._serialized_start=1630
-  _globals['_MODELINFO']._serialized_end=1811
-  _globals['_STATUSREQUEST']._serialized_start=1813
-  _globals['_STATUSREQUEST']._serialized_end=1828
-  _globals['_SERVICESTATUS']._serialized_start=1831
-  _globals['_SERVICESTATUS']._serialized_end=2087
-  _globals['_INFERENCE']._serialized_start=2090
-  _globals['_INFERENCE']._serialized_end=2304
+  _globals['_SAMPLINGPARAMS']._serialized_end=465
+  _globals['_CAPTUREOPTIONS']._serialized_start=467
+  _globals['_CAPTUREOPTIONS']._serialized_end=574
+  _globals['_CHATMESSAGE']._serialized_start=576
+  _globals['_CHATMESSAGE']._serialized_end=620
+  _globals['_CHATMESSAGES']._serialized_start=622
+  _globals['_CHATMESSAGES']._serialized_end=678
+  _globals['_GENERATEREQUEST']._serialized_start=681
+  _globals['_GENERATEREQUEST']._serialized_end=924
+  _globals['_TOKENIDS']._serialized_start=926
+  _globals['_TOKENIDS']._serialized_end=949
+  _globals['_GENERATERESPONSE']._serialized_start=951
+  _globals['_GENERATERESPONSE']._serialized_end=1062
+  _globals['_TOPLOGPROB']._serialized_start=1064
+  _globals['_TOPLOGPROB']._serialized_end=1126
+  _globals['_TOKENLOGPROB']._serialized_start=1128
+  _globals['_TOKENLOGPROB']._serialized_end=1245
+  _globals['_TOKENDELTA']._serialized_start=1247
+  _globals['_TOKENDELTA']._serialized_end=1350
+  _globals['_GENERATERESULT']._serialized_start=1353
+  _globals['_GENERATERESULT']._serialized_end=1653
+  _globals['_MODELINFOREQUEST']._serialized_start=1655
+  _globals['_MODELINFOREQUEST']._serialized_end=1673
+  _globals['_MODELINFO']._serialized_start=1676
+  _globals['_MODELINFO']._serialized_end=1857
+  _globals['_STATUSREQUEST']._serialized_start=1859
+  _globals['_STATUSREQUEST']._serialized_end=1874
+  _globals['_SERVICESTATUS']._serialized_start=1877
+  _globals['_SERVICESTATUS']._serialized_end=2266
+  _globals['_DEADLETTER']._serialized_start=2268
+  _globals['_DEADLETTER']._serialized_end=2315
+  _globals['_DEADLETTERSREQUEST']._serialized_start=2317
+  _globals['_DEADLETTERSREQUEST']._serialized_end=2371
+  _globals['_DEADLETTERLIST']._serialized_start=2373
+  _globals['_DEADLETTERLIST']._serialized_end=2451
+  _globals['_INFERENCE']._serialized_start=2454
+  _globals['_INFERENCE']._serialized_end=2741
 # @@protoc_insertion_point(module_scope)

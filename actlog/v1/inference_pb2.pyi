@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SamplingParams(_message.Message):
-    __slots__ = ("max_tokens", "temperature", "top_p", "stop", "seed", "top_k", "presence_penalty", "frequency_penalty", "n", "ignore_eos", "logprobs", "prompt_logprobs")
+    __slots__ = ("max_tokens", "temperature", "top_p", "stop", "seed", "top_k", "presence_penalty", "frequency_penalty", "n", "ignore_eos", "logprobs", "prompt_logprobs", "fit_context")
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     TOP_P_FIELD_NUMBER: _ClassVar[int]
@@ -20,6 +20,7 @@ class SamplingParams(_message.Message):
     IGNORE_EOS_FIELD_NUMBER: _ClassVar[int]
     LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     PROMPT_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
+    FIT_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     max_tokens: int
     temperature: float
     top_p: float
@@ -32,17 +33,20 @@ class SamplingParams(_message.Message):
     ignore_eos: bool
     logprobs: int
     prompt_logprobs: int
-    def __init__(self, max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., stop: _Optional[_Iterable[str]] = ..., seed: _Optional[int] = ..., top_k: _Optional[int] = ..., presence_penalty: _Optional[float] = ..., frequency_penalty: _Optional[float] = ..., n: _Optional[int] = ..., ignore_eos: _Optional[bool] = ..., logprobs: _Optional[int] = ..., prompt_logprobs: _Optional[int] = ...) -> None: ...
+    fit_context: bool
+    def __init__(self, max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., stop: _Optional[_Iterable[str]] = ..., seed: _Optional[int] = ..., top_k: _Optional[int] = ..., presence_penalty: _Optional[float] = ..., frequency_penalty: _Optional[float] = ..., n: _Optional[int] = ..., ignore_eos: _Optional[bool] = ..., logprobs: _Optional[int] = ..., prompt_logprobs: _Optional[int] = ..., fit_context: _Optional[bool] = ...) -> None: ...
 
 class CaptureOptions(_message.Message):
-    __slots__ = ("enabled", "layers", "preset")
+    __slots__ = ("enabled", "layers", "preset", "request_prompts")
     ENABLED_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
     PRESET_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_PROMPTS_FIELD_NUMBER: _ClassVar[int]
     enabled: bool
     layers: _containers.RepeatedScalarFieldContainer[int]
     preset: str
-    def __init__(self, enabled: _Optional[bool] = ..., layers: _Optional[_Iterable[int]] = ..., preset: _Optional[str] = ...) -> None: ...
+    request_prompts: int
+    def __init__(self, enabled: _Optional[bool] = ..., layers: _Optional[_Iterable[int]] = ..., preset: _Optional[str] = ..., request_prompts: _Optional[int] = ...) -> None: ...
 
 class ChatMessage(_message.Message):
     __slots__ = ("role", "content")
@@ -179,7 +183,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ServiceStatus(_message.Message):
-    __slots__ = ("pending_captures", "queued_records", "spool_records", "spool_bytes", "stored_records", "storage_failures", "storage_reachable", "recomputed_rows", "ready", "oldest_spooled_age_s")
+    __slots__ = ("pending_captures", "queued_records", "spool_records", "spool_bytes", "stored_records", "storage_failures", "storage_reachable", "recomputed_rows", "ready", "oldest_spooled_age_s", "spool_max_bytes", "spool_reserved_bytes", "refused_captures", "dead_letter_records", "storage_error")
     PENDING_CAPTURES_FIELD_NUMBER: _ClassVar[int]
     QUEUED_RECORDS_FIELD_NUMBER: _ClassVar[int]
     SPOOL_RECORDS_FIELD_NUMBER: _ClassVar[int]
@@ -190,6 +194,11 @@ class ServiceStatus(_message.Message):
     RECOMPUTED_ROWS_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
     OLDEST_SPOOLED_AGE_S_FIELD_NUMBER: _ClassVar[int]
+    SPOOL_MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SPOOL_RESERVED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_CAPTURES_FIELD_NUMBER: _ClassVar[int]
+    DEAD_LETTER_RECORDS_FIELD_NUMBER: _ClassVar[int]
+    STORAGE_ERROR_FIELD_NUMBER: _ClassVar[int]
     pending_captures: int
     queued_records: int
     spool_records: int
@@ -200,4 +209,33 @@ class ServiceStatus(_message.Message):
     recomputed_rows: int
     ready: bool
     oldest_spooled_age_s: float
-    def __init__(self, pending_captures: _Optional[int] = ..., queued_records: _Optional[int] = ..., spool_records: _Optional[int] = ..., spool_bytes: _Optional[int] = ..., stored_records: _Optional[int] = ..., storage_failures: _Optional[int] = ..., storage_reachable: _Optional[bool] = ..., recomputed_rows: _Optional[int] = ..., ready: _Optional[bool] = ..., oldest_spooled_age_s: _Optional[float] = ...) -> None: ...
+    spool_max_bytes: int
+    spool_reserved_bytes: int
+    refused_captures: int
+    dead_letter_records: int
+    storage_error: str
+    def __init__(self, pending_captures: _Optional[int] = ..., queued_records: _Optional[int] = ..., spool_records: _Optional[int] = ..., spool_bytes: _Optional[int] = ..., stored_records: _Optional[int] = ..., storage_failures: _Optional[int] = ..., storage_reachable: _Optional[bool] = ..., recomputed_rows: _Optional[int] = ..., ready: _Optional[bool] = ..., oldest_spooled_age_s: _Optional[float] = ..., spool_max_bytes: _Optional[int] = ..., spool_reserved_bytes: _Optional[int] = ..., refused_captures: _Optional[int] = ..., dead_letter_records: _Optional[int] = ..., storage_error: _Optional[str] = ...) -> None: ...
+
+class DeadLetter(_message.Message):
+    __slots__ = ("record_id", "reason")
+    RECORD_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    record_id: str
+    reason: str
+    def __init__(self, record_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class DeadLettersRequest(_message.Message):
+    __slots__ = ("retry", "retry_all")
+    RETRY_FIELD_NUMBER: _ClassVar[int]
+    RETRY_ALL_FIELD_NUMBER: _ClassVar[int]
+    retry: _containers.RepeatedScalarFieldContainer[str]
+    retry_all: bool
+    def __init__(self, retry: _Optional[_Iterable[str]] = ..., retry_all: _Optional[bool] = ...) -> None: ...
+
+class DeadLetterList(_message.Message):
+    __slots__ = ("dead_letters", "retried")
+    DEAD_LETTERS_FIELD_NUMBER: _ClassVar[int]
+    RETRIED_FIELD_NUMBER: _ClassVar[int]
+    dead_letters: _containers.RepeatedCompositeFieldContainer[DeadLetter]
+    retried: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, dead_letters: _Optional[_Iterable[_Union[DeadLetter, _Mapping]]] = ..., retried: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -49,6 +49,11 @@ class InferenceStub:
                 request_serializer=actlog_dot_v1_dot_inference__pb2.StatusRequest.SerializeToString,
                 response_deserializer=actlog_dot_v1_dot_inference__pb2.ServiceStatus.FromString,
                 _registered_method=True)
+        self.DeadLetters = channel.unary_unary(
+                '/actlog.v1.Inference/DeadLetters',
+                request_serializer=actlog_dot_v1_dot_inference__pb2.DeadLettersRequest.SerializeToString,
+                response_deserializer=actlog_dot_v1_dot_inference__pb2.DeadLetterList.FromString,
+                _registered_method=True)
 
 
 class InferenceServicer:
@@ -73,6 +78,13 @@ class InferenceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeadLetters(self, request, context):
+        """List the spool's dead letters, and put some or all back in line for delivery.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -90,6 +102,11 @@ def add_InferenceServicer_to_server(servicer, server):
                     servicer.GetStatus,
                     request_deserializer=actlog_dot_v1_dot_inference__pb2.StatusRequest.FromString,
                     response_serializer=actlog_dot_v1_dot_inference__pb2.ServiceStatus.SerializeToString,
+            ),
+            'DeadLetters': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeadLetters,
+                    request_deserializer=actlog_dot_v1_dot_inference__pb2.DeadLettersRequest.FromString,
+                    response_serializer=actlog_dot_v1_dot_inference__pb2.DeadLetterList.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -173,6 +190,33 @@ class Inference:
             '/actlog.v1.Inference/GetStatus',
             actlog_dot_v1_dot_inference__pb2.StatusRequest.SerializeToString,
             actlog_dot_v1_dot_inference__pb2.ServiceStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/actlog.v1.Inference/DeadLetters',
+            actlog_dot_v1_dot_inference__pb2.DeadLettersRequest.SerializeToString,
+            actlog_dot_v1_dot_inference__pb2.DeadLetterList.FromString,
             options,
             channel_credentials,
             insecure,

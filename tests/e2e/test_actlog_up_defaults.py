@@ -5,12 +5,14 @@ safetensors, and Ctrl-C stops every process it started."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +22,7 @@ import pytest
 
 from actlog.client import StorageClient
 from actlog.hashing import prompt_hash
-from actlog.launcher import grpc_serving, http_ok
+from actlog.launcher import grpc_serving, http_ok, spooled_records
 from gateway.config import GatewaySettings
 from inference_service.config import InferenceSettings
 from storage_service.config import StorageSettings
@@ -176,19 +178,56 @@ def test_bf16_capture_matches_transformers_and_exports(default_stack, model_dir)
     assert json.loads(meta["layers"]) == [0, record.num_layers]
 
 
-def test_ctrl_c_stops_every_process(default_stack):
-    proc, ports, _, _ = default_stack
+def test_ctrl_c_stops_in_order_and_every_capture_reaches_storage(default_stack):
+    """Ctrl-C reaches the launcher only (the services run in process groups of their own):
+    it stops the gateway, then inference once it has handed its captures to storage, then
+    storage, so nothing waits in the spool; then every process is gone."""
+    proc, ports, _, cwd = default_stack
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{ports['gateway']}/v1", api_key="k",
+                           max_retries=0, timeout=300)  # fmt: skip
+    prompts = [f"Captured just before Ctrl-C {i}:" for i in range(6)]
+
+    async def burst() -> list[str]:
+        async with openai.AsyncOpenAI(base_url=str(client.base_url), api_key="k",
+                                      max_retries=0, timeout=300) as aclient:  # fmt: skip
+            replies = await asyncio.gather(*(
+                aclient.completions.create(model="SmolLM2-135M-Instruct", prompt=p,
+                                           max_tokens=24, extra_body={"capture_layers": "all"})
+                for p in prompts
+            ))  # fmt: skip
+        return [r.model_extra["activations"][0]["record_ids"][0] for r in replies]
+
+    record_ids = asyncio.run(burst())
     started = psutil.Process(proc.pid).children(recursive=True)
     assert len(started) >= 4, "storage, inference (and its engine core), gateway"
-    os.killpg(proc.pid, signal.SIGINT)
-    assert proc.wait(timeout=120) == 0
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+    assert proc.wait(timeout=180) == 0
     assert proc.stdout is not None
-    assert "stopped" in proc.stdout.read()
+    said = proc.stdout.read()
+    assert "stopped; records in" in said and "wait in" not in said, said
     _, alive = psutil.wait_procs(started, timeout=30)
     assert not alive, f"still running after Ctrl-C: {[p.pid for p in alive]}"
     assert not http_ok(f"http://127.0.0.1:{ports['gateway']}/health/live", timeout=1)
     assert not grpc_serving(f"127.0.0.1:{ports['inference']}", timeout=1)
     assert not grpc_serving(f"127.0.0.1:{ports['storage']}", timeout=1)
+    # Nothing stayed behind in the spool; storage holds every record, complete.
+    assert spooled_records(cwd / "capture_spool") == 0
+    storage = subprocess.Popen(
+        [sys.executable, "-m", "storage_service", "--storage-port", str(ports["storage"]),
+         "--storage-metrics-port", "0", "--activation-lmdb-path",
+         str(cwd / "lmdb_data" / "activations.lmdb")],
+    )  # fmt: skip
+    try:
+        with StorageClient(f"127.0.0.1:{ports['storage']}") as reader:
+            deadline = time.monotonic() + 60
+            while not grpc_serving(reader.address, timeout=1):
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+            for record_id in record_ids:
+                assert reader.get_record(record_id).is_complete
+    finally:
+        storage.terminate()
+        storage.wait(30)
 
 
 def test_too_little_memory_is_one_clear_line(tmp_path):

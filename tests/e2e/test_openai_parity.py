@@ -269,7 +269,10 @@ def test_inference_down_gives_503_fast_and_recovers(stack, openai_client, served
             openai_client.completions.create(model=served_model, prompt="x", max_tokens=1)
         assert time.monotonic() - started < 1.0
         assert info.value.status_code == 503
-        assert json.loads(info.value.response.text)["error"]["type"] == "service_unavailable"
+        error = json.loads(info.value.response.text)["error"]
+        assert error["type"] == "service_unavailable"
+        assert "127.0.0.1" not in error["message"] and "ipv4" not in error["message"]
+        assert info.value.response.headers["Retry-After"] == "1"
         # Not ready (a load balancer takes it out of rotation), but alive (nothing restarts it).
         down = httpx.get(health)
         assert down.status_code == 503

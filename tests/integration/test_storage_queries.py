@@ -190,19 +190,28 @@ def test_stats_follow_ingest_reingest_partial_and_delete(stub, client) -> None:
     delta(records=2, complete_records=2, activation_bytes=2 * RECORD_BYTES, prompt_hashes=1)
     assert client.stats().models[model].activation_bytes == 2 * RECORD_BYTES
 
-    # A replay cut after two chunks: the record is PARTIAL again, its old rows are gone
-    # (the two new chunks were still buffered: a cut stream's buffer is dropped).
-    cut = first.requests(5)[:3]
-    with pytest.raises(grpc.RpcError):
-        stub.Ingest(iter(cut), timeout=30)
-    delta(records=2, complete_records=1, activation_bytes=2 * RECORD_BYTES, prompt_hashes=1,
-          stored_bytes=RECORD_BYTES)  # fmt: skip
-    with pytest.raises(FailedPreconditionError):
-        client.get_activations(first.header.record_id)
+    # A replay of a complete record, even one cut after two chunks, changes nothing.
+    stub.Ingest(iter(first.requests(5)[:3]), timeout=30)
+    delta(records=2, complete_records=2, activation_bytes=2 * RECORD_BYTES, prompt_hashes=1,
+          stored_bytes=2 * RECORD_BYTES)  # fmt: skip
+    assert client.get_record(first.header.record_id).is_complete
 
+    # A new record cut after two chunks stays PARTIAL: counted as a record, not in the bytes
+    # (its header claims bytes it may never hold); its rows were never stored.
+    third = synthetic_record(prompt, model=model, seed=42)
+    with pytest.raises(grpc.RpcError):
+        stub.Ingest(iter(third.requests(5)[:3]), timeout=30)
+    delta(records=3, complete_records=2, activation_bytes=2 * RECORD_BYTES, prompt_hashes=1,
+          stored_bytes=2 * RECORD_BYTES)  # fmt: skip
+    with pytest.raises(FailedPreconditionError):
+        client.get_activations(third.header.record_id)
+    assert client.stats().models[model].records == 2
+
+    deleted = client.delete_record(third.header.record_id)
+    assert (deleted.activation_bytes, deleted.stored_bytes) == (RECORD_BYTES, 0)
     deleted = client.delete_record(first.header.record_id)
     assert deleted.record_id == first.header.record_id
-    assert (deleted.activation_bytes, deleted.stored_bytes) == (RECORD_BYTES, 0)
+    assert (deleted.activation_bytes, deleted.stored_bytes) == (RECORD_BYTES, RECORD_BYTES)
     delta(records=1, complete_records=1, activation_bytes=RECORD_BYTES, prompt_hashes=1,
           stored_bytes=RECORD_BYTES)  # fmt: skip
     client.delete_record(second.header.record_id)

@@ -78,6 +78,10 @@ def test_an_older_environment_is_upgraded_once(tmp_path: Path) -> None:
     assert not stored.labels  # moved to the labels sub-database
 
 
+def record_id_of(requests: list[storage_pb2.IngestRequest]) -> str:
+    return requests[0].header.record_id
+
+
 def test_a_stale_stream_cannot_mix_rows_into_a_replay_or_a_deleted_record(tmp_path) -> None:
     store = ActivationStore(tmp_path, 1 << 20)
     record = synthetic_record(num_positions=12)
@@ -96,15 +100,27 @@ def test_a_stale_stream_cannot_mix_rows_into_a_replay_or_a_deleted_record(tmp_pa
     assert store.get(record.header.record_id).status == storage_pb2.RECORD_STATUS_COMPLETE
     assert store.stats().stored_bytes == 3 * 12 * 16 * 2
 
-    third = IngestSession(store)
-    third.add(requests[0])
+    # A replay of the complete record writes nothing, so a delete meanwhile stays a delete.
+    replay = IngestSession(store)
+    replay.add(requests[0])
     store.delete(record.header.record_id)
+    for request in requests[1:]:
+        replay.add(request)
+    replay.settle()
+    with pytest.raises(NotFound):
+        store.get(record.header.record_id)
+
+    other = synthetic_record(num_positions=12, seed=1).requests(4)
+    third = IngestSession(store)
+    third.add(other[0])
+    third.settle()
+    store.delete(record_id_of(other))
     with pytest.raises(FailedPrecondition):
-        for request in requests[1:]:
+        for request in other[1:]:
             third.add(request)
     third.settle()
     with pytest.raises(NotFound):
-        store.get(record.header.record_id)
+        store.get(record_id_of(other))
     stats = store.stats()
     assert (stats.records, stats.stored_bytes, stats.prompt_hashes) == (0, 0, 0)
     store.close()
