@@ -87,7 +87,9 @@ def up(
         stopping = True
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, _stop)
+    # Set here, not inherited: a shell that starts us in the background ignores SIGINT.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _stop)
     started = time.monotonic()
 
     def ready(name: str) -> None:

@@ -42,6 +42,12 @@ class StorageSettings(BaseSettings):
         description="Largest record (its activations) Ingest accepts; larger headers get "
         "INVALID_ARGUMENT. 0 = no limit.",
     )
+    storage_partial_ttl_s: float = Field(
+        86400.0,
+        ge=0,
+        description="PARTIAL records whose Ingest stream has not written for this long are "
+        "deleted (their sender died and never replayed them). 0 = keep them.",
+    )
     lmdb_map_size: int = Field(
         GIB, gt=0, description="Initial LMDB map size in bytes; doubled whenever it fills up."
     )

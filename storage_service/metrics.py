@@ -96,6 +96,10 @@ class StorageMetrics:
             "Time of one activation read, to its last chunk", ["transport"],
             buckets=DURATION_BUCKETS, registry=r,
         )  # fmt: skip
+        self.expired_partial = Counter(
+            "actlog_storage_expired_partial_records",
+            "PARTIAL records deleted after STORAGE_PARTIAL_TTL_S without a write", registry=r,
+        )  # fmt: skip
         for transport in ("stream", "shm"):
             self.read_bytes.labels(transport)
             self.read_duration.labels(transport)

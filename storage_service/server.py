@@ -51,6 +51,7 @@ class StorageServer:
         metrics: StorageMetrics,
         local_reads: LocalReadServer | None = None,
         metrics_address: tuple[str, int] = ("127.0.0.1", 0),
+        partial_ttl_s: float = 0.0,
     ) -> None:
         self.grpc_server = server
         self.health = health_servicer
@@ -60,6 +61,11 @@ class StorageServer:
         self.local_reads = local_reads
         self._metrics_address = metrics_address
         self._stop_metrics = lambda: None
+        self._partial_ttl_s = partial_ttl_s
+        self._stopping = threading.Event()
+        self._sweeper = threading.Thread(
+            target=self._expire_partial_forever, name="partial-sweeper", daemon=True
+        )
 
     def start(self) -> None:
         self.grpc_server.start()
@@ -68,10 +74,31 @@ class StorageServer:
             self.local_reads = None
         for service in ("", SERVICE_NAME):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        if self._partial_ttl_s:
+            self._sweeper.start()
+
+    def _expire_partial_forever(self) -> None:
+        """Delete PARTIAL records left by streams that died, every quarter of their TTL."""
+        interval = min(max(self._partial_ttl_s / 4, 0.2), 60.0)
+        while not self._stopping.wait(interval):
+            try:
+                expired = self.store.expire_partial(self._partial_ttl_s)
+            except Exception:  # noqa: BLE001 (e.g. a full disk: try again next time)
+                logger.exception("expiring partial records failed")
+                continue
+            if expired:
+                self.metrics.expired_partial.inc(len(expired))
+                logger.warning(
+                    "deleted %d PARTIAL records not written for %.0f s (STORAGE_PARTIAL_TTL_S)",
+                    len(expired), self._partial_ttl_s,
+                )  # fmt: skip
 
     def stop(self, grace: float | None = SHUTDOWN_GRACE_S) -> None:
         """Report NOT_SERVING, let calls in flight finish within `grace` s, close LMDB."""
         self.health.enter_graceful_shutdown()
+        self._stopping.set()
+        if self._sweeper.is_alive():
+            self._sweeper.join(10)
         if self.local_reads is not None:
             self.local_reads.stop(grace or 0.0)  # before LMDB closes under its copies
         self.grpc_server.stop(grace).wait()
@@ -146,7 +173,7 @@ def create_server(settings: StorageSettings) -> tuple[StorageServer, int]:
             logger.warning("shared-memory reads over gRPC only: %s", error)
     storage = StorageServer(
         server, health_servicer, store, segments, metrics, local_reads,
-        (settings.storage_host, settings.storage_metrics_port),
+        (settings.storage_host, settings.storage_metrics_port), settings.storage_partial_ttl_s,
     )  # fmt: skip
     return storage, port
 

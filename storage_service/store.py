@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import struct
+import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -48,7 +49,20 @@ LAYOUT_KEY = b"layout"
 # 1: labels inside headers, Stats by scanning; 2: counters; 3: activation bytes of complete
 # records only (a PARTIAL header claims bytes it may never hold)
 LAYOUT = b"3"
-_INGESTING = struct.Struct(">8sQ")  # token, stored bytes so far
+# token, stored bytes so far, time of the stream's last write (Unix ms; entries written
+# before it was kept are 16 bytes long and count from the first sweep that sees them)
+_INGESTING = struct.Struct(">8sQQ")
+_INGESTING_V1 = struct.Struct(">8sQ")
+
+
+def _ingesting(entry: bytes) -> tuple[bytes, int, int | None]:
+    if len(entry) == _INGESTING_V1.size:
+        return (*_INGESTING_V1.unpack(entry), None)
+    return _INGESTING.unpack(entry)
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 @dataclass(frozen=True)
@@ -132,7 +146,7 @@ class ActivationStore(Queries):
             for key, label in labels:
                 txn.put(key, label, db=self._labels)
             txn.put(rid, value, db=self._records)
-            txn.put(rid, _INGESTING.pack(token, 0), db=self._ingesting)
+            txn.put(rid, _INGESTING.pack(token, 0, _now_ms()), db=self._ingesting)
             self._counters.add_record(txn, stored, 1)
 
         future = self._writer.submit(write, len(value))
@@ -163,12 +177,12 @@ class ActivationStore(Queries):
 
         def write(txn: lmdb.Transaction) -> int:
             entry = txn.get(rid, db=self._ingesting)
-            if entry is None or _INGESTING.unpack(entry)[0] != token:
+            if entry is None or _ingesting(entry)[0] != token:
                 raise FailedPrecondition(
                     f"record {ticket.header.record_id} was re-ingested or deleted by another "
                     "call meanwhile"
                 )
-            stored = _INGESTING.unpack(entry)[1]
+            stored = _ingesting(entry)[1]
             delta = 0
             for key, value in items:
                 old = txn.replace(key, value, db=self._chunks)
@@ -184,7 +198,7 @@ class ActivationStore(Queries):
                 txn.delete(rid, db=self._ingesting)
                 self._counters.add_record(txn, header, 1)
             else:
-                txn.put(rid, _INGESTING.pack(token, stored + delta), db=self._ingesting)
+                txn.put(rid, _INGESTING.pack(token, stored + delta, _now_ms()), db=self._ingesting)
             return size
 
         return self._writer.submit(write, size)
@@ -226,22 +240,50 @@ class ActivationStore(Queries):
         rid = rec.record_key(record_id)
 
         def write(txn: lmdb.Transaction) -> storage_pb2.RecordHeader:
-            header = self._load(txn, rid)
+            header = self._delete_record(txn, rid)
             if header is None:
                 raise NotFound(f"no record with id {record_id}")
-            self._counters.add_record(txn, header, -1)
-            freed = self._delete_chunks(txn, rid)
-            self._counters.add(txn, counters.STORED_BYTES, -freed)
-            header.stored_bytes = freed
-            self._unindex_hash(txn, rec.hash_key(header.prompt_hash), rid)
-            self._delete_prefix(txn, self._labels, rid)
-            txn.delete(rid, db=self._ingesting)
-            txn.delete(rid, db=self._records)
             return header
 
         return self._writer.run(write)
 
+    def expire_partial(self, ttl_s: float) -> list[str]:
+        """Delete PARTIAL records whose Ingest stream last wrote more than `ttl_s` ago (a
+        stream that died and was never replayed); the ids deleted."""
+        cutoff = _now_ms() - int(ttl_s * 1000)
+
+        def write(txn: lmdb.Transaction) -> list[str]:
+            expired, restamp = [], []
+            for key, entry in txn.cursor(db=self._ingesting):
+                token, stored, updated = _ingesting(bytes(entry))
+                if updated is None:
+                    restamp.append((bytes(key), _INGESTING.pack(token, stored, _now_ms())))
+                elif updated < cutoff:
+                    expired.append(bytes(key))
+            for key, value in restamp:
+                txn.put(key, value, db=self._ingesting)
+            for rid in expired:
+                self._delete_record(txn, rid)
+            return [rid.hex() for rid in expired]
+
+        return self._writer.run(write)
+
     # -- helpers (inside a write transaction) ---------------------------------------
+
+    def _delete_record(self, txn: lmdb.Transaction, rid: bytes) -> storage_pb2.RecordHeader | None:
+        header = self._load(txn, rid)
+        if header is None:
+            txn.delete(rid, db=self._ingesting)
+            return None
+        self._counters.add_record(txn, header, -1)
+        freed = self._delete_chunks(txn, rid)
+        self._counters.add(txn, counters.STORED_BYTES, -freed)
+        header.stored_bytes = freed
+        self._unindex_hash(txn, rec.hash_key(header.prompt_hash), rid)
+        self._delete_prefix(txn, self._labels, rid)
+        txn.delete(rid, db=self._ingesting)
+        txn.delete(rid, db=self._records)
+        return header
 
     def _delete_prefix(self, txn: lmdb.Transaction, db: lmdb._Database, prefix: bytes) -> int:
         """Delete every key of `db` starting with `prefix`; the value bytes removed."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 
 from actlog.client import StorageClient
-from actlog.errors import InvalidArgumentError
+from actlog.errors import InvalidArgumentError, NotFoundError
 from actlog.ids import new_record_id
 from actlog.v1 import storage_pb2, storage_pb2_grpc
 from storage_service.testing import synthetic_record
@@ -164,3 +165,29 @@ def test_an_empty_row_range_is_an_error_like_one_past_the_end(stub, client) -> N
         with pytest.raises(InvalidArgumentError, match="outside record"):
             client.get_activations(record.header.record_id, row_start=start)
     assert client.get_activations(record.header.record_id, row_start=11)[0].shape == (1, 16)
+
+
+def test_partial_records_expire_complete_ones_stay(start_storage) -> None:
+    storage = start_storage(None, "--storage-partial-ttl-s", "1")
+    with (
+        grpc.insecure_channel(storage.address) as channel,
+        StorageClient(storage.address, transport="stream") as client,
+    ):
+        stub = storage_pb2_grpc.StorageStub(channel)
+        kept = synthetic_record(f"kept {new_record_id()}", seed=6)
+        stub.Ingest(iter(kept.requests()), timeout=30)
+        dead = synthetic_record(f"abandoned {new_record_id()}", seed=7)
+        ingest_error(stub, dead.requests(5)[:2])  # the sender died mid-stream
+        assert client.get_record(dead.header.record_id).status == "PARTIAL"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client.get_record(dead.header.record_id)
+            except NotFoundError:
+                break
+            assert time.monotonic() < deadline, "the partial record never expired"
+            time.sleep(0.2)
+        assert client.get_record(kept.header.record_id).is_complete
+        stats = client.stats()
+        assert (stats.records, stats.complete_records) == (1, 1)
+    assert "deleted 1 PARTIAL records" in storage.log()

@@ -28,7 +28,7 @@ HAS_TORCH = importlib.util.find_spec("torch") is not None
 def address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     lmdb_path = tmp_path_factory.mktemp("export") / "lmdb"
     server, port = create_server(
-        StorageSettings(activation_lmdb_path=str(lmdb_path), storage_port=0)
+        StorageSettings(activation_lmdb_path=str(lmdb_path), storage_port=0, storage_metrics_port=0)
     )
     server.start()
     yield f"127.0.0.1:{port}"
