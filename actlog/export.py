@@ -66,7 +66,7 @@ def export_record(
     `StorageClient.get_activations` (every stored layer, every row by default); the
     metadata says which rows (`row_start`, `row_end`), token ids and strings stay whole.
     """
-    record, matched, note = _choose_record(client, key, model)
+    record, matched, note = _choose_record(client, key, model, layers)
     arrays = client.get_activations(
         record, layers=layers, row_start=row_start, row_end=row_end, as_float32=False
     )
@@ -96,7 +96,17 @@ def export_record(
     )
 
 
-def _choose_record(client: StorageClient, key: str, model: str | None) -> tuple[Record, int, str]:
+def _has_layers(record: Record, layers: int | list[int] | None) -> bool:
+    """Whether `record` stores every requested layer (negative ones count from its end)."""
+    wanted = [layers] if isinstance(layers, int) else list(layers or [])
+    total = record.num_layers + 1
+    return all((layer % total if record.num_layers else layer) in record.layers
+               for layer in wanted)  # fmt: skip
+
+
+def _choose_record(
+    client: StorageClient, key: str, model: str | None, layers: int | list[int] | None = None
+) -> tuple[Record, int, str]:
     if is_record_id(key):
         return client.get_record(key), 1, ""
     if not is_prompt_hash(key):
@@ -108,11 +118,19 @@ def _choose_record(client: StorageClient, key: str, model: str | None) -> tuple[
     if not complete:
         of_model = f" of model {model!r}" if model else ""
         raise NotFoundError(f"no complete record{of_model} with prompt hash {key}")
-    newest = complete[0]
+    having = [r for r in complete if _has_layers(r, layers)]
+    if not having:
+        stored = "; ".join(f"{r.record_id}: {list(r.layers)}" for r in complete[:10])
+        raise InvalidArgumentError(
+            f"no complete record with prompt hash {key} stores layers {layers}; records and "
+            f"their layers: {stored}"
+        )
+    newest = having[0]
     note = ""
     if len(complete) > 1:
+        which = "the newest" if newest is complete[0] else f"the newest with layers {layers}"
         note = (
-            f"{len(complete)} complete records share prompt hash {key}; exported the newest, "
+            f"{len(complete)} complete records share prompt hash {key}; exported {which}, "
             f"{newest.record_id} ({newest.model})"
         )
     return newest, len(complete), note

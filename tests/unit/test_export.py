@@ -158,3 +158,17 @@ def test_export_errors(client, tmp_path) -> None:
     with pytest.raises(NotFoundError):
         export_record(client, "0" * 32, tmp_path / "x.safetensors")
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_export_by_prompt_hash_takes_the_newest_record_with_the_layers(address, client, tmp_path):
+    prompt = "Which record has layer 2?"
+    with_layer = synthetic_record(prompt, layers=(0, 2, 4), seed=4)
+    newest = synthetic_record(prompt, layers=(4,), seed=5)  # captured the last layer only
+    store(address, with_layer, newest)
+    summary = export_record(client, newest.header.prompt_hash, tmp_path / "l2.safetensors", [2])
+    assert summary.record_id == with_layer.header.record_id
+    assert "newest with layers [2]" in summary.note
+    assert export_record(client, newest.header.prompt_hash, tmp_path / "last.safetensors",
+                         [-1]).record_id == newest.header.record_id  # fmt: skip
+    with pytest.raises(InvalidArgumentError, match="records and their layers"):
+        export_record(client, newest.header.prompt_hash, tmp_path / "none.safetensors", [3])
