@@ -138,7 +138,7 @@ def stop_summary(config: StackConfig) -> str:
 def stack_summary(config: StackConfig, elapsed_s: float) -> str:
     """What `actlog up` prints once everything is ready: where each service listens, where
     its metrics are, where the data lives."""
-    info = inference_model_info(config.inference_addr)
+    info = inference_model_info(config.inference_addr, security=Stack(config).security)
     kv = f", KV cache {info.kv_cache_bytes / (1 << 30):.2f} GiB" if info.kv_cache_bytes else ""
     host = config.inference_host
     lines = [
@@ -381,11 +381,12 @@ def dead_letters(
     (JSON lines) or put them back in line for delivery."""
     import grpc
 
+    from actlog.grpc_security import GrpcSecurity
     from actlog.v1 import inference_pb2, inference_pb2_grpc
 
     request = inference_pb2.DeadLettersRequest(retry=retry or [], retry_all=retry_all)
     try:
-        with grpc.insecure_channel(inference) as channel:
+        with GrpcSecurity.from_env().channel(inference) as channel:
             reply = inference_pb2_grpc.InferenceStub(channel).DeadLetters(request, timeout=30)
     except grpc.RpcError as exc:
         typer.echo(f"error: {exc.details() or exc.code().name}", err=True)

@@ -36,6 +36,7 @@ from actlog.errors import (
     WaitTimeoutError,
     from_rpc_error,
 )
+from actlog.grpc_security import GrpcSecurity
 from actlog.hashing import prompt_hash as hash_prompt
 from actlog.local_reads import LocalReads, NotConnected
 from actlog.shm import (
@@ -201,6 +202,7 @@ class StorageClient:
         transport: Literal["auto", "stream", "shm"] = "auto",
         shm_arena_bytes: int = MAX_ARENA_BYTES,
         local_socket: bool = True,
+        security: GrpcSecurity | None = None,
     ) -> None:
         if transport not in ("auto", "stream", "shm"):
             raise ValueError(f"transport must be auto, stream or shm, not {transport!r}")
@@ -219,7 +221,9 @@ class StorageClient:
         self._local_reads = (
             LocalReads(local_socket_path(port)) if self._shm_ok and port and local_socket else None
         )
-        self._connection = _Connection.open(address)
+        # TLS and the shared token: GRPC_TLS_CA, GRPC_TLS_CERT, GRPC_TLS_KEY, GRPC_AUTH_TOKEN.
+        self._security = security or GrpcSecurity.from_env()
+        self._connection = _Connection.open(address, self._security)
         # Connections a forked child inherited: never used or closed there, since their
         # sockets and gRPC's polling state belong to the parent.
         self._inherited: list[_Connection] = []
@@ -244,7 +248,7 @@ class StorageClient:
         with self._connection_lock:
             if self._connection.pid != os.getpid():
                 self._inherited.append(self._connection)
-                self._connection = _Connection.open(self.address)
+                self._connection = _Connection.open(self.address, self._security)
             return self._connection
 
     @property
@@ -561,12 +565,12 @@ class _Connection:
     pid: int
 
     @classmethod
-    def open(cls, address: str) -> _Connection:
+    def open(cls, address: str, security: GrpcSecurity) -> _Connection:
         # A subchannel pool of its own: gRPC otherwise shares connections between channels
         # to the same address, so a forked child's new channel would reuse the TCP
         # connection it inherited ("Wrong file descriptor generation").
         options = [*CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
-        channel = grpc.insecure_channel(address, options=options)
+        channel = security.channel(address, options=options)
         # Chunks as views into the received messages: one copy of the rows fewer.
         stream = channel.unary_stream(
             f"/{storage_pb2.DESCRIPTOR.services_by_name['Storage'].full_name}/StreamActivations",

@@ -22,6 +22,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from actlog.grpc_security import GrpcSecurity
 from actlog.ids import is_record_id
 from actlog.v1 import inference_pb2, inference_pb2_grpc
 
@@ -70,9 +71,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def grpc_serving(address: str, timeout: float = 2.0) -> bool:
+def grpc_serving(address: str, timeout: float = 2.0, security: GrpcSecurity | None = None) -> bool:
     try:
-        with grpc.insecure_channel(address) as channel:
+        with (security or GrpcSecurity.from_env()).channel(address) as channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=""), timeout=timeout
             )
@@ -81,9 +82,11 @@ def grpc_serving(address: str, timeout: float = 2.0) -> bool:
         return False
 
 
-def inference_model_info(address: str, timeout: float = 5.0) -> inference_pb2.ModelInfo:
+def inference_model_info(
+    address: str, timeout: float = 5.0, security: GrpcSecurity | None = None
+) -> inference_pb2.ModelInfo:
     """The served model as the inference service describes it (name, dtype, KV cache)."""
-    with grpc.insecure_channel(address) as channel:
+    with (security or GrpcSecurity.from_env()).channel(address) as channel:
         stub = inference_pb2_grpc.InferenceStub(channel)
         return stub.GetModelInfo(inference_pb2.ModelInfoRequest(), timeout=timeout)
 
@@ -177,6 +180,11 @@ class Stack:
         for name in self.SERVICES:
             self.start_service(name)
 
+    @property
+    def security(self) -> GrpcSecurity:
+        """How to reach the services' gRPC ports: the GRPC_TLS_* / GRPC_AUTH_TOKEN they get."""
+        return GrpcSecurity.from_env(self._env())
+
     def log_path(self, name: str) -> Path | None:
         return Path(self.config.log_dir) / f"{name}.log" if self.config.log_dir else None
 
@@ -195,9 +203,9 @@ class Stack:
         the gateway's readiness path answers 200 (it can serve a completion)."""
         c = self.config
         if name == "storage":
-            return grpc_serving(c.storage_addr)
+            return grpc_serving(c.storage_addr, security=self.security)
         if name == "inference":
-            return grpc_serving(c.inference_addr)
+            return grpc_serving(c.inference_addr, security=self.security)
         return http_ok(f"{c.gateway_url}/health")
 
     def wait_healthy(

@@ -26,7 +26,9 @@ def grpc_serving(address: str) -> bool:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(address) as channel:
+    from actlog.grpc_security import GrpcSecurity  # TLS as the service serves it
+
+    with GrpcSecurity.from_env().channel(address) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=""), timeout=TIMEOUT_S

@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from actlog.grpc_security import GrpcSecurity
 from gateway.backends import InferenceBackend
 from gateway.config import GatewaySettings
 from gateway.errors import GatewayError, error_response, status_phrase
@@ -32,6 +33,7 @@ def build_app(settings: GatewaySettings) -> FastAPI:
             settings.grpc_max_message_bytes,
             settings.request_timeout_s,
             metrics,
+            GrpcSecurity.of(settings),
         )
         app.state.backend = backend
         app.state.completions = OpenAIServingCompletion(backend, settings)

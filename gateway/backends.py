@@ -8,6 +8,7 @@ from typing import Any
 
 import grpc
 
+from actlog.grpc_security import GrpcSecurity
 from actlog.v1 import inference_pb2, inference_pb2_grpc
 from gateway.errors import from_grpc
 from gateway.metrics import GatewayMetrics
@@ -20,9 +21,10 @@ class InferenceBackend:
         max_message_bytes: int,
         timeout_s: float,
         metrics: GatewayMetrics | None = None,
+        security: GrpcSecurity | None = None,
     ) -> None:
         self._metrics = metrics or GatewayMetrics()
-        self._channel = grpc.aio.insecure_channel(
+        self._channel = (security or GrpcSecurity()).aio_channel(
             address,
             options=[
                 # Spread requests over every address the name resolves to (replicas behind one

@@ -24,6 +24,7 @@ from typing import Any
 from vllm.exceptions import VLLMValidationError
 
 from actlog.default_model import DEFAULT_MODEL_NAME, resolve_model
+from actlog.grpc_security import GrpcSecurity
 from actlog.hashing import prompt_hash
 from actlog.ids import new_record_id
 from inference_service import capture_worker, memory
@@ -82,6 +83,7 @@ class CaptureEngine:
             settings.grpc_max_message_bytes,
             settings.capture_queue_size,
             settings.capture_max_attempts,
+            GrpcSecurity.of(settings),
         )
         self.collector = CaptureCollector(self.spool, settings.capture_socket_dir or None)
         self._background: set[asyncio.Task[None]] = set()

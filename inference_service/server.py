@@ -11,6 +11,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from actlog.grpc_security import AioTokenInterceptor, GrpcSecurity
 from actlog.v1 import inference_pb2, inference_pb2_grpc
 from inference_service.config import InferenceSettings
 from inference_service.engine import CaptureEngine
@@ -30,8 +31,9 @@ DRAIN_GRACE_S = 30.0
 
 async def serve(settings: InferenceSettings) -> None:
     engine = CaptureEngine(settings)
+    security = GrpcSecurity.of(settings)
     server = grpc.aio.server(
-        interceptors=[ErrorMappingInterceptor()],
+        interceptors=[AioTokenInterceptor(security), ErrorMappingInterceptor()],
         options=[
             ("grpc.max_send_message_length", settings.grpc_max_message_bytes),
             ("grpc.max_receive_message_length", settings.grpc_max_message_bytes),
@@ -47,8 +49,8 @@ async def serve(settings: InferenceSettings) -> None:
     )
     address = f"{settings.inference_host}:{settings.inference_port}"
     try:
-        port = server.add_insecure_port(address)
-    except RuntimeError as error:
+        port = security.add_port(server, address)
+    except (RuntimeError, OSError, ValueError) as error:
         raise StartupError(f"inference could not bind {address}: {error}") from error
     if port == 0:
         raise StartupError(f"inference could not bind {address} (is another server on it?)")

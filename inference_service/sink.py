@@ -18,6 +18,7 @@ from collections.abc import Iterator
 
 import grpc
 
+from actlog.grpc_security import GrpcSecurity
 from actlog.v1 import storage_pb2, storage_pb2_grpc
 from inference_service.spool import Spool, SpooledRecord
 
@@ -85,8 +86,10 @@ class RecordSink:
         max_message_bytes: int = 64 << 20,
         queue_size: int = 1024,
         max_attempts: int = 5,
+        security: GrpcSecurity | None = None,
     ) -> None:
         self._spool = spool
+        self._security = security or GrpcSecurity()
         self._max_attempts = max_attempts
         self._addr = storage_addr
         self._options = [
@@ -104,7 +107,7 @@ class RecordSink:
         self.last_error = ""
 
     async def start(self) -> None:
-        self._channel = grpc.aio.insecure_channel(self._addr, options=self._options)
+        self._channel = self._security.aio_channel(self._addr, options=self._options)
         backlog = self._spool.ready()
         if backlog:
             logger.info("replaying %d spooled records to storage", len(backlog))

@@ -70,6 +70,14 @@ class StorageSettings(BaseSettings):
         "user's /dev/shm/actlog-u<uid> directory, without gRPC's per-call cost.",
     )
     storage_max_workers: int = Field(16, gt=0, description="Threads serving gRPC calls.")
+    grpc_tls_cert: str = Field("", description="PEM certificate chain: serve gRPC with TLS")
+    grpc_tls_key: str = Field("", description="PEM private key of GRPC_TLS_CERT")
+    grpc_tls_ca: str = Field(
+        "", description="PEM CA bundle: verify peers; on a server, require client certificates"
+    )
+    grpc_auth_token: str = Field(
+        "", description="shared bearer token required on gRPC calls (health excepted)"
+    )
     log_level: str = Field("INFO", description="Python logging level.")
 
 

@@ -14,6 +14,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from actlog.grpc_security import GrpcSecurity, TokenInterceptor
 from actlog.shm import local_socket_path, private_directory, shm_supported
 from actlog.v1 import storage_pb2, storage_pb2_grpc
 from storage_service.compression import Compression
@@ -134,11 +135,13 @@ def create_server(settings: StorageSettings) -> tuple[StorageServer, int]:
         # too and take half the connections. Off, the second one fails to start.
         ("grpc.so_reuseport", 0),
     ]
+    security = GrpcSecurity.of(settings)
     server = grpc.server(
         futures.ThreadPoolExecutor(
             max_workers=settings.storage_max_workers, thread_name_prefix="storage-rpc"
         ),
         interceptors=[
+            TokenInterceptor(security),
             CodecInterceptor(BULK_CODECS),
             ErrorInterceptor(lambda error: explain_lmdb_error(error, str(store.path))),
         ],
@@ -157,8 +160,8 @@ def create_server(settings: StorageSettings) -> tuple[StorageServer, int]:
     )
     address = _bind_address(settings.storage_host, settings.storage_port)
     try:
-        port = server.add_insecure_port(address)
-    except RuntimeError as error:
+        port = security.add_port(server, address)
+    except (RuntimeError, OSError, ValueError) as error:
         store.close()
         raise RuntimeError(f"storage could not bind {address}: {error}") from error
     if port == 0:

@@ -1,0 +1,182 @@
+"""Optional TLS, mutual TLS and a shared bearer token on storage's gRPC port, with real
+certificates made here (a CA, a server certificate for 127.0.0.1, a client certificate):
+plaintext, unknown clients, certificate-less clients and token-less calls are refused; health
+stays open to probes; the real client with the right certificate and token reads records."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from actlog.client import StorageClient
+from actlog.errors import ActlogError
+from actlog.grpc_security import GrpcSecurity
+from actlog.launcher import free_port
+from actlog.v1 import storage_pb2, storage_pb2_grpc
+from storage_service.testing import synthetic_record
+
+ROOT = Path(__file__).resolve().parents[2]
+TOKEN = "s3cret-token"
+
+
+def _name(common: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+
+def _write(path: Path, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> None:
+    path.with_suffix(".key").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ))  # fmt: skip
+    path.with_suffix(".pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def make_pki(directory: Path) -> dict[str, Path]:
+    """A CA, and certificates it signed for a server on 127.0.0.1 and for a client."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder().subject_name(_name("actlog test CA")).issuer_name(
+            _name("actlog test CA")).public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    _write(directory / "ca", ca_key, ca)
+    usages = {
+        "server": [ExtendedKeyUsageOID.SERVER_AUTH],
+        "client": [ExtendedKeyUsageOID.CLIENT_AUTH],
+        # One identity per service: it serves and calls the others with it.
+        "service": [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
+    }
+    for name, usage in usages.items():
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = (
+            x509.CertificateBuilder().subject_name(_name(f"actlog {name}"))
+            .issuer_name(ca.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.ExtendedKeyUsage(usage), critical=False)
+            .add_extension(x509.SubjectAlternativeName([
+                x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+            ]), critical=False)
+        )  # fmt: skip
+        _write(directory / name, key, builder.sign(ca_key, hashes.SHA256()))
+    return {
+        "ca": directory / "ca.pem",
+        "server_cert": directory / "server.pem", "server_key": directory / "server.key",
+        "client_cert": directory / "client.pem", "client_key": directory / "client.key",
+        "service_cert": directory / "service.pem", "service_key": directory / "service.key",
+    }  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> dict[str, Path]:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module")
+def secured_storage(pki, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("secured")
+    port = free_port()
+    log = (tmp / "storage.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "storage_service", "--storage-port", str(port),
+         "--storage-metrics-port", "0", "--activation-lmdb-path", str(tmp / "lmdb"),
+         "--grpc-tls-cert", str(pki["server_cert"]), "--grpc-tls-key", str(pki["server_key"]),
+         "--grpc-tls-ca", str(pki["ca"]), "--grpc-auth-token", TOKEN],
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    address = f"127.0.0.1:{port}"
+    client_side = GrpcSecurity(str(pki["client_cert"]), str(pki["client_key"]), str(pki["ca"]),
+                               TOKEN)  # fmt: skip
+    deadline = time.monotonic() + 30
+    while not _healthy(client_side, address):
+        assert proc.poll() is None, (tmp / "storage.log").read_text()
+        assert time.monotonic() < deadline, (tmp / "storage.log").read_text()
+        time.sleep(0.1)
+    yield address, client_side
+    proc.terminate()
+    proc.wait(30)
+    log.close()
+
+
+def _healthy(security: GrpcSecurity, address: str) -> bool:
+    try:
+        with security.channel(address) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=2
+            )
+        return reply.status == health_pb2.HealthCheckResponse.SERVING
+    except grpc.RpcError:
+        return False
+
+
+def _stats_error(security: GrpcSecurity, address: str) -> grpc.StatusCode:
+    with security.channel(address) as channel, pytest.raises(grpc.RpcError) as info:
+        storage_pb2_grpc.StorageStub(channel).Stats(storage_pb2.StatsRequest(), timeout=5)
+    return info.value.code()
+
+
+def test_the_right_certificate_and_token_read_and_write(secured_storage) -> None:
+    address, security = secured_storage
+    record = synthetic_record("over mutual TLS", seed=1)
+    with security.channel(address) as channel:
+        storage_pb2_grpc.StorageStub(channel).Ingest(iter(record.requests()), timeout=30)
+    with StorageClient(address, transport="stream", security=security) as client:
+        got = client.get_activations(record.header.record_id)
+        for layer, values in got.items():
+            np.testing.assert_array_equal(values, record.values[layer])
+        assert client.stats().complete_records == 1
+
+
+def test_plaintext_and_unknown_clients_are_refused(secured_storage, pki, tmp_path) -> None:
+    address, security = secured_storage
+    assert _stats_error(GrpcSecurity(auth_token=TOKEN), address) == grpc.StatusCode.UNAVAILABLE
+    # TLS with the right CA but no client certificate: the handshake fails.
+    no_cert = GrpcSecurity(tls_ca=str(pki["ca"]), auth_token=TOKEN)
+    assert _stats_error(no_cert, address) == grpc.StatusCode.UNAVAILABLE
+    # A certificate from another CA.
+    other = make_pki(tmp_path)
+    stranger = GrpcSecurity(str(other["client_cert"]), str(other["client_key"]), str(pki["ca"]),
+                            TOKEN)  # fmt: skip
+    assert _stats_error(stranger, address) == grpc.StatusCode.UNAVAILABLE
+
+
+def test_calls_without_the_token_are_unauthenticated_but_health_is_open(secured_storage):
+    address, security = secured_storage
+    tls_only = GrpcSecurity(security.tls_cert, security.tls_key, security.tls_ca)
+    assert _stats_error(tls_only, address) == grpc.StatusCode.UNAUTHENTICATED
+    wrong = GrpcSecurity(security.tls_cert, security.tls_key, security.tls_ca, "guess")
+    assert _stats_error(wrong, address) == grpc.StatusCode.UNAUTHENTICATED
+    assert _healthy(tls_only, address)  # probes need no secret
+    with (
+        StorageClient(address, transport="stream", security=tls_only) as client,
+        pytest.raises(ActlogError, match="bearer token"),
+    ):
+        client.stats()
+
+
+def test_the_client_reads_its_security_from_the_environment(secured_storage, monkeypatch):
+    address, security = secured_storage
+    for name, value in (("GRPC_TLS_CERT", security.tls_cert), ("GRPC_TLS_KEY", security.tls_key),
+                        ("GRPC_TLS_CA", security.tls_ca), ("GRPC_AUTH_TOKEN", TOKEN)):  # fmt: skip
+        monkeypatch.setenv(name, value)
+    with StorageClient(address, transport="stream") as client:
+        assert client.stats().complete_records >= 0
