@@ -24,10 +24,24 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from pydantic import BaseModel, Field
 
 AUTH_HEADER = "authorization"
 # What probes and tools call without a token: liveness must not need a secret.
 OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+class GrpcSecurityFields(BaseModel):
+    """The four settings, as every service's settings class has them (same names)."""
+
+    grpc_tls_cert: str = Field("", description="PEM certificate chain: serve gRPC with TLS")
+    grpc_tls_key: str = Field("", description="PEM private key of GRPC_TLS_CERT")
+    grpc_tls_ca: str = Field(
+        "", description="PEM CA bundle: verify peers; on a server, require client certificates"
+    )
+    grpc_auth_token: str = Field(
+        "", description="shared bearer token required on gRPC calls (health excepted)"
+    )
 
 
 @dataclass(frozen=True)
@@ -38,9 +52,8 @@ class GrpcSecurity:
     auth_token: str = ""
 
     @classmethod
-    def of(cls, settings: Any) -> GrpcSecurity:
-        """From a service's settings (fields grpc_tls_cert, grpc_tls_key, grpc_tls_ca,
-        grpc_auth_token)."""
+    def of(cls, settings: GrpcSecurityFields) -> GrpcSecurity:
+        """From a service's settings."""
         return cls(
             settings.grpc_tls_cert, settings.grpc_tls_key, settings.grpc_tls_ca,
             settings.grpc_auth_token,

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from actlog.grpc_security import GrpcSecurityFields
 
-class GatewaySettings(BaseSettings):
+
+class GatewaySettings(BaseSettings, GrpcSecurityFields):
     model_config = SettingsConfigDict(cli_kebab_case=True, cli_implicit_flags=True)
 
     gateway_host: str = "127.0.0.1"
@@ -20,14 +22,6 @@ class GatewaySettings(BaseSettings):
     max_body_bytes: int = Field(4 * 1024 * 1024, description="larger request bodies get 413")
     max_batch_prompts: int = Field(64, description="prompts per /v1/completions request")
     grpc_max_message_bytes: int = 64 * 1024 * 1024
-    grpc_tls_cert: str = Field("", description="PEM certificate chain: serve gRPC with TLS")
-    grpc_tls_key: str = Field("", description="PEM private key of GRPC_TLS_CERT")
-    grpc_tls_ca: str = Field(
-        "", description="PEM CA bundle: verify peers; on a server, require client certificates"
-    )
-    grpc_auth_token: str = Field(
-        "", description="shared bearer token required on gRPC calls (health excepted)"
-    )
     log_level: str = "INFO"
 
     def keys(self) -> frozenset[str]:

@@ -7,8 +7,10 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from actlog.grpc_security import GrpcSecurityFields
 
-class InferenceSettings(BaseSettings):
+
+class InferenceSettings(BaseSettings, GrpcSecurityFields):
     model_config = SettingsConfigDict(
         cli_kebab_case=True, cli_implicit_flags=True, protected_namespaces=()
     )
@@ -71,12 +73,4 @@ class InferenceSettings(BaseSettings):
     )
     capture_socket_dir: str = Field("", description="directory for the worker's capture socket")
     grpc_max_message_bytes: int = 64 * 1024 * 1024
-    grpc_tls_cert: str = Field("", description="PEM certificate chain: serve gRPC with TLS")
-    grpc_tls_key: str = Field("", description="PEM private key of GRPC_TLS_CERT")
-    grpc_tls_ca: str = Field(
-        "", description="PEM CA bundle: verify peers; on a server, require client certificates"
-    )
-    grpc_auth_token: str = Field(
-        "", description="shared bearer token required on gRPC calls (health excepted)"
-    )
     log_level: str = "INFO"

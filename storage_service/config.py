@@ -8,11 +8,13 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from actlog.grpc_security import GrpcSecurityFields
+
 MIB = 1 << 20
 GIB = 1 << 30
 
 
-class StorageSettings(BaseSettings):
+class StorageSettings(BaseSettings, GrpcSecurityFields):
     """Settings of the storage service.
 
     Each field is read from the environment variable of the same name in upper case
@@ -70,14 +72,6 @@ class StorageSettings(BaseSettings):
         "user's /dev/shm/actlog-u<uid> directory, without gRPC's per-call cost.",
     )
     storage_max_workers: int = Field(16, gt=0, description="Threads serving gRPC calls.")
-    grpc_tls_cert: str = Field("", description="PEM certificate chain: serve gRPC with TLS")
-    grpc_tls_key: str = Field("", description="PEM private key of GRPC_TLS_CERT")
-    grpc_tls_ca: str = Field(
-        "", description="PEM CA bundle: verify peers; on a server, require client certificates"
-    )
-    grpc_auth_token: str = Field(
-        "", description="shared bearer token required on gRPC calls (health excepted)"
-    )
     log_level: str = Field("INFO", description="Python logging level.")
 
 
