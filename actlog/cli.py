@@ -102,7 +102,7 @@ def up(
         typer.echo(f"starting storage, inference and gateway; logs in {Path(log_dir).resolve()}")
         stack.start()
         stack.wait_healthy(timeout, on_ready=ready)
-        typer.echo(stack_summary(config, time.monotonic() - started))
+        typer.echo(stack_summary(stack, time.monotonic() - started))
         while all(p.poll() is None for p in stack.procs.values()):
             time.sleep(0.5)
         dead = [n for n, p in stack.procs.items() if p.poll() is not None]
@@ -135,10 +135,11 @@ def stop_summary(config: StackConfig) -> str:
     return "\n".join(lines)
 
 
-def stack_summary(config: StackConfig, elapsed_s: float) -> str:
+def stack_summary(stack: Stack, elapsed_s: float) -> str:
     """What `actlog up` prints once everything is ready: where each service listens, where
     its metrics are, where the data lives."""
-    info = inference_model_info(config.inference_addr, security=Stack(config).security)
+    config = stack.config
+    info = inference_model_info(config.inference_addr, security=stack.security)
     kv = f", KV cache {info.kv_cache_bytes / (1 << 30):.2f} GiB" if info.kv_cache_bytes else ""
     host = config.inference_host
     lines = [

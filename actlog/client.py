@@ -425,7 +425,7 @@ class StorageClient:
             record = self.get_record(record)
         requested = [layers] if isinstance(layers, int) else list(layers or [])
         selection = _Selection(
-            record, requested, _resolve_layers(record, requested), row_start, row_end or 0
+            record, requested, resolve_record_layers(record, requested), row_start, row_end or 0
         )
         if self._shm_enabled():
             try:
@@ -682,8 +682,9 @@ def _put_rows(
         target[...] = block.reshape(target.shape)
 
 
-def _resolve_layers(record: Record, requested: list[int]) -> list[int]:
-    """Layer numbers as the server resolves them (it reports unknown layers itself)."""
+def resolve_record_layers(record: Record, requested: list[int]) -> list[int]:
+    """Layer numbers as the server resolves them (it reports unknown layers itself): the
+    record's own layers when none are requested, negative ones counted from its end."""
     resolved: list[int] = []
     for layer in requested or record.layers:
         if layer < 0 and record.num_layers == 0:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import safetensors
 
-from actlog.client import Record, StorageClient
+from actlog.client import Record, StorageClient, resolve_record_layers
 from actlog.errors import InvalidArgumentError, NotFoundError
 from actlog.hashing import is_prompt_hash
 from actlog.ids import is_record_id
@@ -98,10 +98,10 @@ def export_record(
 
 def _has_layers(record: Record, layers: int | list[int] | None) -> bool:
     """Whether `record` stores every requested layer (negative ones count from its end)."""
-    wanted = [layers] if isinstance(layers, int) else list(layers or [])
-    total = record.num_layers + 1
-    return all((layer % total if record.num_layers else layer) in record.layers
-               for layer in wanted)  # fmt: skip
+    if layers is None:
+        return True
+    wanted = [layers] if isinstance(layers, int) else list(layers)
+    return set(resolve_record_layers(record, wanted)) <= set(record.layers)
 
 
 def _choose_record(

@@ -14,6 +14,10 @@ from gateway.protocol import ErrorInfo, ErrorResponse
 logger = logging.getLogger(__name__)
 
 
+# Sent with 429 and 503: clients (OpenAI's SDKs among them) wait this long before a retry.
+RETRY_AFTER = {"Retry-After": "1"}
+
+
 class GatewayError(Exception):
     def __init__(
         self,
@@ -48,15 +52,13 @@ def from_grpc(exc: grpc.aio.AioRpcError) -> GatewayError:
     message = exc.details() or exc.code().name
     headers = None
     metadata = dict(exc.trailing_metadata() or ())
-    if status == 503:
-        headers = {"Retry-After": "1"}
-        if ERROR_TYPE_KEY not in metadata:
-            # Not the service's own refusal: gRPC's details name internal addresses
-            # ("ipv4:127.0.0.1:50051: ..."). They stay in the log; clients get what to do.
-            logger.warning("inference unavailable: %s", message)
-            message = "the inference service is unavailable; retry shortly"
-    if status == 429:
-        headers = {"Retry-After": "1"}
+    if status in (429, 503):
+        headers = RETRY_AFTER
+    if status == 503 and ERROR_TYPE_KEY not in metadata:
+        # Not the service's own refusal: gRPC's details name internal addresses
+        # ("ipv4:127.0.0.1:50051: ..."). They stay in the log; clients get what to do.
+        logger.warning("inference unavailable: %s", message)
+        message = "the inference service is unavailable; retry shortly"
     if status == 500:
         message = "internal error in the inference service"
     param = metadata.get(PARAM_KEY)

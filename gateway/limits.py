@@ -7,7 +7,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.errors import GatewayError, error_response
+from gateway.errors import RETRY_AFTER, GatewayError, error_response
 
 
 class ConcurrencyLimit:
@@ -22,7 +22,7 @@ class ConcurrencyLimit:
         if self.active >= self.limit:
             raise GatewayError(
                 f"too many requests in flight (limit {self.limit}); retry shortly",
-                status=429, type_="rate_limit_error", headers={"Retry-After": "1"},
+                status=429, type_="rate_limit_error", headers=RETRY_AFTER,
             )  # fmt: skip
         self.active += 1
 

@@ -241,7 +241,7 @@ class CaptureEngine:
             "spool_max_bytes": self.spool.max_bytes,
             "spool_reserved_bytes": self.spool.reserved_bytes,
             "refused_captures": self.spool.refused,
-            "dead_letter_records": len(self.spool.dead_letters()),
+            "dead_letter_records": self.spool.dead_letter_count(),
             "storage_error": self.sink.last_error,
         }
 
@@ -340,9 +340,8 @@ class CaptureEngine:
         return ids, self._tokenizer.decode(ids)
 
     def _check_capture_size(
-        self, info: ModelDescription, prompt_len: int, req: GenerationRequest, layers: list[int]
+        self, info: ModelDescription, rows: int, req: GenerationRequest, layers: list[int]
     ) -> None:
-        rows = prompt_len + req.sampling.max_tokens - 1
         need = rows * info.hidden_size * DTYPE_SIZES[info.dtype] * len(layers) * req.sampling.n
         cap = self._settings.capture_max_bytes
         prompts = req.capture.request_prompts
@@ -382,16 +381,17 @@ class CaptureEngine:
                 f"tokens exceed the model's context of {info.max_model_len} tokens",
                 param="max_tokens",
             )
+        # A capture's worst case: every prompt token and every generated one but the last.
+        max_rows = len(prompt_ids) + req.sampling.max_tokens - 1
         layers = self._capture_layers(req)
         request_id = req.request_id or uuid.uuid4().hex
         capture_key = new_record_id() if layers is not None else None
         params = self._sampling_params(req, capture_key, layers or [])
         if layers is not None:
-            self._check_capture_size(info, len(prompt_ids), req, layers)
+            self._check_capture_size(info, max_rows, req, layers)
         n = req.sampling.n
         choices = [_Choice(key="", record_id="") for _ in range(n)]
         if capture_key is not None:
-            max_rows = len(prompt_ids) + req.sampling.max_tokens - 1
             try:
                 for i, c in enumerate(choices):
                     # The worker suffixes the key with the child index when n > 1.

@@ -55,7 +55,7 @@ class CapturePipelineCollector(Collector):
             ),
             "actlog_capture_dead_letter_records": (
                 "Records storage would not take, moved aside (actlog dead-letters)",
-                len(e.spool.dead_letters()),
+                e.spool.dead_letter_count(),
             ),
             "actlog_capture_storage_reachable": (
                 "1 unless the last attempt to reach storage failed",

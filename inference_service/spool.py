@@ -193,16 +193,24 @@ class Spool:
         (target / REASON_FILE).write_text(reason + "\n")
         return target
 
-    def dead_letters(self) -> list[tuple[str, str]]:
-        """(record id, reason) of every dead letter, oldest first."""
+    def _dead_letter_dirs(self) -> list[Path]:
         if not self.dead_letter_root.is_dir():
             return []
+        return sorted(
+            d
+            for d in self.dead_letter_root.iterdir()
+            if is_record_id(d.name) and (d / HEADER_FILE).is_file()
+        )
+
+    def dead_letter_count(self) -> int:
+        return len(self._dead_letter_dirs())
+
+    def dead_letters(self) -> list[tuple[str, str]]:
+        """(record id, reason) of every dead letter, oldest first."""
         found = []
-        for directory in sorted(self.dead_letter_root.iterdir()):
-            if is_record_id(directory.name) and (directory / HEADER_FILE).is_file():
-                reason = directory / REASON_FILE
-                found.append((directory.name, reason.read_text().strip() if reason.is_file()
-                              else ""))  # fmt: skip
+        for directory in self._dead_letter_dirs():
+            reason = directory / REASON_FILE
+            found.append((directory.name, reason.read_text().strip() if reason.is_file() else ""))
         return found
 
     def revive(self, record_id: str) -> bool:
