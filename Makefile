@@ -34,10 +34,10 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-# Regenerate the gRPC stubs in actlog/v1/ from protos/ (never edit them by hand).
+# Regenerate the gRPC stubs in actlog_common/v1/ from protos/ (never edit them by hand).
 protos:
 	$(PY) -m grpc_tools.protoc -I protos --python_out=. --grpc_python_out=. --pyi_out=. \
-		protos/actlog/v1/storage.proto protos/actlog/v1/inference.proto
+		protos/actlog_common/v1/storage.proto protos/actlog_common/v1/inference.proto
 
 clean:
 	rm -rf $(VENV) lmdb_data

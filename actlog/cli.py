@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from actlog.default_model import DEFAULT_MODEL_NAME, is_default
 from actlog.launcher import (
     LOG_FORMAT,
     ServiceExited,
@@ -24,6 +23,7 @@ from actlog.launcher import (
     inference_model_info,
     spooled_records,
 )
+from actlog_common.default_model import DEFAULT_MODEL_NAME, is_default
 
 if TYPE_CHECKING:
     from actlog.client import Record
@@ -165,7 +165,7 @@ def prepare_model(
     force: bool = False,
 ) -> None:
     """Convert the packaged SmolLM2-135M-Instruct GGUF into a Hugging Face directory (once)."""
-    from actlog.default_model import prepare_default_model
+    from actlog_common.default_model import prepare_default_model
 
     logging.basicConfig(level=logging.INFO)
     path = prepare_default_model(Path(model_cache_dir) if model_cache_dir else None, force)
@@ -244,7 +244,7 @@ def find(
     """List the records stored for a prompt, newest first, as JSON lines."""
     from actlog.client import StorageClient
     from actlog.errors import ActlogError
-    from actlog.hashing import prompt_hash as hash_prompt
+    from actlog_common.hashing import prompt_hash as hash_prompt
 
     if (prompt is None) == (prompt_hash is None):
         raise typer.BadParameter("give exactly one of --prompt or --prompt-hash")
@@ -382,8 +382,8 @@ def dead_letters(
     (JSON lines) or put them back in line for delivery."""
     import grpc
 
-    from actlog.grpc_security import GrpcSecurity
-    from actlog.v1 import inference_pb2, inference_pb2_grpc
+    from actlog_common.grpc_security import GrpcSecurity
+    from actlog_common.v1 import inference_pb2, inference_pb2_grpc
 
     request = inference_pb2.DeadLettersRequest(retry=retry or [], retry_all=retry_all)
     try:

@@ -36,8 +36,6 @@ from actlog.errors import (
     WaitTimeoutError,
     from_rpc_error,
 )
-from actlog.grpc_security import GrpcSecurity
-from actlog.hashing import prompt_hash as hash_prompt
 from actlog.local_reads import LocalReads, NotConnected
 from actlog.shm import (
     MAX_ARENA_BYTES,
@@ -48,8 +46,10 @@ from actlog.shm import (
     local_socket_path,
     shm_supported,
 )
-from actlog.v1 import storage_pb2, storage_pb2_grpc
-from actlog.wire import ChunkView, decode_chunk
+from actlog_common.grpc_security import GrpcSecurity
+from actlog_common.hashing import prompt_hash as hash_prompt
+from actlog_common.v1 import storage_pb2, storage_pb2_grpc
+from actlog_common.wire import ChunkView, decode_chunk
 
 logger = logging.getLogger(__name__)
 

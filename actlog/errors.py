@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import grpc
 
+from actlog_common.error_metadata import ERROR_TYPE_KEY
+
 
 class ActlogError(Exception):
     """Base class of every error an actlog client raises.
@@ -87,11 +89,6 @@ _BY_CODE: dict[grpc.StatusCode, type[ActlogError]] = {
     )
     if cls.code is not None
 }
-
-# Trailing-metadata key the services use for their domain error's class name.
-ERROR_TYPE_KEY = "actlog-error-type"
-# Trailing-metadata key naming the request field at fault (the gateway's OpenAI `param`).
-PARAM_KEY = "actlog-param"
 
 
 def from_rpc_error(error: grpc.RpcError) -> ActlogError:

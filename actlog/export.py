@@ -23,8 +23,8 @@ import safetensors
 
 from actlog.client import Record, StorageClient, resolve_record_layers
 from actlog.errors import InvalidArgumentError, NotFoundError
-from actlog.hashing import is_prompt_hash
-from actlog.ids import is_record_id
+from actlog_common.hashing import is_prompt_hash
+from actlog_common.ids import is_record_id
 
 # Record dtype -> name for safetensors' TensorSpec (>= 0.8) and the on-disk dtype tag.
 _ST_DTYPES = {"bfloat16": ("bfloat16", "BF16"), "float16": ("float16", "F16"),

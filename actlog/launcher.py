@@ -22,9 +22,9 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from actlog.grpc_security import GrpcSecurity
-from actlog.ids import is_record_id
-from actlog.v1 import inference_pb2, inference_pb2_grpc
+from actlog_common.grpc_security import GrpcSecurity
+from actlog_common.ids import is_record_id
+from actlog_common.v1 import inference_pb2, inference_pb2_grpc
 
 logger = logging.getLogger(__name__)
 

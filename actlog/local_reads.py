@@ -22,8 +22,8 @@ import weakref
 from pathlib import Path
 
 from actlog.errors import DeadlineExceededError, UnavailableError, from_status
-from actlog.v1 import storage_pb2
-from actlog.wire import ChunkView
+from actlog_common.v1 import storage_pb2
+from actlog_common.wire import ChunkView
 
 # Framing of the local read protocol, both ways: a little-endian u32 length, the bytes.
 LENGTH = struct.Struct("<I")

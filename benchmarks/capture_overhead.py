@@ -20,8 +20,8 @@ import time
 import uuid
 from pathlib import Path
 
-from actlog.default_model import resolve_model
 from actlog.launcher import Stack, StackConfig, free_port
+from actlog_common.default_model import resolve_model
 from inference_service.config import InferenceSettings
 from inference_service.engine import CaptureEngine
 from inference_service.types import CaptureRequest, GenerationRequest, GenerationResult, Sampling

@@ -22,7 +22,7 @@ import grpc
 import openai
 
 from actlog.launcher import Stack, StackConfig, free_port
-from actlog.v1 import inference_pb2, inference_pb2_grpc
+from actlog_common.v1 import inference_pb2, inference_pb2_grpc
 
 
 async def bounded(concurrency: int, jobs) -> list[float]:

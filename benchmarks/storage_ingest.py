@@ -40,10 +40,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from actlog.client import StorageClient  # noqa: E402
-from actlog.hashing import prompt_hash  # noqa: E402
-from actlog.ids import new_record_id  # noqa: E402
 from actlog.launcher import free_port  # noqa: E402
-from actlog.v1 import storage_pb2, storage_pb2_grpc  # noqa: E402
+from actlog_common.hashing import prompt_hash  # noqa: E402
+from actlog_common.ids import new_record_id  # noqa: E402
+from actlog_common.v1 import storage_pb2, storage_pb2_grpc  # noqa: E402
 from storage_service import records as rec  # noqa: E402
 from storage_service.testing import float32_to_bf16_bits  # noqa: E402
 

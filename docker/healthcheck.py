@@ -26,7 +26,7 @@ def grpc_serving(address: str) -> bool:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from actlog.grpc_security import GrpcSecurity  # TLS as the service serves it
+    from actlog_common.grpc_security import GrpcSecurity  # TLS as the service serves it
 
     with GrpcSecurity.from_env().channel(address) as channel:
         try:

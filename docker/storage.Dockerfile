@@ -27,6 +27,7 @@ COPY --from=build /opt/venv /opt/venv
 # The project itself: plain source on PYTHONPATH, in layers of its own, so a code change
 # rebuilds only these two small layers.
 COPY actlog /opt/actlog/actlog
+COPY actlog_common /opt/actlog/actlog_common
 COPY storage_service /opt/actlog/storage_service
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONPATH=/opt/actlog \

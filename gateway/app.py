@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from actlog.grpc_security import GrpcSecurity
+from actlog_common.grpc_security import GrpcSecurity
 from gateway.backends import InferenceBackend
 from gateway.config import GatewaySettings
 from gateway.errors import GatewayError, error_response, status_phrase

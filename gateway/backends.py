@@ -8,8 +8,8 @@ from typing import Any
 
 import grpc
 
-from actlog.grpc_security import GrpcSecurity
-from actlog.v1 import inference_pb2, inference_pb2_grpc
+from actlog_common.grpc_security import GrpcSecurity
+from actlog_common.v1 import inference_pb2, inference_pb2_grpc
 from gateway.errors import from_grpc
 from gateway.metrics import GatewayMetrics
 

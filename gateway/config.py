@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from actlog.grpc_security import GrpcSecurityFields
+from actlog_common.grpc_security import GrpcSecurityFields
 
 
 class GatewaySettings(BaseSettings, GrpcSecurityFields):

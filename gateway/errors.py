@@ -8,7 +8,7 @@ from http import HTTPStatus
 import grpc
 from fastapi.responses import JSONResponse
 
-from actlog.errors import ERROR_TYPE_KEY, PARAM_KEY
+from actlog_common.error_metadata import ERROR_TYPE_KEY, PARAM_KEY
 from gateway.protocol import ErrorInfo, ErrorResponse
 
 logger = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 
-from actlog.v1 import inference_pb2
+from actlog_common.v1 import inference_pb2
 from gateway.backends import InferenceBackend
 from gateway.config import GatewaySettings
 from gateway.errors import GatewayError

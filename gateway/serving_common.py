@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from actlog.v1 import inference_pb2
+from actlog_common.v1 import inference_pb2
 from gateway.backends import InferenceBackend
 from gateway.errors import GatewayError
 from gateway.protocol import (

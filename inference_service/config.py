@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from actlog.grpc_security import GrpcSecurityFields
+from actlog_common.grpc_security import GrpcSecurityFields
 
 
 class InferenceSettings(BaseSettings, GrpcSecurityFields):

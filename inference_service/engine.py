@@ -23,10 +23,10 @@ from typing import Any
 
 from vllm.exceptions import VLLMValidationError
 
-from actlog.default_model import DEFAULT_MODEL_NAME, resolve_model
-from actlog.grpc_security import GrpcSecurity
-from actlog.hashing import prompt_hash
-from actlog.ids import new_record_id
+from actlog_common.default_model import DEFAULT_MODEL_NAME, resolve_model
+from actlog_common.grpc_security import GrpcSecurity
+from actlog_common.hashing import prompt_hash
+from actlog_common.ids import new_record_id
 from inference_service import capture_worker, memory
 from inference_service.capture import CaptureCollector
 from inference_service.capture_frames import DTYPE_SIZES

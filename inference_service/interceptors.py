@@ -8,7 +8,7 @@ from typing import Any
 
 import grpc
 
-from actlog.errors import ERROR_TYPE_KEY, PARAM_KEY
+from actlog_common.error_metadata import ERROR_TYPE_KEY, PARAM_KEY
 from inference_service.errors import (
     EngineNotReady,
     InferenceError,

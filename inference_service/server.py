@@ -11,8 +11,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from actlog.grpc_security import AioTokenInterceptor, GrpcSecurity
-from actlog.v1 import inference_pb2, inference_pb2_grpc
+from actlog_common.grpc_security import AioTokenInterceptor, GrpcSecurity
+from actlog_common.v1 import inference_pb2, inference_pb2_grpc
 from inference_service.config import InferenceSettings
 from inference_service.engine import CaptureEngine
 from inference_service.errors import StartupError

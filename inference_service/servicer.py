@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from actlog.v1 import inference_pb2, inference_pb2_grpc
+from actlog_common.v1 import inference_pb2, inference_pb2_grpc
 from inference_service.engine import CaptureEngine
 from inference_service.types import GenerationRequest
 

@@ -18,8 +18,8 @@ from collections.abc import Iterator
 
 import grpc
 
-from actlog.grpc_security import GrpcSecurity
-from actlog.v1 import storage_pb2, storage_pb2_grpc
+from actlog_common.grpc_security import GrpcSecurity
+from actlog_common.v1 import storage_pb2, storage_pb2_grpc
 from inference_service.spool import Spool, SpooledRecord
 
 logger = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from actlog.ids import is_record_id, record_id_timestamp_ms
+from actlog_common.ids import is_record_id, record_id_timestamp_ms
 from inference_service.errors import InferenceError
 
 logger = logging.getLogger(__name__)

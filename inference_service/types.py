@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from actlog.v1 import inference_pb2
+from actlog_common.v1 import inference_pb2
 from inference_service.errors import InvalidRequest
 
 

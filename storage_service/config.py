@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from actlog.grpc_security import GrpcSecurityFields
+from actlog_common.grpc_security import GrpcSecurityFields
 
 MIB = 1 << 20
 GIB = 1 << 30

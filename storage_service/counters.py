@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import lmdb
 
-from actlog.v1 import storage_pb2
+from actlog_common.v1 import storage_pb2
 
 _I64 = struct.Struct(">q")
 _MODEL = struct.Struct(">qq")  # records, activation_bytes

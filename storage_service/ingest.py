@@ -7,7 +7,7 @@ from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass
 
-from actlog.v1 import storage_pb2
+from actlog_common.v1 import storage_pb2
 from storage_service import records as rec
 from storage_service.errors import InvalidArgument
 from storage_service.store import ActivationStore, IngestTicket

@@ -9,7 +9,7 @@ from typing import Any
 
 import grpc
 
-from actlog.errors import ERROR_TYPE_KEY
+from actlog_common.error_metadata import ERROR_TYPE_KEY
 from storage_service.errors import (
     FailedPrecondition,
     InvalidArgument,

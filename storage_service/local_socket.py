@@ -32,7 +32,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from actlog.local_reads import LENGTH, recv_exactly
-from actlog.v1 import storage_pb2
+from actlog_common.v1 import storage_pb2
 from storage_service.errors import InvalidArgument, StorageError
 from storage_service.interceptors import status_code
 

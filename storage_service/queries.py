@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import lmdb
 import numpy as np
 
-from actlog.v1 import storage_pb2
+from actlog_common.v1 import storage_pb2
 from storage_service import compression as codecs
 from storage_service import records as rec
 from storage_service.counters import Counters, ModelCounts

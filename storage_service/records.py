@@ -6,9 +6,9 @@ import struct
 from collections.abc import Iterable, Mapping
 from typing import Protocol
 
-from actlog.hashing import is_prompt_hash
-from actlog.ids import is_record_id
-from actlog.v1 import storage_pb2
+from actlog_common.hashing import is_prompt_hash
+from actlog_common.ids import is_record_id
+from actlog_common.v1 import storage_pb2
 from storage_service.errors import InvalidArgument
 
 DTYPE_SIZES: dict[str, int] = {"bfloat16": 2, "float16": 2, "float32": 4}

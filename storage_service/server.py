@@ -14,9 +14,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from actlog.grpc_security import GrpcSecurity, TokenInterceptor
 from actlog.shm import local_socket_path, private_directory, shm_supported
-from actlog.v1 import storage_pb2, storage_pb2_grpc
+from actlog_common.grpc_security import GrpcSecurity, TokenInterceptor
+from actlog_common.v1 import storage_pb2, storage_pb2_grpc
 from storage_service.compression import Compression
 from storage_service.config import MIB, StorageSettings, load_settings
 from storage_service.errors import explain_lmdb_error

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import grpc
 
-from actlog.v1 import storage_pb2, storage_pb2_grpc
+from actlog_common.v1 import storage_pb2, storage_pb2_grpc
 from storage_service.errors import InvalidArgument
 from storage_service.ingest import IngestSession
 from storage_service.metrics import StorageMetrics

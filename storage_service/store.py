@@ -33,7 +33,7 @@ from pathlib import Path
 
 import lmdb
 
-from actlog.v1 import storage_pb2
+from actlog_common.v1 import storage_pb2
 from storage_service import compression as codecs
 from storage_service import counters
 from storage_service import records as rec

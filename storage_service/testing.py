@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from actlog.hashing import prompt_hash
-from actlog.ids import new_record_id
-from actlog.v1 import storage_pb2
+from actlog_common.hashing import prompt_hash
+from actlog_common.ids import new_record_id
+from actlog_common.v1 import storage_pb2
 
 # numpy dtype whose little-endian bytes are the record's dtype (bfloat16: its bit patterns).
 _WIRE_DTYPES = {"bfloat16": "<u2", "float16": "<f2", "float32": "<f4"}

@@ -15,8 +15,8 @@ protobuf makes.
 
 from __future__ import annotations
 
-from actlog.v1 import storage_pb2
-from actlog.wire import ChunkView, Unexpected, empty_fields, merge_chunk, read_key, read_len
+from actlog_common.v1 import storage_pb2
+from actlog_common.wire import ChunkView, Unexpected, empty_fields, merge_chunk, read_key, read_len
 
 __all__ = ["ChunkView", "decode_ingest_request", "encode_chunk"]
 

@@ -36,7 +36,7 @@ def stack_config(tmp: Path, dtype: str) -> StackConfig:
 
 @pytest.fixture(scope="session")
 def model_dir() -> str:
-    from actlog.default_model import prepare_default_model
+    from actlog_common.default_model import prepare_default_model
 
     return str(prepare_default_model())
 

@@ -39,8 +39,8 @@ from pathlib import Path
 import openai
 
 from actlog.client import StorageClient
-from actlog.hashing import prompt_hash
 from actlog.launcher import grpc_serving
+from actlog_common.hashing import prompt_hash
 
 ROOT = Path(__file__).resolve().parents[2]
 GPU_FILES = ("docker-compose.yml",)

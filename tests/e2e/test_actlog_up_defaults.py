@@ -21,8 +21,8 @@ import psutil
 import pytest
 
 from actlog.client import StorageClient
-from actlog.hashing import prompt_hash
 from actlog.launcher import grpc_serving, http_ok, spooled_records
+from actlog_common.hashing import prompt_hash
 from gateway.config import GatewaySettings
 from inference_service.config import InferenceSettings
 from storage_service.config import StorageSettings

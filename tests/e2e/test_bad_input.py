@@ -17,7 +17,7 @@ import httpx
 import openai
 import pytest
 
-from actlog.ids import new_record_id
+from actlog_common.ids import new_record_id
 from tests.e2e.test_metrics import scrape, total
 from tests.e2e.test_openai_parity import extra_gateway
 

@@ -12,7 +12,7 @@ import concurrent.futures
 import numpy as np
 import pytest
 
-from actlog.hashing import prompt_hash
+from actlog_common.hashing import prompt_hash
 from inference_service.layers import recommended_layers
 from tests.reference import record_mismatches
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import grpc
 import pytest
 
-from actlog.hashing import prompt_hash
 from actlog.launcher import Stack, StackConfig
-from actlog.v1 import inference_pb2, inference_pb2_grpc
+from actlog_common.hashing import prompt_hash
+from actlog_common.v1 import inference_pb2, inference_pb2_grpc
 from tests.conftest import ENGINE_ENV, free_port
 from tests.reference import record_mismatches
 

@@ -10,8 +10,8 @@ import openai
 import pytest
 
 from actlog.errors import InvalidArgumentError, NotFoundError
-from actlog.hashing import prompt_hash
-from actlog.v1 import storage_pb2, storage_pb2_grpc
+from actlog_common.hashing import prompt_hash
+from actlog_common.v1 import storage_pb2, storage_pb2_grpc
 
 pytestmark = pytest.mark.vllm
 

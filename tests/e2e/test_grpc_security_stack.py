@@ -11,10 +11,10 @@ import openai
 import pytest
 
 from actlog.client import StorageClient
-from actlog.grpc_security import GrpcSecurity
-from actlog.hashing import prompt_hash
 from actlog.launcher import Stack, StackConfig
-from actlog.v1 import inference_pb2, inference_pb2_grpc
+from actlog_common.grpc_security import GrpcSecurity
+from actlog_common.hashing import prompt_hash
+from actlog_common.v1 import inference_pb2, inference_pb2_grpc
 from tests.conftest import ENGINE_ENV, free_port
 from tests.integration.test_grpc_security import TOKEN, make_pki
 

@@ -9,7 +9,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from actlog.hashing import prompt_hash
+from actlog_common.hashing import prompt_hash
 from tests.e2e.test_openai_parity import extra_gateway
 
 pytestmark = pytest.mark.vllm

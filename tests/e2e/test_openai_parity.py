@@ -12,8 +12,8 @@ import httpx
 import openai
 import pytest
 
-from actlog.hashing import prompt_hash
 from actlog.launcher import Stack, StackConfig
+from actlog_common.hashing import prompt_hash
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.vllm

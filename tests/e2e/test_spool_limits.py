@@ -12,8 +12,8 @@ import openai
 import pytest
 
 from actlog.client import StorageClient
-from actlog.hashing import prompt_hash
 from actlog.launcher import Stack, StackConfig
+from actlog_common.hashing import prompt_hash
 from tests.conftest import ENGINE_ENV, free_port
 from tests.e2e.test_metrics import scrape, total
 

@@ -14,8 +14,8 @@ import grpc
 import numpy as np
 import pytest
 
-from actlog.hashing import prompt_hash
-from actlog.v1 import inference_pb2, inference_pb2_grpc
+from actlog_common.hashing import prompt_hash
+from actlog_common.v1 import inference_pb2, inference_pb2_grpc
 
 pytestmark = pytest.mark.vllm
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from actlog.hashing import prompt_hash
-from actlog.ids import new_record_id
-from actlog.v1 import storage_pb2, storage_pb2_grpc
+from actlog_common.hashing import prompt_hash
+from actlog_common.ids import new_record_id
+from actlog_common.v1 import storage_pb2, storage_pb2_grpc
 from inference_service.sink import HEADER_FIELDS, RecordSink
 from inference_service.spool import Spool
 

@@ -23,9 +23,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from actlog.client import StorageClient
 from actlog.errors import ActlogError
-from actlog.grpc_security import GrpcSecurity
 from actlog.launcher import free_port
-from actlog.v1 import storage_pb2, storage_pb2_grpc
+from actlog_common.grpc_security import GrpcSecurity
+from actlog_common.v1 import storage_pb2, storage_pb2_grpc
 from storage_service.testing import synthetic_record
 
 ROOT = Path(__file__).resolve().parents[2]

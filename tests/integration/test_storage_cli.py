@@ -9,8 +9,8 @@ import safetensors
 from typer.testing import CliRunner
 
 from actlog.cli import app
-from actlog.ids import new_record_id
-from actlog.v1 import storage_pb2_grpc
+from actlog_common.ids import new_record_id
+from actlog_common.v1 import storage_pb2_grpc
 from storage_service.testing import synthetic_record
 
 runner = CliRunner()

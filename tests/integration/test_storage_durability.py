@@ -12,8 +12,8 @@ import pytest
 
 from actlog.client import StorageClient
 from actlog.errors import FailedPreconditionError, NotFoundError
-from actlog.ids import new_record_id
-from actlog.v1 import storage_pb2, storage_pb2_grpc
+from actlog_common.ids import new_record_id
+from actlog_common.v1 import storage_pb2, storage_pb2_grpc
 from storage_service.testing import SyntheticRecord, synthetic_record
 
 GRPC_OPTIONS = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]

@@ -17,8 +17,8 @@ import pytest
 
 from actlog.client import StorageClient
 from actlog.errors import InvalidArgumentError, NotFoundError
-from actlog.ids import new_record_id
-from actlog.v1 import storage_pb2, storage_pb2_grpc
+from actlog_common.ids import new_record_id
+from actlog_common.v1 import storage_pb2, storage_pb2_grpc
 from storage_service.testing import synthetic_record
 
 ROOT = Path(__file__).resolve().parents[2]

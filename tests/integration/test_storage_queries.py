@@ -10,9 +10,9 @@ import pytest
 
 from actlog.client import StorageClient
 from actlog.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
-from actlog.hashing import prompt_hash
-from actlog.ids import new_record_id
-from actlog.v1 import storage_pb2, storage_pb2_grpc
+from actlog_common.hashing import prompt_hash
+from actlog_common.ids import new_record_id
+from actlog_common.v1 import storage_pb2, storage_pb2_grpc
 from storage_service.testing import SyntheticRecord, synthetic_record
 
 RECORD_BYTES = 3 * 12 * 16 * 2  # synthetic_record's default: 3 layers x 12 rows x 16 x bf16

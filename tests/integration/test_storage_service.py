@@ -17,10 +17,10 @@ from actlog.errors import (
     NotFoundError,
     WaitTimeoutError,
 )
-from actlog.hashing import prompt_hash
-from actlog.ids import new_record_id
 from actlog.shm import shm_supported
-from actlog.v1 import storage_pb2, storage_pb2_grpc
+from actlog_common.hashing import prompt_hash
+from actlog_common.ids import new_record_id
+from actlog_common.v1 import storage_pb2, storage_pb2_grpc
 from storage_service.config import StorageSettings
 from storage_service.server import create_server
 from storage_service.testing import SyntheticRecord, synthetic_record

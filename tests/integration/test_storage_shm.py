@@ -33,9 +33,9 @@ from actlog.errors import (
     InvalidArgumentError,
     UnavailableError,
 )
-from actlog.ids import new_record_id
 from actlog.shm import Arena, local_socket_path, private_directory
-from actlog.v1 import storage_pb2, storage_pb2_grpc
+from actlog_common.ids import new_record_id
+from actlog_common.v1 import storage_pb2, storage_pb2_grpc
 from storage_service.testing import SyntheticRecord, synthetic_record
 
 SHM_DIR = Path("/dev/shm")

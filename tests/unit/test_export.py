@@ -16,7 +16,7 @@ import safetensors
 from actlog.client import StorageClient
 from actlog.errors import InvalidArgumentError, NotFoundError
 from actlog.export import export_record
-from actlog.v1 import storage_pb2_grpc
+from actlog_common.v1 import storage_pb2_grpc
 from storage_service.config import StorageSettings
 from storage_service.server import create_server
 from storage_service.testing import SyntheticRecord, synthetic_record

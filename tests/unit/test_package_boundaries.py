@@ -1,5 +1,10 @@
-"""The client package never imports a service: `pip install actlog` users (and the services'
-images) get the client, CLI and launcher without any service's code."""
+"""Each package imports only what its side of a boundary may see.
+
+The three services never import one another and never import the client (`actlog`); the
+client imports no service, so `pip install actlog` users (and the services' images) get the
+client, CLI and launcher without any service's code. What both sides need lives in
+`actlog_common`, which imports none of them. The next crossing fails here, naming the file.
+"""
 
 from __future__ import annotations
 
@@ -9,22 +14,55 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = {"gateway", "inference_service", "storage_service"}
+SERVICES = frozenset({"gateway", "inference_service", "storage_service"})
+FIRST_PARTY = SERVICES | {"actlog", "actlog_common"}
+# The first-party packages each package may import, besides itself.
+ALLOWED = {
+    "actlog": {"actlog_common"},
+    "actlog_common": set(),
+    **{service: {"actlog_common"} for service in SERVICES},
+}
 
 
-def imported_packages(path: Path) -> set[str]:
+def imported_packages(path: Path, package: str) -> set[str]:
+    """Top-level packages `path` (in `package`) imports, at module level or in functions."""
     names = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             names |= {alias.name.split(".")[0] for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             names.add(node.module.split(".")[0])
+        elif isinstance(node, ast.ImportFrom) and node.level > 0:
+            names.add(package)  # relative: its own package
     return names
 
 
+def crossings(package: str, path: Path) -> set[str]:
+    return (imported_packages(path, package) & FIRST_PARTY) - ALLOWED[package] - {package}
+
+
+SOURCES = [
+    (package, path) for package in ALLOWED for path in sorted((ROOT / package).rglob("*.py"))
+]
+
+
 @pytest.mark.parametrize(
-    "path", sorted((ROOT / "actlog").rglob("*.py")), ids=lambda p: str(p.relative_to(ROOT))
+    ("package", "path"), SOURCES, ids=[str(path.relative_to(ROOT)) for _, path in SOURCES]
 )
-def test_the_client_package_imports_no_service(path: Path) -> None:
-    crossing = imported_packages(path) & SERVICES
-    assert not crossing, f"{path.relative_to(ROOT)} imports {sorted(crossing)}"
+def test_no_package_imports_across_its_boundary(package: str, path: Path) -> None:
+    crossing = crossings(package, path)
+    assert not crossing, f"{path.relative_to(ROOT)} ({package}) imports {sorted(crossing)}"
+
+
+def test_every_first_party_package_is_held_to_a_rule() -> None:
+    packages = {p.parent.name for p in ROOT.glob("*/__init__.py")}
+    assert packages == set(ALLOWED), "a new package needs its row in ALLOWED"
+
+
+def test_a_crossing_is_caught(tmp_path: Path) -> None:
+    """The walk sees imports anywhere in a file, not only at its top."""
+    source = tmp_path / "probe.py"
+    source.write_text(
+        "def f():\n    from actlog.client import StorageClient\n    import gateway.app\n"
+    )
+    assert crossings("storage_service", source) == {"actlog", "gateway"}

@@ -7,7 +7,7 @@ from pathlib import Path
 import lmdb
 import pytest
 
-from actlog.v1 import storage_pb2
+from actlog_common.v1 import storage_pb2
 from storage_service.errors import FailedPrecondition, NotFound
 from storage_service.ingest import IngestSession
 from storage_service.store import ActivationStore

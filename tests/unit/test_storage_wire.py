@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from google.protobuf.message import DecodeError
 
-from actlog.v1 import storage_pb2
-from actlog.wire import decode_chunk
+from actlog_common.v1 import storage_pb2
+from actlog_common.wire import decode_chunk
 from storage_service.wire import ChunkView, decode_ingest_request, encode_chunk
 
 

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from actlog.v1 import inference_pb2 as actlog_dot_v1_dot_inference__pb2
+from actlog_common.v1 import inference_pb2 as actlog__common_dot_v1_dot_inference__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in actlog/v1/inference_pb2_grpc.py depends on'
+        + ' but the generated code in actlog_common/v1/inference_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,23 +36,23 @@ class InferenceStub:
         """
         self.Generate = channel.unary_stream(
                 '/actlog.v1.Inference/Generate',
-                request_serializer=actlog_dot_v1_dot_inference__pb2.GenerateRequest.SerializeToString,
-                response_deserializer=actlog_dot_v1_dot_inference__pb2.GenerateResponse.FromString,
+                request_serializer=actlog__common_dot_v1_dot_inference__pb2.GenerateRequest.SerializeToString,
+                response_deserializer=actlog__common_dot_v1_dot_inference__pb2.GenerateResponse.FromString,
                 _registered_method=True)
         self.GetModelInfo = channel.unary_unary(
                 '/actlog.v1.Inference/GetModelInfo',
-                request_serializer=actlog_dot_v1_dot_inference__pb2.ModelInfoRequest.SerializeToString,
-                response_deserializer=actlog_dot_v1_dot_inference__pb2.ModelInfo.FromString,
+                request_serializer=actlog__common_dot_v1_dot_inference__pb2.ModelInfoRequest.SerializeToString,
+                response_deserializer=actlog__common_dot_v1_dot_inference__pb2.ModelInfo.FromString,
                 _registered_method=True)
         self.GetStatus = channel.unary_unary(
                 '/actlog.v1.Inference/GetStatus',
-                request_serializer=actlog_dot_v1_dot_inference__pb2.StatusRequest.SerializeToString,
-                response_deserializer=actlog_dot_v1_dot_inference__pb2.ServiceStatus.FromString,
+                request_serializer=actlog__common_dot_v1_dot_inference__pb2.StatusRequest.SerializeToString,
+                response_deserializer=actlog__common_dot_v1_dot_inference__pb2.ServiceStatus.FromString,
                 _registered_method=True)
         self.DeadLetters = channel.unary_unary(
                 '/actlog.v1.Inference/DeadLetters',
-                request_serializer=actlog_dot_v1_dot_inference__pb2.DeadLettersRequest.SerializeToString,
-                response_deserializer=actlog_dot_v1_dot_inference__pb2.DeadLetterList.FromString,
+                request_serializer=actlog__common_dot_v1_dot_inference__pb2.DeadLettersRequest.SerializeToString,
+                response_deserializer=actlog__common_dot_v1_dot_inference__pb2.DeadLetterList.FromString,
                 _registered_method=True)
 
 
@@ -90,23 +90,23 @@ def add_InferenceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Generate': grpc.unary_stream_rpc_method_handler(
                     servicer.Generate,
-                    request_deserializer=actlog_dot_v1_dot_inference__pb2.GenerateRequest.FromString,
-                    response_serializer=actlog_dot_v1_dot_inference__pb2.GenerateResponse.SerializeToString,
+                    request_deserializer=actlog__common_dot_v1_dot_inference__pb2.GenerateRequest.FromString,
+                    response_serializer=actlog__common_dot_v1_dot_inference__pb2.GenerateResponse.SerializeToString,
             ),
             'GetModelInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModelInfo,
-                    request_deserializer=actlog_dot_v1_dot_inference__pb2.ModelInfoRequest.FromString,
-                    response_serializer=actlog_dot_v1_dot_inference__pb2.ModelInfo.SerializeToString,
+                    request_deserializer=actlog__common_dot_v1_dot_inference__pb2.ModelInfoRequest.FromString,
+                    response_serializer=actlog__common_dot_v1_dot_inference__pb2.ModelInfo.SerializeToString,
             ),
             'GetStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStatus,
-                    request_deserializer=actlog_dot_v1_dot_inference__pb2.StatusRequest.FromString,
-                    response_serializer=actlog_dot_v1_dot_inference__pb2.ServiceStatus.SerializeToString,
+                    request_deserializer=actlog__common_dot_v1_dot_inference__pb2.StatusRequest.FromString,
+                    response_serializer=actlog__common_dot_v1_dot_inference__pb2.ServiceStatus.SerializeToString,
             ),
             'DeadLetters': grpc.unary_unary_rpc_method_handler(
                     servicer.DeadLetters,
-                    request_deserializer=actlog_dot_v1_dot_inference__pb2.DeadLettersRequest.FromString,
-                    response_serializer=actlog_dot_v1_dot_inference__pb2.DeadLetterList.SerializeToString,
+                    request_deserializer=actlog__common_dot_v1_dot_inference__pb2.DeadLettersRequest.FromString,
+                    response_serializer=actlog__common_dot_v1_dot_inference__pb2.DeadLetterList.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -134,8 +134,8 @@ class Inference:
             request,
             target,
             '/actlog.v1.Inference/Generate',
-            actlog_dot_v1_dot_inference__pb2.GenerateRequest.SerializeToString,
-            actlog_dot_v1_dot_inference__pb2.GenerateResponse.FromString,
+            actlog__common_dot_v1_dot_inference__pb2.GenerateRequest.SerializeToString,
+            actlog__common_dot_v1_dot_inference__pb2.GenerateResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -161,8 +161,8 @@ class Inference:
             request,
             target,
             '/actlog.v1.Inference/GetModelInfo',
-            actlog_dot_v1_dot_inference__pb2.ModelInfoRequest.SerializeToString,
-            actlog_dot_v1_dot_inference__pb2.ModelInfo.FromString,
+            actlog__common_dot_v1_dot_inference__pb2.ModelInfoRequest.SerializeToString,
+            actlog__common_dot_v1_dot_inference__pb2.ModelInfo.FromString,
             options,
             channel_credentials,
             insecure,
@@ -188,8 +188,8 @@ class Inference:
             request,
             target,
             '/actlog.v1.Inference/GetStatus',
-            actlog_dot_v1_dot_inference__pb2.StatusRequest.SerializeToString,
-            actlog_dot_v1_dot_inference__pb2.ServiceStatus.FromString,
+            actlog__common_dot_v1_dot_inference__pb2.StatusRequest.SerializeToString,
+            actlog__common_dot_v1_dot_inference__pb2.ServiceStatus.FromString,
             options,
             channel_credentials,
             insecure,
@@ -215,8 +215,8 @@ class Inference:
             request,
             target,
             '/actlog.v1.Inference/DeadLetters',
-            actlog_dot_v1_dot_inference__pb2.DeadLettersRequest.SerializeToString,
-            actlog_dot_v1_dot_inference__pb2.DeadLetterList.FromString,
+            actlog__common_dot_v1_dot_inference__pb2.DeadLettersRequest.SerializeToString,
+            actlog__common_dot_v1_dot_inference__pb2.DeadLetterList.FromString,
             options,
             channel_credentials,
             insecure,

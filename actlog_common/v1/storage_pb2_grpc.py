@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from actlog.v1 import storage_pb2 as actlog_dot_v1_dot_storage__pb2
+from actlog_common.v1 import storage_pb2 as actlog__common_dot_v1_dot_storage__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in actlog/v1/storage_pb2_grpc.py depends on'
+        + ' but the generated code in actlog_common/v1/storage_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,43 +36,43 @@ class StorageStub:
         """
         self.Ingest = channel.stream_unary(
                 '/actlog.v1.Storage/Ingest',
-                request_serializer=actlog_dot_v1_dot_storage__pb2.IngestRequest.SerializeToString,
-                response_deserializer=actlog_dot_v1_dot_storage__pb2.IngestResponse.FromString,
+                request_serializer=actlog__common_dot_v1_dot_storage__pb2.IngestRequest.SerializeToString,
+                response_deserializer=actlog__common_dot_v1_dot_storage__pb2.IngestResponse.FromString,
                 _registered_method=True)
         self.GetRecord = channel.unary_unary(
                 '/actlog.v1.Storage/GetRecord',
-                request_serializer=actlog_dot_v1_dot_storage__pb2.GetRecordRequest.SerializeToString,
-                response_deserializer=actlog_dot_v1_dot_storage__pb2.RecordHeader.FromString,
+                request_serializer=actlog__common_dot_v1_dot_storage__pb2.GetRecordRequest.SerializeToString,
+                response_deserializer=actlog__common_dot_v1_dot_storage__pb2.RecordHeader.FromString,
                 _registered_method=True)
         self.FindByPromptHash = channel.unary_unary(
                 '/actlog.v1.Storage/FindByPromptHash',
-                request_serializer=actlog_dot_v1_dot_storage__pb2.FindByPromptHashRequest.SerializeToString,
-                response_deserializer=actlog_dot_v1_dot_storage__pb2.RecordList.FromString,
+                request_serializer=actlog__common_dot_v1_dot_storage__pb2.FindByPromptHashRequest.SerializeToString,
+                response_deserializer=actlog__common_dot_v1_dot_storage__pb2.RecordList.FromString,
                 _registered_method=True)
         self.StreamActivations = channel.unary_stream(
                 '/actlog.v1.Storage/StreamActivations',
-                request_serializer=actlog_dot_v1_dot_storage__pb2.StreamActivationsRequest.SerializeToString,
-                response_deserializer=actlog_dot_v1_dot_storage__pb2.ActivationChunk.FromString,
+                request_serializer=actlog__common_dot_v1_dot_storage__pb2.StreamActivationsRequest.SerializeToString,
+                response_deserializer=actlog__common_dot_v1_dot_storage__pb2.ActivationChunk.FromString,
                 _registered_method=True)
         self.Stats = channel.unary_unary(
                 '/actlog.v1.Storage/Stats',
-                request_serializer=actlog_dot_v1_dot_storage__pb2.StatsRequest.SerializeToString,
-                response_deserializer=actlog_dot_v1_dot_storage__pb2.StatsResponse.FromString,
+                request_serializer=actlog__common_dot_v1_dot_storage__pb2.StatsRequest.SerializeToString,
+                response_deserializer=actlog__common_dot_v1_dot_storage__pb2.StatsResponse.FromString,
                 _registered_method=True)
         self.ListRecords = channel.unary_unary(
                 '/actlog.v1.Storage/ListRecords',
-                request_serializer=actlog_dot_v1_dot_storage__pb2.ListRecordsRequest.SerializeToString,
-                response_deserializer=actlog_dot_v1_dot_storage__pb2.ListRecordsResponse.FromString,
+                request_serializer=actlog__common_dot_v1_dot_storage__pb2.ListRecordsRequest.SerializeToString,
+                response_deserializer=actlog__common_dot_v1_dot_storage__pb2.ListRecordsResponse.FromString,
                 _registered_method=True)
         self.SetLabels = channel.unary_unary(
                 '/actlog.v1.Storage/SetLabels',
-                request_serializer=actlog_dot_v1_dot_storage__pb2.SetLabelsRequest.SerializeToString,
-                response_deserializer=actlog_dot_v1_dot_storage__pb2.RecordHeader.FromString,
+                request_serializer=actlog__common_dot_v1_dot_storage__pb2.SetLabelsRequest.SerializeToString,
+                response_deserializer=actlog__common_dot_v1_dot_storage__pb2.RecordHeader.FromString,
                 _registered_method=True)
         self.DeleteRecord = channel.unary_unary(
                 '/actlog.v1.Storage/DeleteRecord',
-                request_serializer=actlog_dot_v1_dot_storage__pb2.DeleteRecordRequest.SerializeToString,
-                response_deserializer=actlog_dot_v1_dot_storage__pb2.DeleteRecordResponse.FromString,
+                request_serializer=actlog__common_dot_v1_dot_storage__pb2.DeleteRecordRequest.SerializeToString,
+                response_deserializer=actlog__common_dot_v1_dot_storage__pb2.DeleteRecordResponse.FromString,
                 _registered_method=True)
 
 
@@ -139,43 +139,43 @@ def add_StorageServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Ingest': grpc.stream_unary_rpc_method_handler(
                     servicer.Ingest,
-                    request_deserializer=actlog_dot_v1_dot_storage__pb2.IngestRequest.FromString,
-                    response_serializer=actlog_dot_v1_dot_storage__pb2.IngestResponse.SerializeToString,
+                    request_deserializer=actlog__common_dot_v1_dot_storage__pb2.IngestRequest.FromString,
+                    response_serializer=actlog__common_dot_v1_dot_storage__pb2.IngestResponse.SerializeToString,
             ),
             'GetRecord': grpc.unary_unary_rpc_method_handler(
                     servicer.GetRecord,
-                    request_deserializer=actlog_dot_v1_dot_storage__pb2.GetRecordRequest.FromString,
-                    response_serializer=actlog_dot_v1_dot_storage__pb2.RecordHeader.SerializeToString,
+                    request_deserializer=actlog__common_dot_v1_dot_storage__pb2.GetRecordRequest.FromString,
+                    response_serializer=actlog__common_dot_v1_dot_storage__pb2.RecordHeader.SerializeToString,
             ),
             'FindByPromptHash': grpc.unary_unary_rpc_method_handler(
                     servicer.FindByPromptHash,
-                    request_deserializer=actlog_dot_v1_dot_storage__pb2.FindByPromptHashRequest.FromString,
-                    response_serializer=actlog_dot_v1_dot_storage__pb2.RecordList.SerializeToString,
+                    request_deserializer=actlog__common_dot_v1_dot_storage__pb2.FindByPromptHashRequest.FromString,
+                    response_serializer=actlog__common_dot_v1_dot_storage__pb2.RecordList.SerializeToString,
             ),
             'StreamActivations': grpc.unary_stream_rpc_method_handler(
                     servicer.StreamActivations,
-                    request_deserializer=actlog_dot_v1_dot_storage__pb2.StreamActivationsRequest.FromString,
-                    response_serializer=actlog_dot_v1_dot_storage__pb2.ActivationChunk.SerializeToString,
+                    request_deserializer=actlog__common_dot_v1_dot_storage__pb2.StreamActivationsRequest.FromString,
+                    response_serializer=actlog__common_dot_v1_dot_storage__pb2.ActivationChunk.SerializeToString,
             ),
             'Stats': grpc.unary_unary_rpc_method_handler(
                     servicer.Stats,
-                    request_deserializer=actlog_dot_v1_dot_storage__pb2.StatsRequest.FromString,
-                    response_serializer=actlog_dot_v1_dot_storage__pb2.StatsResponse.SerializeToString,
+                    request_deserializer=actlog__common_dot_v1_dot_storage__pb2.StatsRequest.FromString,
+                    response_serializer=actlog__common_dot_v1_dot_storage__pb2.StatsResponse.SerializeToString,
             ),
             'ListRecords': grpc.unary_unary_rpc_method_handler(
                     servicer.ListRecords,
-                    request_deserializer=actlog_dot_v1_dot_storage__pb2.ListRecordsRequest.FromString,
-                    response_serializer=actlog_dot_v1_dot_storage__pb2.ListRecordsResponse.SerializeToString,
+                    request_deserializer=actlog__common_dot_v1_dot_storage__pb2.ListRecordsRequest.FromString,
+                    response_serializer=actlog__common_dot_v1_dot_storage__pb2.ListRecordsResponse.SerializeToString,
             ),
             'SetLabels': grpc.unary_unary_rpc_method_handler(
                     servicer.SetLabels,
-                    request_deserializer=actlog_dot_v1_dot_storage__pb2.SetLabelsRequest.FromString,
-                    response_serializer=actlog_dot_v1_dot_storage__pb2.RecordHeader.SerializeToString,
+                    request_deserializer=actlog__common_dot_v1_dot_storage__pb2.SetLabelsRequest.FromString,
+                    response_serializer=actlog__common_dot_v1_dot_storage__pb2.RecordHeader.SerializeToString,
             ),
             'DeleteRecord': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteRecord,
-                    request_deserializer=actlog_dot_v1_dot_storage__pb2.DeleteRecordRequest.FromString,
-                    response_serializer=actlog_dot_v1_dot_storage__pb2.DeleteRecordResponse.SerializeToString,
+                    request_deserializer=actlog__common_dot_v1_dot_storage__pb2.DeleteRecordRequest.FromString,
+                    response_serializer=actlog__common_dot_v1_dot_storage__pb2.DeleteRecordResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -203,8 +203,8 @@ class Storage:
             request_iterator,
             target,
             '/actlog.v1.Storage/Ingest',
-            actlog_dot_v1_dot_storage__pb2.IngestRequest.SerializeToString,
-            actlog_dot_v1_dot_storage__pb2.IngestResponse.FromString,
+            actlog__common_dot_v1_dot_storage__pb2.IngestRequest.SerializeToString,
+            actlog__common_dot_v1_dot_storage__pb2.IngestResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -230,8 +230,8 @@ class Storage:
             request,
             target,
             '/actlog.v1.Storage/GetRecord',
-            actlog_dot_v1_dot_storage__pb2.GetRecordRequest.SerializeToString,
-            actlog_dot_v1_dot_storage__pb2.RecordHeader.FromString,
+            actlog__common_dot_v1_dot_storage__pb2.GetRecordRequest.SerializeToString,
+            actlog__common_dot_v1_dot_storage__pb2.RecordHeader.FromString,
             options,
             channel_credentials,
             insecure,
@@ -257,8 +257,8 @@ class Storage:
             request,
             target,
             '/actlog.v1.Storage/FindByPromptHash',
-            actlog_dot_v1_dot_storage__pb2.FindByPromptHashRequest.SerializeToString,
-            actlog_dot_v1_dot_storage__pb2.RecordList.FromString,
+            actlog__common_dot_v1_dot_storage__pb2.FindByPromptHashRequest.SerializeToString,
+            actlog__common_dot_v1_dot_storage__pb2.RecordList.FromString,
             options,
             channel_credentials,
             insecure,
@@ -284,8 +284,8 @@ class Storage:
             request,
             target,
             '/actlog.v1.Storage/StreamActivations',
-            actlog_dot_v1_dot_storage__pb2.StreamActivationsRequest.SerializeToString,
-            actlog_dot_v1_dot_storage__pb2.ActivationChunk.FromString,
+            actlog__common_dot_v1_dot_storage__pb2.StreamActivationsRequest.SerializeToString,
+            actlog__common_dot_v1_dot_storage__pb2.ActivationChunk.FromString,
             options,
             channel_credentials,
             insecure,
@@ -311,8 +311,8 @@ class Storage:
             request,
             target,
             '/actlog.v1.Storage/Stats',
-            actlog_dot_v1_dot_storage__pb2.StatsRequest.SerializeToString,
-            actlog_dot_v1_dot_storage__pb2.StatsResponse.FromString,
+            actlog__common_dot_v1_dot_storage__pb2.StatsRequest.SerializeToString,
+            actlog__common_dot_v1_dot_storage__pb2.StatsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -338,8 +338,8 @@ class Storage:
             request,
             target,
             '/actlog.v1.Storage/ListRecords',
-            actlog_dot_v1_dot_storage__pb2.ListRecordsRequest.SerializeToString,
-            actlog_dot_v1_dot_storage__pb2.ListRecordsResponse.FromString,
+            actlog__common_dot_v1_dot_storage__pb2.ListRecordsRequest.SerializeToString,
+            actlog__common_dot_v1_dot_storage__pb2.ListRecordsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -365,8 +365,8 @@ class Storage:
             request,
             target,
             '/actlog.v1.Storage/SetLabels',
-            actlog_dot_v1_dot_storage__pb2.SetLabelsRequest.SerializeToString,
-            actlog_dot_v1_dot_storage__pb2.RecordHeader.FromString,
+            actlog__common_dot_v1_dot_storage__pb2.SetLabelsRequest.SerializeToString,
+            actlog__common_dot_v1_dot_storage__pb2.RecordHeader.FromString,
             options,
             channel_credentials,
             insecure,
@@ -392,8 +392,8 @@ class Storage:
             request,
             target,
             '/actlog.v1.Storage/DeleteRecord',
-            actlog_dot_v1_dot_storage__pb2.DeleteRecordRequest.SerializeToString,
-            actlog_dot_v1_dot_storage__pb2.DeleteRecordResponse.FromString,
+            actlog__common_dot_v1_dot_storage__pb2.DeleteRecordRequest.SerializeToString,
+            actlog__common_dot_v1_dot_storage__pb2.DeleteRecordResponse.FromString,
             options,
             channel_credentials,
             insecure,

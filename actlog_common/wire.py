@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from actlog.v1 import storage_pb2
+from actlog_common.v1 import storage_pb2
 
 
 @dataclass(frozen=True)
