@@ -37,17 +37,10 @@ from actlog.errors import (
     from_rpc_error,
 )
 from actlog.local_reads import LocalReads, NotConnected
-from actlog.shm import (
-    MAX_ARENA_BYTES,
-    Arena,
-    ArenaError,
-    ArenaPool,
-    is_local_address,
-    local_socket_path,
-    shm_supported,
-)
+from actlog.shm import MAX_ARENA_BYTES, Arena, ArenaError, ArenaPool, is_local_address
 from actlog_common.grpc_security import GrpcSecurity
 from actlog_common.hashing import prompt_hash as hash_prompt
+from actlog_common.local_read import local_socket_path, shm_supported
 from actlog_common.v1 import storage_pb2, storage_pb2_grpc
 from actlog_common.wire import ChunkView, decode_chunk
 

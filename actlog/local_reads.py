@@ -1,4 +1,4 @@
-"""Client side of storage's local read socket (storage_service/local_socket.py).
+"""Client side of storage's local read socket (the protocol: actlog_common/local_read.py).
 
 Shared-memory reads of a storage service on this host, as one small request and reply
 on a Unix socket instead of a gRPC call. One connection per thread (and process: a
@@ -12,21 +12,20 @@ tried again for `RETRY_AFTER_S`: the caller goes over gRPC meanwhile.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import socket
-import struct
 import threading
 import time
 import weakref
 from pathlib import Path
 
+from google.protobuf.message import DecodeError
+
 from actlog.errors import DeadlineExceededError, UnavailableError, from_status
+from actlog_common.local_read import recv_message, send_message
 from actlog_common.v1 import storage_pb2
 from actlog_common.wire import ChunkView
 
-# Framing of the local read protocol, both ways: a little-endian u32 length, the bytes.
-LENGTH = struct.Struct("<I")
 RETRY_AFTER_S = 5.0
 
 
@@ -60,43 +59,39 @@ class LocalReads:
         except OSError as error:
             self._retry_at = time.monotonic() + RETRY_AFTER_S
             raise NotConnected(f"local read socket {self.path}: {error}") from None
-        body = request.SerializeToString()
         try:
             conn.settimeout(timeout)
-            conn.sendall(LENGTH.pack(len(body)) + body)
-            head = _recv_exactly(conn, LENGTH.size)
-            reply = json.loads(_recv_exactly(conn, LENGTH.unpack(head)[0]))
-            chunks = reply.get("chunks")
-            if chunks is None:
-                error = from_status(
-                    reply["code"], reply.get("message", ""), reply.get("error_type") or None
+            send_message(conn, request.SerializeToString())
+            body = recv_message(conn)
+            if body is None:
+                raise ConnectionResetError("the storage service closed the local read socket")
+            reply = storage_pb2.LocalReadReply.FromString(body)
+            views = [
+                ChunkView(
+                    request.record_id,
+                    sequence,
+                    chunk.layer,
+                    chunk.row_start,
+                    chunk.row_count,
+                    memoryview(b""),
+                    chunk.shm_offset,
                 )
-            else:
-                views = [
-                    ChunkView(
-                        request.record_id,
-                        sequence,
-                        layer,
-                        row_start,
-                        row_count,
-                        memoryview(b""),
-                        shm_offset,
-                    )  # fmt: skip
-                    for sequence, (layer, row_start, row_count, shm_offset) in enumerate(chunks)
-                ]
+                for sequence, chunk in enumerate(reply.chunks)
+            ]
         except TimeoutError:
             self._drop_connection()
             raise DeadlineExceededError(
                 f"local read of record {request.record_id} took more than {timeout} s"
             ) from None
-        except (OSError, ValueError, KeyError, TypeError) as error:
+        except (OSError, DecodeError) as error:
             self._drop_connection()
             raise UnavailableError(f"local read socket {self.path}: {error!r}") from None
         except BaseException:  # Ctrl-C: the reply may still come, on this connection
             self._drop_connection()
             raise
-        if chunks is None:
-            raise error
+        if reply.HasField("failure"):
+            failure = reply.failure
+            raise from_status(failure.code, failure.message, failure.error_type or None)
         self.reads += 1
         return views
 
@@ -132,21 +127,3 @@ class LocalReads:
         if conn is not None:
             with contextlib.suppress(OSError):
                 conn.close()
-
-
-def recv_exactly(conn: socket.socket, size: int) -> bytes | None:
-    """`size` bytes from `conn`; None when the peer closes first (both ends use this)."""
-    data = bytearray()
-    while len(data) < size:
-        part = conn.recv(size - len(data))
-        if not part:
-            return None
-        data += part
-    return bytes(data)
-
-
-def _recv_exactly(conn: socket.socket, size: int) -> bytes:
-    data = recv_exactly(conn, size)
-    if data is None:
-        raise ConnectionResetError("the storage service closed the local read socket")
-    return data

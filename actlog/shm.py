@@ -1,9 +1,9 @@
 """Shared-memory arenas a same-host client hands to StreamActivations (see storage.proto).
 
-An arena is a file in this user's private directory ``/dev/shm/actlog-u<uid>`` (mode
-0700, so other users can neither learn its name nor open it), mapped here and by the
-storage service, and reused for every read of the thread that owns it: first-touching
-fresh pages costs far more than copying into warm ones, on virtual machines especially.
+An arena is a segment of the same-host read protocol (actlog_common/local_read.py): a
+file in this user's private directory, mapped here and by the storage service, and reused
+for every read of the thread that owns it: first-touching fresh pages costs far more than
+copying into warm ones, on virtual machines especially.
 Its pages are allocated when it is created, so a full /dev/shm fails here rather than in
 the storage service. It grows (a new file) when a read needs more, up to a cap past
 which reads are split.
@@ -25,14 +25,14 @@ import mmap
 import os
 import queue
 import secrets
-import stat
 import threading
 import weakref
 from pathlib import Path
 
+from actlog_common.local_read import SHM_DIR, private_directory, segment_name
+
 logger = logging.getLogger(__name__)
 
-SHM_DIR = Path("/dev/shm")
 MIN_ARENA_BYTES = 16 << 20
 # The largest arena a client maps; bigger selections are read in several calls.
 MAX_ARENA_BYTES = 1 << 30
@@ -44,10 +44,6 @@ MAX_IDLE_BYTES = 1 << 30
 
 class ArenaError(OSError):
     """No arena can be set up here (no private directory, /dev/shm full...)."""
-
-
-def shm_supported(directory: Path = SHM_DIR) -> bool:
-    return directory.is_dir() and os.access(directory, os.W_OK)
 
 
 def is_local_address(address: str) -> bool:
@@ -65,24 +61,6 @@ def is_local_address(address: str) -> bool:
         return False
 
 
-def private_directory(root: Path = SHM_DIR) -> Path:
-    """This user's arena directory under `root`, created 0700; ArenaError if unsafe."""
-    uid = os.getuid()
-    path = root / f"actlog-u{uid}"
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(path, 0o700)
-    info = path.lstat()
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != uid or info.st_mode & 0o077:
-        raise ArenaError(f"{path} is not a private directory of uid {uid} (mode 0700)")
-    return path
-
-
-def local_socket_path(port: int, root: Path = SHM_DIR) -> Path:
-    """Where a storage service on `port` of this host serves shared-memory reads to this
-    user without gRPC (storage_service/local_socket.py)."""
-    return root / f"actlog-u{os.getuid()}" / f"storage-{port}.sock"
-
-
 def _unlink_if_mine(path: Path, pid: int) -> None:
     if os.getpid() == pid:  # not from a forked child: the file is its parent's
         path.unlink(missing_ok=True)
@@ -92,8 +70,9 @@ class Arena:
     """One mapped shared-memory file; `name` is what the server opens."""
 
     def __init__(self, size: int, directory: Path) -> None:
-        self.name = f"{directory.name}/{secrets.token_hex(16)}"
-        self.path = directory / self.name.split("/", 1)[1]
+        token = secrets.token_hex(16)
+        self.name = segment_name(directory, token)
+        self.path = directory / token
         self.pid = os.getpid()
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:

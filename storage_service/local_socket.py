@@ -7,19 +7,16 @@ exactly that call with one small request and one small reply, and nothing else; 
 full query surface stays on gRPC, which also serves these reads where the socket is
 out of reach.
 
-The socket lives in the owner's private directory next to the arenas
-(`actlog.shm.local_socket_path`), so only that user connects. Framing, both ways: a
-little-endian u32 length, then the bytes. Request: a serialized
-`StreamActivationsRequest` with `shm_name` set. Reply: JSON, either
-``{"chunks": [[layer, row_start, row_count, shm_offset], ...]}`` in stream order, or
-``{"code": "INVALID_ARGUMENT", "message": ..., "error_type": ...}`` with the gRPC
-status name the same request gets over gRPC.
+The socket lives in the owner's private directory next to the segments, so only that
+user connects. Its path, framing and messages are the same-host read protocol's
+(actlog_common/local_read.py, and `LocalReadReply` in storage.proto): a
+`StreamActivationsRequest` with `shm_name` set in, one `LocalReadReply` out, with the
+chunks or the gRPC status the same request gets over gRPC.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import socket
@@ -28,17 +25,21 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-import grpc
 from google.protobuf.message import DecodeError
 
-from actlog.local_reads import LENGTH, recv_exactly
+from actlog_common.local_read import (
+    MAX_REQUEST_BYTES,
+    chunks_reply,
+    failure_reply,
+    recv_message,
+    send_message,
+)
 from actlog_common.v1 import storage_pb2
 from storage_service.errors import InvalidArgument, StorageError
 from storage_service.interceptors import status_code
 
 logger = logging.getLogger(__name__)
 
-MAX_REQUEST_BYTES = 1 << 20
 # (layer, row_start, row_count, shm_offset) of each chunk, for one request.
 ReadFn = Callable[[storage_pb2.StreamActivationsRequest], Iterable[tuple[int, int, int, int]]]
 
@@ -127,17 +128,11 @@ class LocalReadServer:
     def _serve(self, conn: socket.socket) -> None:
         try:
             while True:
-                head = recv_exactly(conn, LENGTH.size)
-                if head is None or self._closed.is_set():
-                    return
-                (size,) = LENGTH.unpack(head)
-                if size > MAX_REQUEST_BYTES:
-                    return  # not a client of this protocol
-                body = recv_exactly(conn, size)
+                # None also when the request is too large: not a client of this protocol.
+                body = recv_message(conn, MAX_REQUEST_BYTES)
                 if body is None or self._closed.is_set():
                     return
-                reply = json.dumps(self._answer(body)).encode()
-                conn.sendall(LENGTH.pack(len(reply)) + reply)
+                send_message(conn, self._answer(body).SerializeToString())
         except OSError:
             return
         finally:
@@ -145,26 +140,18 @@ class LocalReadServer:
                 self._connections.discard(conn)
             conn.close()
 
-    def _answer(self, body: bytes) -> dict[str, object]:
+    def _answer(self, body: bytes) -> storage_pb2.LocalReadReply:
         try:
             request = storage_pb2.StreamActivationsRequest.FromString(body)
             if not request.shm_name:
                 raise InvalidArgument("the local read socket serves shared-memory reads only")
-            return {"chunks": [list(chunk) for chunk in self._read(request)]}
+            return chunks_reply(list(self._read(request)))
         except DecodeError:
-            return _failure(grpc.StatusCode.INVALID_ARGUMENT, "malformed StreamActivationsRequest")
+            return failure_reply("INVALID_ARGUMENT", "malformed StreamActivationsRequest")
         except StorageError as error:
             code = status_code(error)
             logger.info("local StreamActivations -> %s: %s", code.name, error)
-            return _failure(code, str(error), type(error).__name__)
+            return failure_reply(code.name, str(error), type(error).__name__)
         except Exception as error:
             logger.error("local StreamActivations failed", exc_info=error)
-            return _failure(
-                grpc.StatusCode.INTERNAL,
-                "internal error in the storage service",
-                type(error).__name__,
-            )
-
-
-def _failure(code: grpc.StatusCode, message: str, error_type: str = "") -> dict[str, object]:
-    return {"code": code.name, "message": message, "error_type": error_type}
+            return failure_reply("INTERNAL", "internal error in the storage service")

@@ -14,8 +14,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from actlog.shm import local_socket_path, private_directory, shm_supported
 from actlog_common.grpc_security import GrpcSecurity, TokenInterceptor
+from actlog_common.local_read import local_socket_path, private_directory, shm_supported
 from actlog_common.v1 import storage_pb2, storage_pb2_grpc
 from storage_service.compression import Compression
 from storage_service.config import MIB, StorageSettings, load_settings

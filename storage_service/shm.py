@@ -26,19 +26,22 @@ import errno
 import logging
 import mmap
 import os
-import re
 import stat
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+from actlog_common.local_read import (
+    SEGMENT_NAME,
+    SEGMENT_NAME_RULE,
+    SHM_DIR,
+    private_directory_name,
+)
 from storage_service.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 
 logger = logging.getLogger(__name__)
 
-SHM_DIR = Path("/dev/shm")
-NAME_PATTERN = re.compile(r"actlog-u(?P<uid>[0-9]{1,10})/(?P<file>[0-9a-f]{32})")
 MAX_CACHED = 64
 MAX_CACHED_BYTES = 8 << 30
 SWEEP_INTERVAL_S = 5.0
@@ -107,11 +110,9 @@ class SegmentCache:
         SharedMemoryUnavailable when shared-memory reads are off or the file cannot be
         reached from here, SharedMemoryBusy when it cannot be opened this time.
         """
-        match = NAME_PATTERN.fullmatch(name)
+        match = SEGMENT_NAME.fullmatch(name)
         if not match:
-            raise InvalidArgument(
-                f"shm_name {name!r} is not 'actlog-u<uid>/' followed by 32 lowercase hex digits"
-            )
+            raise InvalidArgument(f"shm_name {name!r} is not {SEGMENT_NAME_RULE}")
         if not self.enabled:
             raise SharedMemoryUnavailable(
                 "shared-memory reads are turned off on this storage service (STORAGE_SHM_READS)"
@@ -157,7 +158,7 @@ class SegmentCache:
             self.sweep()
 
     def _map(self, name: str, uid: int, file: str, size: int) -> Segment:
-        directory = self._dir / f"actlog-u{uid}"
+        directory = self._dir / private_directory_name(uid)
         dir_fd = fd = -1
         try:
             dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)

@@ -221,6 +221,34 @@ class StreamActivationsRequest(_message.Message):
     shm_size: int
     def __init__(self, record_id: _Optional[str] = ..., layers: _Optional[_Iterable[int]] = ..., row_start: _Optional[int] = ..., row_end: _Optional[int] = ..., shm_name: _Optional[str] = ..., shm_size: _Optional[int] = ...) -> None: ...
 
+class LocalReadReply(_message.Message):
+    __slots__ = ("chunks", "failure")
+    class Chunk(_message.Message):
+        __slots__ = ("layer", "row_start", "row_count", "shm_offset")
+        LAYER_FIELD_NUMBER: _ClassVar[int]
+        ROW_START_FIELD_NUMBER: _ClassVar[int]
+        ROW_COUNT_FIELD_NUMBER: _ClassVar[int]
+        SHM_OFFSET_FIELD_NUMBER: _ClassVar[int]
+        layer: int
+        row_start: int
+        row_count: int
+        shm_offset: int
+        def __init__(self, layer: _Optional[int] = ..., row_start: _Optional[int] = ..., row_count: _Optional[int] = ..., shm_offset: _Optional[int] = ...) -> None: ...
+    class Failure(_message.Message):
+        __slots__ = ("code", "message", "error_type")
+        CODE_FIELD_NUMBER: _ClassVar[int]
+        MESSAGE_FIELD_NUMBER: _ClassVar[int]
+        ERROR_TYPE_FIELD_NUMBER: _ClassVar[int]
+        code: str
+        message: str
+        error_type: str
+        def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ..., error_type: _Optional[str] = ...) -> None: ...
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_FIELD_NUMBER: _ClassVar[int]
+    chunks: _containers.RepeatedCompositeFieldContainer[LocalReadReply.Chunk]
+    failure: LocalReadReply.Failure
+    def __init__(self, chunks: _Optional[_Iterable[_Union[LocalReadReply.Chunk, _Mapping]]] = ..., failure: _Optional[_Union[LocalReadReply.Failure, _Mapping]] = ...) -> None: ...
+
 class StatsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

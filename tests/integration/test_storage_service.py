@@ -17,9 +17,9 @@ from actlog.errors import (
     NotFoundError,
     WaitTimeoutError,
 )
-from actlog.shm import shm_supported
 from actlog_common.hashing import prompt_hash
 from actlog_common.ids import new_record_id
+from actlog_common.local_read import shm_supported
 from actlog_common.v1 import storage_pb2, storage_pb2_grpc
 from storage_service.config import StorageSettings
 from storage_service.server import create_server

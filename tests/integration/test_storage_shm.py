@@ -7,7 +7,6 @@ only the shared-memory path has.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -33,12 +32,12 @@ from actlog.errors import (
     InvalidArgumentError,
     UnavailableError,
 )
-from actlog.shm import Arena, local_socket_path, private_directory
+from actlog.shm import Arena
 from actlog_common.ids import new_record_id
+from actlog_common.local_read import SHM_DIR, local_socket_path, private_directory
 from actlog_common.v1 import storage_pb2, storage_pb2_grpc
 from storage_service.testing import SyntheticRecord, synthetic_record
 
-SHM_DIR = Path("/dev/shm")
 pytestmark = pytest.mark.skipif(not SHM_DIR.is_dir(), reason="needs /dev/shm")
 GRPC_OPTIONS = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
 
@@ -292,13 +291,14 @@ def test_the_arena_of_a_killed_client_is_removed_by_the_next_one(storage, stub) 
         assert not left & arenas()
 
 
-def local_request(path: Path, body: bytes) -> dict:
+def local_request(path: Path, body: bytes) -> storage_pb2.LocalReadReply:
+    """One exchange as the protocol frames it: u32 little-endian length, then the message."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
         conn.settimeout(10)
         conn.connect(str(path))
         conn.sendall(struct.pack("<I", len(body)) + body)
         size = struct.unpack("<I", conn.recv(4, socket.MSG_WAITALL))[0]
-        return json.loads(conn.recv(size, socket.MSG_WAITALL))
+        return storage_pb2.LocalReadReply.FromString(conn.recv(size, socket.MSG_WAITALL))
 
 
 def test_storage_serves_shared_memory_reads_on_a_private_local_socket(storage, stub) -> None:
@@ -314,7 +314,9 @@ def test_storage_serves_shared_memory_reads_on_a_private_local_socket(storage, s
         )  # fmt: skip
         reply = local_request(path, request.SerializeToString())
         layer_bytes = 10 * 16 * 2
-        assert reply == {"chunks": [[4, 2, 10, 0], [0, 2, 10, layer_bytes]]}
+        chunks = [(c.layer, c.row_start, c.row_count, c.shm_offset) for c in reply.chunks]
+        assert chunks == [(4, 2, 10, 0), (0, 2, 10, layer_bytes)]
+        assert not reply.HasField("failure")
         got = np.frombuffer(arena.buffer, np.uint16, 160, layer_bytes).reshape(10, 16)
         np.testing.assert_array_equal(got, record.wire[0][2:])
 
@@ -323,16 +325,18 @@ def test_storage_serves_shared_memory_reads_on_a_private_local_socket(storage, s
             record_id=new_record_id(), shm_name=arena.name, shm_size=arena.size
         )
         unknown = local_request(path, missing.SerializeToString())
-        assert (unknown["code"], unknown["error_type"]) == ("NOT_FOUND", "NotFound")
+        assert (unknown.failure.code, unknown.failure.error_type) == ("NOT_FOUND", "NotFound")
+        assert not unknown.chunks
         bad_layer = storage_pb2.StreamActivationsRequest(
             record_id=record.header.record_id, layers=[3], shm_name=arena.name, shm_size=10
         )
-        assert local_request(path, bad_layer.SerializeToString())["code"] == "INVALID_ARGUMENT"
+        bad = local_request(path, bad_layer.SerializeToString())
+        assert bad.failure.code == "INVALID_ARGUMENT"
         no_shm = storage_pb2.StreamActivationsRequest(record_id=record.header.record_id)
         reply = local_request(path, no_shm.SerializeToString())
-        assert reply["code"] == "INVALID_ARGUMENT"
-        assert "shared-memory reads only" in reply["message"]
-        assert local_request(path, b"\xff\xff\xff")["code"] == "INVALID_ARGUMENT"
+        assert reply.failure.code == "INVALID_ARGUMENT"
+        assert "shared-memory reads only" in reply.failure.message
+        assert local_request(path, b"\xff\xff\xff").failure.code == "INVALID_ARGUMENT"
     finally:
         arena.close()
     with StorageClient(storage.address) as client:  # auto, on this host: the socket
