@@ -38,8 +38,10 @@ from actlog.errors import (
 )
 from actlog.local_reads import LocalReads, NotConnected
 from actlog.shm import MAX_ARENA_BYTES, Arena, ArenaError, ArenaPool, is_local_address
+from actlog_common.dtypes import DTYPES
 from actlog_common.grpc_security import GrpcSecurity
 from actlog_common.hashing import prompt_hash as hash_prompt
+from actlog_common.layers import LayerError, resolve_stored_layers
 from actlog_common.local_read import local_socket_path, shm_supported
 from actlog_common.v1 import storage_pb2, storage_pb2_grpc
 from actlog_common.wire import ChunkView, decode_chunk
@@ -54,26 +56,6 @@ CHANNEL_OPTIONS = [
     # A stream window larger than gRPC's default start keeps 1 MiB chunks flowing.
     ("grpc.http2.lookahead_bytes", 16 << 20),
 ]
-
-# Raw (stored) numpy dtype of each record dtype. bfloat16 has no numpy dtype: its raw
-# form is the uint16 bit pattern (the high half of the float32 with the same value).
-RAW_DTYPES: dict[str, np.dtype] = {
-    "bfloat16": np.dtype("<u2"),
-    "float16": np.dtype("<f2"),
-    "float32": np.dtype("<f4"),
-}
-
-
-def bf16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
-    """Exact float32 values of bfloat16 numbers given as their uint16 bit patterns."""
-    return (bits.astype(np.uint32) << 16).view(np.float32)
-
-
-def to_float32(raw: np.ndarray, dtype: str) -> np.ndarray:
-    """Raw stored values (as returned with ``as_float32=False``) as float32, exactly."""
-    if dtype == "bfloat16":
-        return bf16_bits_to_float32(raw)
-    return raw.astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -448,7 +430,7 @@ class StorageClient:
     def _read_stream(self, sel: _Selection, as_float32: bool) -> dict[int, np.ndarray]:
         arrays = sel.empty_arrays(as_float32)
         filled = dict.fromkeys(sel.layers, 0)
-        raw_dtype = RAW_DTYPES[sel.record.dtype]
+        raw_dtype = np.dtype(DTYPES[sel.record.dtype].numpy)
         for chunk in self._stream(self._live.stream_activations, sel.request()):
             _put_rows(sel, chunk, np.frombuffer(chunk.data, dtype=raw_dtype), arrays)
             filled[chunk.layer] += chunk.row_count
@@ -507,7 +489,7 @@ class StorageClient:
             self._arenas.discard(arena)
             raise
         lease = self._arenas.lease(arena, sel.nbytes)
-        raw_dtype, hidden = RAW_DTYPES[sel.record.dtype], sel.record.hidden_size
+        raw_dtype, hidden = np.dtype(DTYPES[sel.record.dtype].numpy), sel.record.hidden_size
         return {
             layer: np.frombuffer(
                 lease.buffer, raw_dtype, sel.rows * hidden, offsets[layer]
@@ -602,7 +584,7 @@ class _Selection:
 
     @property
     def row_bytes(self) -> int:
-        return self.record.hidden_size * RAW_DTYPES[self.record.dtype].itemsize
+        return self.record.hidden_size * DTYPES[self.record.dtype].itemsize
 
     @property
     def nbytes(self) -> int:
@@ -630,7 +612,7 @@ class _Selection:
 
     def empty_arrays(self, as_float32: bool) -> dict[int, np.ndarray]:
         """Arrays to read the selection into: float32, or the stored (raw) dtype."""
-        dtype = np.dtype(np.float32) if as_float32 else RAW_DTYPES[self.record.dtype]
+        dtype = np.dtype(np.float32) if as_float32 else np.dtype(DTYPES[self.record.dtype].numpy)
         shape = (self.rows, self.record.hidden_size)
         return {layer: np.empty(shape, dtype) for layer in self.layers}
 
@@ -650,7 +632,7 @@ def _copy_out(
     if chunk.data or chunk.shm_offset + chunk.row_count * sel.row_bytes > arena.size:
         raise ActlogError(f"record {sel.record.record_id}: malformed chunk {chunk}")
     count = chunk.row_count * sel.record.hidden_size
-    raw_dtype = RAW_DTYPES[sel.record.dtype]
+    raw_dtype = np.dtype(DTYPES[sel.record.dtype].numpy)
     _put_rows(sel, chunk, np.frombuffer(arena.buffer, raw_dtype, count, chunk.shm_offset), arrays)
 
 
@@ -676,15 +658,9 @@ def _put_rows(
 
 
 def resolve_record_layers(record: Record, requested: list[int]) -> list[int]:
-    """Layer numbers as the server resolves them (it reports unknown layers itself): the
-    record's own layers when none are requested, negative ones counted from its end."""
-    resolved: list[int] = []
-    for layer in requested or record.layers:
-        if layer < 0 and record.num_layers == 0:
-            raise InvalidArgumentError(
-                f"negative layer {layer}: record {record.record_id} does not say num_layers"
-            )
-        index = record.num_layers + 1 + layer if layer < 0 else layer
-        if index not in resolved:
-            resolved.append(index)
-    return resolved
+    """The stored layers a read of `record` gets (`actlog_common.layers`); the error the
+    server would give, without asking it."""
+    try:
+        return resolve_stored_layers(requested, record.layers, record.num_layers, record.record_id)
+    except LayerError as error:
+        raise InvalidArgumentError(str(error)) from None

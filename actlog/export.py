@@ -23,12 +23,10 @@ import safetensors
 
 from actlog.client import Record, StorageClient, resolve_record_layers
 from actlog.errors import InvalidArgumentError, NotFoundError
+from actlog_common.dtypes import DTYPES
 from actlog_common.hashing import is_prompt_hash
 from actlog_common.ids import is_record_id
 
-# Record dtype -> name for safetensors' TensorSpec (>= 0.8) and the on-disk dtype tag.
-_ST_DTYPES = {"bfloat16": ("bfloat16", "BF16"), "float16": ("float16", "F16"),
-              "float32": ("float32", "F32")}  # fmt: skip
 _NUMPY_ST_DTYPES = {np.dtype("<i8"): ("int64", "I64")}
 
 
@@ -73,7 +71,7 @@ def export_record(
     rows = (row_start, row_end or record.num_positions)
     tensors: dict[str, tuple[np.ndarray, str, str]] = {}
     for layer, raw in arrays.items():
-        spec_name, tag = _ST_DTYPES[record.dtype]
+        spec_name, tag = record.dtype, DTYPES[record.dtype].safetensors
         tensors[f"layer_{layer}"] = (np.ascontiguousarray(raw), spec_name, tag)
     token_ids = np.asarray(record.token_ids, dtype="<i8")
     tensors["token_ids"] = (token_ids, *_NUMPY_ST_DTYPES[token_ids.dtype])
@@ -101,7 +99,11 @@ def _has_layers(record: Record, layers: int | list[int] | None) -> bool:
     if layers is None:
         return True
     wanted = [layers] if isinstance(layers, int) else list(layers)
-    return set(resolve_record_layers(record, wanted)) <= set(record.layers)
+    try:
+        resolve_record_layers(record, wanted)
+    except InvalidArgumentError:
+        return False
+    return True
 
 
 def _choose_record(

@@ -41,11 +41,11 @@ sys.path.insert(0, str(ROOT))
 
 from actlog.client import StorageClient  # noqa: E402
 from actlog.launcher import free_port  # noqa: E402
+from actlog_common.dtypes import float32_to_bf16_bits  # noqa: E402
 from actlog_common.hashing import prompt_hash  # noqa: E402
 from actlog_common.ids import new_record_id  # noqa: E402
 from actlog_common.v1 import storage_pb2, storage_pb2_grpc  # noqa: E402
 from storage_service import records as rec  # noqa: E402
-from storage_service.testing import float32_to_bf16_bits  # noqa: E402
 
 # How StorageClient reads, per measured path: shared memory requested on storage's
 # local read socket, shared memory requested over gRPC, the gRPC byte stream.

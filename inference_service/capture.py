@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from inference_service.capture_frames import DTYPE_NAMES, DTYPE_SIZES, HEADER, MAGIC
+from actlog_common.dtypes import BY_CODE, DTYPES
+from inference_service.capture_frames import HEADER, MAGIC
 from inference_service.errors import CaptureIncomplete
 from inference_service.spool import Spool, SpoolWriter
 
@@ -100,7 +101,7 @@ class CaptureCollector:
     ) -> None:
         """Expect rows for `key`; its spool space (`max_rows` of every layer) is reserved
         now, or SpoolFull is raised."""
-        row_bytes = hidden_size * DTYPE_SIZES[dtype]
+        row_bytes = hidden_size * DTYPES[dtype].itemsize
         reserve = max_rows * row_bytes * len(layers)
         writer = self._spool.open(record_id, layers, row_bytes, reserve)
         self._pending[key] = PendingCapture(record_id, layers, dtype, row_bytes, writer)
@@ -149,7 +150,10 @@ class CaptureCollector:
                     # Finished or abandoned: e.g. steps computed after a stop string matched.
                     self.dropped_frames["finished"] += 1
                     continue
-                if layer not in capture.layers or DTYPE_NAMES.get(code) != capture.dtype:
+                if (
+                    layer not in capture.layers
+                    or (BY_CODE[code].name if code in BY_CODE else None) != capture.dtype
+                ):
                     logger.error("capture %s: unexpected layer %d or dtype %d", key, layer, code)
                     self.dropped_frames["malformed"] += 1
                     continue

@@ -39,7 +39,11 @@ N = "actlog_n"
 
 # n > 1: vLLM fans one request out into children "<index>_<parent id>" (each with n=1).
 _CHILD_ID = re.compile(r"^(\d+)_")
-_TORCH_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    """The dtype table's name of a torch dtype (torch.bfloat16 -> "bfloat16")."""
+    return str(dtype).removeprefix("torch.")
 
 
 @dataclass
@@ -122,7 +126,7 @@ class ActivationCaptureExtension:
         return {
             "num_layers": num_layers,
             "hidden_size": int(getattr(model.config, "hidden_size", 0)),
-            "dtype": _TORCH_DTYPES.get(dtype, str(dtype)),
+            "dtype": _dtype_name(dtype),
         }
 
     # -- hooks -------------------------------------------------------------------------------
@@ -200,7 +204,7 @@ class ActivationCaptureExtension:
             sizes = [t.shape[0] for t in tensors]
             tensors = list(torch.cat(tensors).to("cpu").split(sizes))
         for layer, tensor in zip(layers, tensors, strict=True):
-            dtype = _TORCH_DTYPES[tensor.dtype]
+            dtype = _dtype_name(tensor.dtype)
             hidden = tensor.shape[-1]
             offset = 0
             for slot in step.wanted[layer]:

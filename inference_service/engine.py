@@ -24,12 +24,12 @@ from typing import Any
 from vllm.exceptions import VLLMValidationError
 
 from actlog_common.default_model import DEFAULT_MODEL_NAME, resolve_model
+from actlog_common.dtypes import DTYPES
 from actlog_common.grpc_security import GrpcSecurity
 from actlog_common.hashing import prompt_hash
 from actlog_common.ids import new_record_id
 from inference_service import capture_worker, memory
 from inference_service.capture import CaptureCollector
-from inference_service.capture_frames import DTYPE_SIZES
 from inference_service.config import InferenceSettings
 from inference_service.errors import (
     CaptureIncomplete,
@@ -342,7 +342,7 @@ class CaptureEngine:
     def _check_capture_size(
         self, info: ModelDescription, rows: int, req: GenerationRequest, layers: list[int]
     ) -> None:
-        need = rows * info.hidden_size * DTYPE_SIZES[info.dtype] * len(layers) * req.sampling.n
+        need = rows * info.hidden_size * DTYPES[info.dtype].itemsize * len(layers) * req.sampling.n
         cap = self._settings.capture_max_bytes
         prompts = req.capture.request_prompts
         share = cap // prompts
@@ -453,7 +453,7 @@ class CaptureEngine:
                     "num_positions": len(prompt_ids) + len(c.token_ids) - 1,
                     "hidden_size": info.hidden_size,
                     "dtype": info.dtype,
-                    "row_bytes": info.hidden_size * DTYPE_SIZES[info.dtype],
+                    "row_bytes": info.hidden_size * DTYPES[info.dtype].itemsize,
                     "num_layers": info.num_layers,
                     "finish_reason": str(c.finish_reason or ""),
                     "created_at_ms": int(time.time() * 1000),

@@ -1,8 +1,4 @@
-"""Layer selection, numbered as transformers' `output_hidden_states`.
-
-With N decoder layers there are N + 1 hidden states: 0 = embeddings, i = output of decoder
-layer i, N = final-normed output. Negative indices count from the end (-1 = N).
-"""
+"""Which layers a request captures, numbered as actlog_common.layers says (-1 = final norm)."""
 
 from __future__ import annotations
 

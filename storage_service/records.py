@@ -6,12 +6,13 @@ import struct
 from collections.abc import Iterable, Mapping
 from typing import Protocol
 
+from actlog_common.dtypes import DTYPES
 from actlog_common.hashing import is_prompt_hash
 from actlog_common.ids import is_record_id
+from actlog_common.layers import LayerError, resolve_stored_layers
 from actlog_common.v1 import storage_pb2
 from storage_service.errors import InvalidArgument
 
-DTYPE_SIZES: dict[str, int] = {"bfloat16": 2, "float16": 2, "float32": 4}
 MAX_LAYER = 0xFFFF
 # Label keys are part of an LMDB key (record id + key, at most 511 bytes); values are not.
 MAX_LABEL_KEY_BYTES = 256
@@ -97,7 +98,7 @@ def split_chunk_key(key: bytes) -> tuple[int, int]:
 
 def row_bytes(header: storage_pb2.RecordHeader) -> int:
     """Bytes of one row (one position of one layer)."""
-    return header.hidden_size * DTYPE_SIZES[header.dtype]
+    return header.hidden_size * DTYPES[header.dtype].itemsize
 
 
 def activation_bytes(header: storage_pb2.RecordHeader) -> int:
@@ -118,9 +119,9 @@ def validate_header(header: storage_pb2.RecordHeader, max_record_bytes: int = 0)
         raise InvalidArgument(
             f"record {header.record_id}: num_positions {header.num_positions} > {MAX_POSITIONS}"
         )
-    if header.dtype not in DTYPE_SIZES:
+    if header.dtype not in DTYPES:
         raise InvalidArgument(
-            f"record {header.record_id}: dtype {header.dtype!r} is not one of {sorted(DTYPE_SIZES)}"
+            f"record {header.record_id}: dtype {header.dtype!r} is not one of {sorted(DTYPES)}"
         )
     layers = list(header.layers)
     if layers != sorted(set(layers)):
@@ -190,32 +191,13 @@ def validate_chunk(header: storage_pb2.RecordHeader, chunk: ChunkLike, data_len:
         raise InvalidArgument(
             f"record {rid} chunk {chunk.sequence}: {data_len} data bytes, expected "
             f"{expected} (row_count {chunk.row_count} x hidden_size {header.hidden_size} x "
-            f"{DTYPE_SIZES[header.dtype]} bytes of {header.dtype})"
+            f"{DTYPES[header.dtype].itemsize} bytes of {header.dtype})"
         )
 
 
 def resolve_layers(header: storage_pb2.RecordHeader, requested: list[int]) -> list[int]:
-    """Requested layers as stored layer numbers, in request order without repeats.
-
-    Empty = every stored layer. Negative indices count from the end of the model's
-    hidden states (num_layers + 1 of them): -1 is num_layers, the final-normed output.
-    """
-    stored = list(header.layers)
-    if not requested:
-        return stored
-    resolved: list[int] = []
-    for layer in requested:
-        if layer < 0 and header.num_layers == 0:
-            raise InvalidArgument(
-                f"negative layer {layer}: record {header.record_id} does not say num_layers"
-            )
-        index = header.num_layers + 1 + layer if layer < 0 else layer
-        if index not in stored:
-            shown = f"{layer} (= layer {index})" if layer < 0 else str(layer)
-            raise InvalidArgument(
-                f"layer {shown} was not stored for record {header.record_id}; "
-                f"stored layers: {stored}"
-            )
-        if index not in resolved:
-            resolved.append(index)
-    return resolved
+    """`actlog_common.layers.resolve_stored_layers` for a stored header."""
+    try:
+        return resolve_stored_layers(requested, header.layers, header.num_layers, header.record_id)
+    except LayerError as error:
+        raise InvalidArgument(str(error)) from None

@@ -15,19 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from actlog_common.dtypes import DTYPES, float32_to_bf16_bits
 from actlog_common.hashing import prompt_hash
 from actlog_common.ids import new_record_id
 from actlog_common.v1 import storage_pb2
-
-# numpy dtype whose little-endian bytes are the record's dtype (bfloat16: its bit patterns).
-_WIRE_DTYPES = {"bfloat16": "<u2", "float16": "<f2", "float32": "<f4"}
-
-
-def float32_to_bf16_bits(values: np.ndarray) -> np.ndarray:
-    """bfloat16 bit patterns (uint16) of float32 values, rounded to nearest even."""
-    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
-    rounding = ((bits >> 16) & 1) + 0x7FFF
-    return ((bits + rounding) >> 16).astype(np.uint16)
 
 
 def ingest_requests(
@@ -45,7 +36,7 @@ def ingest_requests(
     bfloat16 (see `float32_to_bf16_bits`). `sha256` / `num_chunks` override the commit's
     values (to test rejection).
     """
-    wire = np.dtype(_WIRE_DTYPES[header.dtype])
+    wire = np.dtype(DTYPES[header.dtype].numpy)
     requests = [storage_pb2.IngestRequest(header=header)]
     digest = hashlib.sha256()
     sequence = 0
@@ -141,6 +132,6 @@ def synthetic_record(
             wire[layer] = float32_to_bf16_bits(f32)
             values[layer] = (wire[layer].astype(np.uint32) << 16).view(np.float32)
         else:
-            wire[layer] = f32.astype(_WIRE_DTYPES[dtype])
+            wire[layer] = f32.astype(DTYPES[dtype].numpy)
             values[layer] = wire[layer].astype(np.float32)
     return SyntheticRecord(header, wire, values)

@@ -9,7 +9,7 @@ import grpc
 import numpy as np
 import pytest
 
-from actlog.client import StorageClient, bf16_bits_to_float32
+from actlog.client import StorageClient
 from actlog.errors import (
     FailedPreconditionError,
     InternalError,
@@ -17,6 +17,7 @@ from actlog.errors import (
     NotFoundError,
     WaitTimeoutError,
 )
+from actlog_common.dtypes import bf16_bits_to_float32
 from actlog_common.hashing import prompt_hash
 from actlog_common.ids import new_record_id
 from actlog_common.local_read import shm_supported
