@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from actlog.launcher import (
-    LOG_FORMAT,
     ServiceExited,
     Stack,
     StackConfig,
     inference_model_info,
     spooled_records,
 )
+from actlog_common import defaults
 from actlog_common.default_model import DEFAULT_MODEL_NAME, is_default
 
 if TYPE_CHECKING:
@@ -38,13 +38,19 @@ StorageOpt = Annotated[
 @app.command()
 def up(
     gateway_host: Annotated[str, typer.Option(envvar="GATEWAY_HOST")] = "127.0.0.1",
-    gateway_port: Annotated[int, typer.Option(envvar="GATEWAY_PORT")] = 8000,
+    gateway_port: Annotated[int, typer.Option(envvar="GATEWAY_PORT")] = defaults.GATEWAY_PORT,
     inference_host: Annotated[str, typer.Option(envvar="INFERENCE_HOST")] = "127.0.0.1",
-    inference_port: Annotated[int, typer.Option(envvar="INFERENCE_PORT")] = 50051,
-    inference_metrics_port: Annotated[int, typer.Option(envvar="INFERENCE_METRICS_PORT")] = 9051,
+    inference_port: Annotated[int, typer.Option(envvar="INFERENCE_PORT")] = (
+        defaults.INFERENCE_PORT
+    ),
+    inference_metrics_port: Annotated[int, typer.Option(envvar="INFERENCE_METRICS_PORT")] = (
+        defaults.INFERENCE_METRICS_PORT
+    ),
     storage_host: Annotated[str, typer.Option(envvar="STORAGE_HOST")] = "127.0.0.1",
-    storage_port: Annotated[int, typer.Option(envvar="STORAGE_PORT")] = 50052,
-    storage_metrics_port: Annotated[int, typer.Option(envvar="STORAGE_METRICS_PORT")] = 9052,
+    storage_port: Annotated[int, typer.Option(envvar="STORAGE_PORT")] = defaults.STORAGE_PORT,
+    storage_metrics_port: Annotated[int, typer.Option(envvar="STORAGE_METRICS_PORT")] = (
+        defaults.STORAGE_METRICS_PORT
+    ),
     activation_lmdb_path: Annotated[
         str, typer.Option(envvar="ACTIVATION_LMDB_PATH")
     ] = "lmdb_data/activations.lmdb",
@@ -61,7 +67,7 @@ def up(
     timeout: Annotated[float, typer.Option(help="seconds to wait for all to be ready")] = 900,
 ) -> None:
     """Start storage, inference and gateway; stop all three on Ctrl-C."""
-    logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
+    defaults.configure_logging(logging.WARNING)
     config = StackConfig(
         gateway_host=gateway_host,
         gateway_port=gateway_port,
@@ -167,7 +173,7 @@ def prepare_model(
     """Convert the packaged SmolLM2-135M-Instruct GGUF into a Hugging Face directory (once)."""
     from actlog_common.default_model import prepare_default_model
 
-    logging.basicConfig(level=logging.INFO)
+    defaults.configure_logging()
     path = prepare_default_model(Path(model_cache_dir) if model_cache_dir else None, force)
     typer.echo(str(path))
 
@@ -207,7 +213,7 @@ def export(
     rows: Annotated[
         str | None, typer.Option(help="token positions START:END, e.g. 0:5, 12:, :40")
     ] = None,
-    storage: StorageOpt = "127.0.0.1:50052",
+    storage: StorageOpt = defaults.STORAGE_ADDR,
 ) -> None:
     """Write a record's activations (`layer_<i>`), token ids and metadata to safetensors."""
     from actlog.client import StorageClient
@@ -239,7 +245,7 @@ def find(
     prompt: Annotated[str | None, typer.Option(help="the prompt text (hashed for you)")] = None,
     prompt_hash: Annotated[str | None, typer.Option()] = None,
     model: Annotated[str | None, typer.Option()] = None,
-    storage: StorageOpt = "127.0.0.1:50052",
+    storage: StorageOpt = defaults.STORAGE_ADDR,
 ) -> None:
     """List the records stored for a prompt, newest first, as JSON lines."""
     from actlog.client import StorageClient
@@ -313,7 +319,7 @@ def list_records(
     since_ms: Annotated[int | None, typer.Option(help="created at or after (Unix ms)")] = None,
     until_ms: Annotated[int | None, typer.Option(help="created before (Unix ms)")] = None,
     limit: Annotated[int, typer.Option(min=1, help="most records to print")] = 50,
-    storage: StorageOpt = "127.0.0.1:50052",
+    storage: StorageOpt = defaults.STORAGE_ADDR,
 ) -> None:
     """List stored records, newest first, as JSON lines."""
     from actlog.client import StorageClient
@@ -332,7 +338,7 @@ def label(
     remove: Annotated[
         list[str] | None, typer.Option(help="label key to remove; repeatable")
     ] = None,
-    storage: StorageOpt = "127.0.0.1:50052",
+    storage: StorageOpt = defaults.STORAGE_ADDR,
 ) -> None:
     """Set (or with --remove, drop) evaluation labels of a record; prints its labels."""
     from actlog.client import StorageClient
@@ -348,7 +354,7 @@ def label(
 @app.command()
 def delete(
     record_id: Annotated[str, typer.Argument(help="the record to delete")],
-    storage: StorageOpt = "127.0.0.1:50052",
+    storage: StorageOpt = defaults.STORAGE_ADDR,
 ) -> None:
     """Delete a record: its header, activations, labels and prompt-hash entry."""
     from actlog.client import StorageClient
@@ -359,7 +365,7 @@ def delete(
 
 
 @app.command()
-def stats(storage: StorageOpt = "127.0.0.1:50052") -> None:
+def stats(storage: StorageOpt = defaults.STORAGE_ADDR) -> None:
     """Print storage counters (records, bytes, per model) as JSON."""
     from actlog.client import StorageClient
 
@@ -376,7 +382,7 @@ def dead_letters(
     retry_all: Annotated[bool, typer.Option(help="put every dead letter back in line")] = False,
     inference: Annotated[
         str, typer.Option("--inference", envvar="INFERENCE_ADDR", help="inference host:port")
-    ] = "127.0.0.1:50051",
+    ] = defaults.INFERENCE_ADDR,
 ) -> None:
     """Records storage would not take, set aside in the inference service's spool; list them
     (JSON lines) or put them back in line for delivery."""

@@ -38,6 +38,7 @@ from actlog.errors import (
 )
 from actlog.local_reads import LocalReads, NotConnected
 from actlog.shm import MAX_ARENA_BYTES, Arena, ArenaError, ArenaPool, is_local_address
+from actlog_common.defaults import BULK_STREAM_OPTIONS, STORAGE_ADDR, message_size_options
 from actlog_common.dtypes import DTYPES
 from actlog_common.grpc_security import GrpcSecurity
 from actlog_common.hashing import prompt_hash as hash_prompt
@@ -48,14 +49,8 @@ from actlog_common.wire import ChunkView, decode_chunk
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_ADDRESS = "127.0.0.1:50052"
 MIN_SHM_ARENA_BYTES = 1 << 20
-CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", -1),
-    ("grpc.max_send_message_length", -1),
-    # A stream window larger than gRPC's default start keeps 1 MiB chunks flowing.
-    ("grpc.http2.lookahead_bytes", 16 << 20),
-]
+CHANNEL_OPTIONS = [*message_size_options(-1), *BULK_STREAM_OPTIONS]
 
 
 @dataclass(frozen=True)
@@ -172,7 +167,7 @@ class StorageClient:
 
     def __init__(
         self,
-        address: str = DEFAULT_ADDRESS,
+        address: str = STORAGE_ADDR,
         timeout: float = 30.0,
         transport: Literal["auto", "stream", "shm"] = "auto",
         shm_arena_bytes: int = MAX_ARENA_BYTES,

@@ -22,25 +22,24 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from actlog_common import defaults
 from actlog_common.grpc_security import GrpcSecurity
 from actlog_common.ids import is_record_id
 from actlog_common.v1 import inference_pb2, inference_pb2_grpc
 
 logger = logging.getLogger(__name__)
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
 
 @dataclass
 class StackConfig:
     gateway_host: str = "127.0.0.1"
-    gateway_port: int = 8000
+    gateway_port: int = defaults.GATEWAY_PORT
     inference_host: str = "127.0.0.1"
-    inference_port: int = 50051
-    inference_metrics_port: int = 9051
+    inference_port: int = defaults.INFERENCE_PORT
+    inference_metrics_port: int = defaults.INFERENCE_METRICS_PORT
     storage_host: str = "127.0.0.1"
-    storage_port: int = 50052
-    storage_metrics_port: int = 9052
+    storage_port: int = defaults.STORAGE_PORT
+    storage_metrics_port: int = defaults.STORAGE_METRICS_PORT
     activation_lmdb_path: str = "lmdb_data/activations.lmdb"
     capture_spool_dir: str = "capture_spool"
     model: str = "default"
@@ -236,10 +235,9 @@ class Stack:
                 time.sleep(0.5)
 
     # How long each service may take to stop: inference hands its pending captures to storage.
-    STOP_TIMEOUT_S = {"gateway": 30.0, "inference": 90.0, "storage": 30.0}
 
     def stop_service(self, name: str, timeout: float | None = None, kill: bool = False) -> None:
-        timeout = timeout or self.STOP_TIMEOUT_S[name]
+        timeout = timeout or defaults.STOP_TIMEOUT_S[name]
         proc = self.procs.pop(name, None)
         if proc is None or proc.poll() is not None:
             return

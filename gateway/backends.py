@@ -8,6 +8,7 @@ from typing import Any
 
 import grpc
 
+from actlog_common.defaults import message_size_options
 from actlog_common.grpc_security import GrpcSecurity
 from actlog_common.v1 import inference_pb2, inference_pb2_grpc
 from gateway.errors import from_grpc
@@ -34,8 +35,7 @@ class InferenceBackend:
                 ("grpc.initial_reconnect_backoff_ms", 100),
                 ("grpc.min_reconnect_backoff_ms", 100),
                 ("grpc.max_reconnect_backoff_ms", 1000),
-                ("grpc.max_send_message_length", max_message_bytes),
-                ("grpc.max_receive_message_length", max_message_bytes),
+                *message_size_options(max_message_bytes),
             ],
         )
         self._stub = inference_pb2_grpc.InferenceStub(self._channel)

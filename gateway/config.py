@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from actlog_common.defaults import GATEWAY_PORT, INFERENCE_ADDR
 from actlog_common.grpc_security import GrpcSecurityFields
 
 
@@ -12,8 +13,8 @@ class GatewaySettings(BaseSettings, GrpcSecurityFields):
     model_config = SettingsConfigDict(cli_kebab_case=True, cli_implicit_flags=True)
 
     gateway_host: str = "127.0.0.1"
-    gateway_port: int = 8000
-    inference_addr: str = "127.0.0.1:50051"
+    gateway_port: int = GATEWAY_PORT
+    inference_addr: str = INFERENCE_ADDR
     request_timeout_s: float = Field(600.0, description="longest a generation may take")
     api_keys: str = Field("", description="comma-separated keys; empty = no authentication")
     api_keys_file: str = Field("", description="file with one API key per line")

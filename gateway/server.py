@@ -2,26 +2,22 @@
 
 from __future__ import annotations
 
-import logging
-
 import uvicorn
 
+from actlog_common.defaults import GATEWAY_GRACE_S, configure_logging
 from gateway.app import build_app
 from gateway.config import GatewaySettings
 
 
 def main() -> None:
     settings = GatewaySettings(_cli_parse_args=True)  # type: ignore[call-arg]
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(settings.log_level)
     uvicorn.run(
         build_app(settings),
         host=settings.gateway_host,
         port=settings.gateway_port,
         log_level=settings.log_level.lower(),
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=int(GATEWAY_GRACE_S),
     )
 
 

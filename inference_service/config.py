@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from actlog_common.defaults import INFERENCE_METRICS_PORT, INFERENCE_PORT, STORAGE_ADDR
 from actlog_common.grpc_security import GrpcSecurityFields
 
 
@@ -16,9 +17,10 @@ class InferenceSettings(BaseSettings, GrpcSecurityFields):
     )
 
     inference_host: str = "127.0.0.1"
-    inference_port: int = 50051
+    inference_port: int = INFERENCE_PORT
     inference_metrics_port: int = Field(
-        9051, description="port of Prometheus metrics (/metrics, on INFERENCE_HOST); 0 = off"
+        INFERENCE_METRICS_PORT,
+        description="port of Prometheus metrics (/metrics, on INFERENCE_HOST); 0 = off",
     )
     model: str = Field(
         "default",
@@ -41,7 +43,7 @@ class InferenceSettings(BaseSettings, GrpcSecurityFields):
     )
     enable_prefix_caching: bool = True
     max_prompt_tokens: int = Field(0, description="longest prompt accepted; 0 = the model's")
-    storage_addr: str = "127.0.0.1:50052"
+    storage_addr: str = STORAGE_ADDR
     capture_default: bool = Field(True, description="capture requests that do not say")
     capture_default_layers: str = Field(
         "last", description="last, all, recommended or comma-separated indices"

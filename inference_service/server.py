@@ -11,6 +11,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from actlog_common.defaults import (
+    DRAIN_GRACE_S,
+    REQUEST_GRACE_S,
+    SERVER_OPTIONS,
+    configure_logging,
+    message_size_options,
+)
 from actlog_common.grpc_security import AioTokenInterceptor, GrpcSecurity
 from actlog_common.v1 import inference_pb2, inference_pb2_grpc
 from inference_service.config import InferenceSettings
@@ -23,10 +30,6 @@ from inference_service.servicer import InferenceServicer
 logger = logging.getLogger("inference_service")
 
 SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
-# Requests in flight get GRACE_S to finish; then pending captures get DRAIN_GRACE_S to reach
-# storage (what is left stays in the spool for the next start).
-GRACE_S = 10.0
-DRAIN_GRACE_S = 30.0
 
 
 async def serve(settings: InferenceSettings) -> None:
@@ -34,12 +37,7 @@ async def serve(settings: InferenceSettings) -> None:
     security = GrpcSecurity.of(settings)
     server = grpc.aio.server(
         interceptors=[AioTokenInterceptor(security), ErrorMappingInterceptor()],
-        options=[
-            ("grpc.max_send_message_length", settings.grpc_max_message_bytes),
-            ("grpc.max_receive_message_length", settings.grpc_max_message_bytes),
-            # No SO_REUSEPORT: a second service on the same port must fail, not share it.
-            ("grpc.so_reuseport", 0),
-        ],
+        options=[*message_size_options(settings.grpc_max_message_bytes), *SERVER_OPTIONS],
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -81,16 +79,13 @@ async def serve(settings: InferenceSettings) -> None:
 
     logger.info("shutting down: draining requests and captures")
     await health_servicer.enter_graceful_shutdown()
-    await server.stop(GRACE_S)
+    await server.stop(REQUEST_GRACE_S)
     await engine.stop(DRAIN_GRACE_S)
 
 
 def main() -> None:
     settings = InferenceSettings(_cli_parse_args=True)  # type: ignore[call-arg]
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(settings.log_level)
     try:
         asyncio.run(serve(settings))
     except StartupError as exc:

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 
 import grpc
 
+from actlog_common.defaults import message_size_options
 from actlog_common.grpc_security import GrpcSecurity
 from actlog_common.v1 import storage_pb2, storage_pb2_grpc
 from inference_service.spool import Spool, SpooledRecord
@@ -92,10 +93,7 @@ class RecordSink:
         self._security = security or GrpcSecurity()
         self._max_attempts = max_attempts
         self._addr = storage_addr
-        self._options = [
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.max_receive_message_length", max_message_bytes),
-        ]
+        self._options = message_size_options(max_message_bytes)
         self._queue: asyncio.Queue[str] = asyncio.Queue(maxsize=queue_size)
         self._queued: set[str] = set()
         self._overflow = False

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from actlog_common.defaults import STORAGE_METRICS_PORT, STORAGE_PORT
 from actlog_common.grpc_security import GrpcSecurityFields
 
 MIB = 1 << 20
@@ -34,9 +35,14 @@ class StorageSettings(BaseSettings, GrpcSecurityFields):
         "lmdb_data/activations.lmdb", description="LMDB environment directory (created if absent)."
     )
     storage_host: str = Field("127.0.0.1", description="Address the gRPC server binds.")
-    storage_port: int = Field(50052, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
+    storage_port: int = Field(
+        STORAGE_PORT, ge=0, le=65535, description="gRPC port; 0 picks a free one."
+    )
     storage_metrics_port: int = Field(
-        9052, ge=0, le=65535, description="Port of Prometheus metrics (/metrics); 0 = off."
+        STORAGE_METRICS_PORT,
+        ge=0,
+        le=65535,
+        description="Port of Prometheus metrics (/metrics); 0 = off.",
     )
     storage_max_record_bytes: int = Field(
         64 * GIB,

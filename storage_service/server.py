@@ -14,11 +14,18 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from actlog_common.defaults import (
+    BULK_STREAM_OPTIONS,
+    SERVER_OPTIONS,
+    STORAGE_GRACE_S,
+    configure_logging,
+    message_size_options,
+)
 from actlog_common.grpc_security import GrpcSecurity, TokenInterceptor
 from actlog_common.local_read import local_socket_path, private_directory, shm_supported
 from actlog_common.v1 import storage_pb2, storage_pb2_grpc
 from storage_service.compression import Compression
-from storage_service.config import MIB, StorageSettings, load_settings
+from storage_service.config import StorageSettings, load_settings
 from storage_service.errors import explain_lmdb_error
 from storage_service.interceptors import CodecInterceptor, ErrorInterceptor
 from storage_service.local_socket import LocalReadServer
@@ -32,7 +39,6 @@ from storage_service.wire import decode_ingest_request
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = storage_pb2.DESCRIPTOR.services_by_name["Storage"].full_name
-SHUTDOWN_GRACE_S = 10.0
 # Chunks come in as views into the received bytes and go out pre-encoded (wire.py).
 BULK_CODECS = {
     f"/{SERVICE_NAME}/Ingest": {"request_deserializer": decode_ingest_request},
@@ -94,7 +100,7 @@ class StorageServer:
                     len(expired), self._partial_ttl_s,
                 )  # fmt: skip
 
-    def stop(self, grace: float | None = SHUTDOWN_GRACE_S) -> None:
+    def stop(self, grace: float | None = STORAGE_GRACE_S) -> None:
         """Report NOT_SERVING, let calls in flight finish within `grace` s, close LMDB."""
         self.health.enter_graceful_shutdown()
         self._stopping.set()
@@ -126,14 +132,9 @@ def create_server(settings: StorageSettings) -> tuple[StorageServer, int]:
         settings.storage_max_record_bytes,
     )
     options = [
-        ("grpc.max_receive_message_length", settings.grpc_max_message_bytes),
-        ("grpc.max_send_message_length", settings.grpc_max_message_bytes),
-        # Ingest streams 1 MiB chunks: a stream window well above gRPC's starting one
-        # keeps a sender from stalling on flow control.
-        ("grpc.http2.lookahead_bytes", 16 * MIB),
-        # gRPC enables SO_REUSEPORT by default: a second server on the same port would bind
-        # too and take half the connections. Off, the second one fails to start.
-        ("grpc.so_reuseport", 0),
+        *message_size_options(settings.grpc_max_message_bytes),
+        *BULK_STREAM_OPTIONS,
+        *SERVER_OPTIONS,
     ]
     security = GrpcSecurity.of(settings)
     server = grpc.server(
@@ -184,10 +185,7 @@ def create_server(settings: StorageSettings) -> tuple[StorageServer, int]:
 def main(argv: Sequence[str] | None = None) -> None:
     tune_for_large_buffers()
     settings = load_settings(argv)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(settings.log_level)
     try:
         server, port = create_server(settings)
     except RuntimeError as error:
@@ -210,5 +208,5 @@ def main(argv: Sequence[str] | None = None) -> None:
         settings.storage_compression,
     )
     stopping.wait()
-    server.stop(SHUTDOWN_GRACE_S)
+    server.stop(STORAGE_GRACE_S)
     logger.info("storage stopped")

@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import grpc
@@ -23,10 +20,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from actlog.client import StorageClient
 from actlog.errors import ActlogError
-from actlog.launcher import free_port
 from actlog_common.grpc_security import GrpcSecurity
 from actlog_common.v1 import storage_pb2, storage_pb2_grpc
 from storage_service.testing import synthetic_record
+from tests.integration.storage_process import StorageProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "s3cret-token"
@@ -94,27 +91,16 @@ def pki(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def secured_storage(pki, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("secured")
-    port = free_port()
-    log = (tmp / "storage.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "storage_service", "--storage-port", str(port),
-         "--storage-metrics-port", "0", "--activation-lmdb-path", str(tmp / "lmdb"),
-         "--grpc-tls-cert", str(pki["server_cert"]), "--grpc-tls-key", str(pki["server_key"]),
-         "--grpc-tls-ca", str(pki["ca"]), "--grpc-auth-token", TOKEN],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    address = f"127.0.0.1:{port}"
     client_side = GrpcSecurity(str(pki["client_cert"]), str(pki["client_key"]), str(pki["ca"]),
                                TOKEN)  # fmt: skip
-    deadline = time.monotonic() + 30
-    while not _healthy(client_side, address):
-        assert proc.poll() is None, (tmp / "storage.log").read_text()
-        assert time.monotonic() < deadline, (tmp / "storage.log").read_text()
-        time.sleep(0.1)
-    yield address, client_side
-    proc.terminate()
-    proc.wait(30)
-    log.close()
+    storage = StorageProcess(
+        tmp / "lmdb", tmp / "storage.log",
+        "--grpc-tls-cert", str(pki["server_cert"]), "--grpc-tls-key", str(pki["server_key"]),
+        "--grpc-tls-ca", str(pki["ca"]), "--grpc-auth-token", TOKEN,
+        security=client_side,
+    ).start()  # fmt: skip
+    yield storage.address, client_side
+    assert storage.stop() == 0, storage.log()
 
 
 def _healthy(security: GrpcSecurity, address: str) -> bool:

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from actlog.launcher import Stack, StackConfig
+from actlog_common import defaults
 from gateway.config import GatewaySettings
 from inference_service.config import InferenceSettings
 from storage_service.config import StorageSettings
@@ -205,6 +206,26 @@ def test_ports_match_the_services_defaults() -> None:
         ("gateway.Dockerfile", str(gateway_port)),
     ):
         assert f"EXPOSE {ports}\n" in (DOCKER / dockerfile).read_text(), dockerfile
+
+
+def seconds(duration: str) -> float:
+    value = re.fullmatch(r"(\d+)s", duration)
+    assert value, f"stop_grace_period {duration!r} is not in seconds"
+    return float(value[1])
+
+
+def test_compose_waits_for_each_services_shutdown_grace() -> None:
+    """`compose down` kills a service after its stop_grace_period: never before the grace
+    the service itself takes (a killed inference service leaves captures in its spool)."""
+    services = load("docker-compose.yml")["services"]
+    needs = {
+        "gateway": defaults.GATEWAY_GRACE_S,
+        "inference": defaults.REQUEST_GRACE_S + defaults.DRAIN_GRACE_S,
+        "storage": defaults.STORAGE_GRACE_S,
+    }
+    for service, grace in needs.items():
+        assert seconds(services[service]["stop_grace_period"]) > grace, service
+        assert defaults.STOP_TIMEOUT_S[service] > grace, f"the launcher kills {service} early"
 
 
 # -- compose structure -----------------------------------------------------------------------
