@@ -256,7 +256,7 @@ def test_without_room_for_an_arena_auto_reads_over_the_stream(storage, stub, tmp
     record = stored(stub, "no room", num_positions=16)
     for transport in ("auto", "shm"):
         with StorageClient(storage.address, transport=transport) as client:
-            client._arenas.root = tmp_path / "missing"  # no arena can be made there
+            client._reads._arenas.root = tmp_path / "missing"  # no arena can be made there
             if transport == "shm":
                 with pytest.raises(ActlogError, match="no shared-memory arena"):
                     client.get_activations(record.header.record_id)
