@@ -35,6 +35,11 @@ def status_code(error: StorageError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+def public_error_type(error: StorageError, code: grpc.StatusCode) -> str:
+    """The domain error name a client may see ("" for INTERNAL: internals stay in the log)."""
+    return "" if code == grpc.StatusCode.INTERNAL else type(error).__name__
+
+
 Explain = Callable[[Exception], StorageError | None]
 
 
@@ -52,8 +57,8 @@ def _abort(context: grpc.ServicerContext, method: str, error: Exception, explain
     else:
         code, message = grpc.StatusCode.INTERNAL, "internal error in the storage service"
         logger.error("%s failed", method, exc_info=error)
-    if isinstance(error, StorageError):  # internals' class names stay in the log
-        context.set_trailing_metadata(((ERROR_TYPE_KEY, type(error).__name__),))
+    if isinstance(error, StorageError) and (error_type := public_error_type(error, code)):
+        context.set_trailing_metadata(((ERROR_TYPE_KEY, error_type),))
     context.abort(code, message)
 
 

@@ -36,7 +36,7 @@ from actlog_common.local_read import (
 )
 from actlog_common.v1 import storage_pb2
 from storage_service.errors import InvalidArgument, StorageError
-from storage_service.interceptors import status_code
+from storage_service.interceptors import public_error_type, status_code
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ class LocalReadServer:
         except StorageError as error:
             code = status_code(error)
             logger.info("local StreamActivations -> %s: %s", code.name, error)
-            return failure_reply(code.name, str(error), type(error).__name__)
+            return failure_reply(code.name, str(error), public_error_type(error, code))
         except Exception as error:
             logger.error("local StreamActivations failed", exc_info=error)
             return failure_reply("INTERNAL", "internal error in the storage service")

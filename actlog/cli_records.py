@@ -1,0 +1,232 @@
+"""`actlog` commands that query, label, delete and export stored records."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from actlog_common import defaults
+
+if TYPE_CHECKING:
+    from actlog.client import Record
+
+StorageOpt = Annotated[
+    str, typer.Option("--storage", envvar="STORAGE_ADDR", help="storage service host:port")
+]
+
+
+def _parse_layers(layers: str | None) -> list[int] | None:
+    if not layers:
+        return None
+    try:
+        return [int(x) for x in layers.split(",") if x.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"--layers {layers!r}: comma-separated integers") from None
+
+
+def _parse_rows(rows: str | None) -> tuple[int, int | None]:
+    """'START:END' (either may be left out) as (row_start, row_end or None = to the end)."""
+    if not rows:
+        return 0, None
+    start, sep, end = rows.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        first, last = int(start or 0), int(end) if end else None
+    except ValueError:
+        raise typer.BadParameter(f"--rows {rows!r}: START:END, e.g. 0:5, 12: or :40") from None
+    if first < 0 or (last is not None and last <= first):
+        raise typer.BadParameter(f"--rows {rows!r}: need 0 <= START < END")
+    return first, last
+
+
+def export(
+    output: Annotated[Path, typer.Option("--output", "-o", help="file.safetensors")],
+    prompt_hash: Annotated[str | None, typer.Option(help="SHA-256 of the prompt")] = None,
+    record_id: Annotated[str | None, typer.Option()] = None,
+    layers: Annotated[str | None, typer.Option(help="comma-separated, e.g. 0,15,-1")] = None,
+    model: Annotated[str | None, typer.Option(help="only records of this model")] = None,
+    rows: Annotated[
+        str | None, typer.Option(help="token positions START:END, e.g. 0:5, 12:, :40")
+    ] = None,
+    storage: StorageOpt = defaults.STORAGE_ADDR,
+) -> None:
+    """Write a record's activations (`layer_<i>`), token ids and metadata to safetensors."""
+    from actlog.client import StorageClient
+    from actlog.errors import ActlogError
+    from actlog.export import export_record
+
+    key = record_id or prompt_hash
+    if not key or (record_id and prompt_hash):
+        raise typer.BadParameter("give exactly one of --prompt-hash or --record-id")
+    try:
+        with StorageClient(storage) as client:
+            summary = export_record(
+                client, key, output, _parse_layers(layers), model, *_parse_rows(rows)
+            )
+    except ActlogError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(
+        f"wrote {summary.path} ({summary.file_bytes} bytes): record {summary.record_id}, "
+        f"layers {list(summary.layers)}, rows {summary.rows[0]}:{summary.rows[1]} of "
+        f"{summary.num_positions} positions x {summary.hidden_size} ({summary.dtype})"
+    )
+    if summary.note:
+        typer.echo(summary.note)
+
+
+def find(
+    prompt: Annotated[str | None, typer.Option(help="the prompt text (hashed for you)")] = None,
+    prompt_hash: Annotated[str | None, typer.Option()] = None,
+    model: Annotated[str | None, typer.Option()] = None,
+    storage: StorageOpt = defaults.STORAGE_ADDR,
+) -> None:
+    """List the records stored for a prompt, newest first, as JSON lines."""
+    from actlog.client import StorageClient
+    from actlog.errors import ActlogError
+    from actlog_common.hashing import prompt_hash as hash_prompt
+
+    if (prompt is None) == (prompt_hash is None):
+        raise typer.BadParameter("give exactly one of --prompt or --prompt-hash")
+    key = prompt_hash or hash_prompt(prompt or "")
+    try:
+        with StorageClient(storage) as client:
+            records = client.find_by_prompt_hash(key, model)
+    except ActlogError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    if not records:
+        of_model = f" of model {model}" if model else ""
+        typer.echo(f"no records for prompt hash {key}{of_model}", err=True)
+        raise typer.Exit(1)
+    for r in records:
+        typer.echo(
+            json.dumps(
+                {
+                    "record_id": r.record_id,
+                    "prompt_hash": r.prompt_hash,
+                    "model": r.model,
+                    "status": r.status,
+                    "layers": list(r.layers),
+                    "num_positions": r.num_positions,
+                    "prompt_length": r.prompt_length,
+                    "response": r.response,
+                }
+            )
+        )
+
+
+def _parse_labels(pairs: list[str] | None) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"expected key=value, got {pair!r}")
+        labels[key] = value
+    return labels
+
+
+def _record_line(r: Record) -> str:
+    return json.dumps(
+        {
+            "record_id": r.record_id,
+            "created_at_ms": r.created_at_ms,
+            "model": r.model,
+            "status": r.status,
+            "labels": r.labels,
+            "layers": list(r.layers),
+            "num_positions": r.num_positions,
+            "prompt_hash": r.prompt_hash,
+            "prompt": r.prompt,
+            "response": r.response,
+        },
+        ensure_ascii=False,
+    )
+
+
+def list_records(
+    model: Annotated[str | None, typer.Option(help="only records of this model")] = None,
+    label: Annotated[
+        list[str] | None, typer.Option(help="key=value; repeat to require several")
+    ] = None,
+    since_ms: Annotated[int | None, typer.Option(help="created at or after (Unix ms)")] = None,
+    until_ms: Annotated[int | None, typer.Option(help="created before (Unix ms)")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="most records to print")] = 50,
+    storage: StorageOpt = defaults.STORAGE_ADDR,
+) -> None:
+    """List stored records, newest first, as JSON lines."""
+    from actlog.client import StorageClient
+
+    labels = _parse_labels(label)
+    with _storage_errors(), StorageClient(storage) as client:
+        records = client.iter_records(model, labels, since_ms, until_ms, page_size=min(limit, 1000))
+        for _, record in zip(range(limit), records, strict=False):
+            typer.echo(_record_line(record))
+
+
+def label(
+    record_id: Annotated[str, typer.Argument(help="the record to label")],
+    labels: Annotated[list[str] | None, typer.Argument(help="key=value pairs to set")] = None,
+    remove: Annotated[
+        list[str] | None, typer.Option(help="label key to remove; repeatable")
+    ] = None,
+    storage: StorageOpt = defaults.STORAGE_ADDR,
+) -> None:
+    """Set (or with --remove, drop) evaluation labels of a record; prints its labels."""
+    from actlog.client import StorageClient
+
+    to_set = _parse_labels(labels)
+    if not to_set and not remove:
+        raise typer.BadParameter("give key=value labels to set and/or --remove KEY")
+    with _storage_errors(), StorageClient(storage) as client:
+        record = client.set_labels(record_id, to_set, remove or [])
+    typer.echo(json.dumps({"record_id": record.record_id, "labels": record.labels}))
+
+
+def delete(
+    record_id: Annotated[str, typer.Argument(help="the record to delete")],
+    storage: StorageOpt = defaults.STORAGE_ADDR,
+) -> None:
+    """Delete a record: its header, activations, labels and prompt-hash entry."""
+    from actlog.client import StorageClient
+
+    with _storage_errors(), StorageClient(storage) as client:
+        deleted = client.delete_record(record_id)
+    typer.echo(f"deleted {deleted.record_id} ({deleted.stored_bytes} bytes of activations)")
+
+
+def stats(storage: StorageOpt = defaults.STORAGE_ADDR) -> None:
+    """Print storage counters (records, bytes, per model) as JSON."""
+    from actlog.client import StorageClient
+
+    with _storage_errors(), StorageClient(storage) as client:
+        result = client.stats()
+    typer.echo(json.dumps(dataclasses.asdict(result), indent=2))
+
+
+@contextmanager
+def _storage_errors() -> Iterator[None]:
+    """Report a failed storage call as `error: ...` and exit 1."""
+    from actlog.errors import ActlogError
+
+    try:
+        yield
+    except ActlogError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+
+
+def register_record_commands(app: typer.Typer) -> None:
+    app.command()(export)
+    app.command()(find)
+    app.command("list")(list_records)
+    app.command()(label)
+    app.command()(delete)
+    app.command()(stats)
