@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,19 @@ def stack_config(tmp: Path, dtype: str) -> StackConfig:
     )
 
 
+@contextmanager
+def stopped_after(stack: Stack, log_dir: Path) -> Iterator[None]:
+    """Stop `stack` when the block ends; when it fails, print each service log's tail first."""
+    try:
+        yield
+    except BaseException:
+        for log in sorted(log_dir.glob("*.log")):
+            print(f"==== {log.name}\n{log.read_text()[-4000:]}")
+        raise
+    finally:
+        stack.stop()
+
+
 @pytest.fixture(scope="session")
 def model_dir() -> str:
     from actlog_common.default_model import prepare_default_model
@@ -47,15 +61,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, model_dir: str) -> Iterator[
     tmp = tmp_path_factory.mktemp("stack")
     running = Stack(stack_config(tmp, "float32"))
     running.start()
-    try:
+    with stopped_after(running, tmp / "logs"):
         running.wait_healthy(timeout=900)
         yield running
-    except BaseException:
-        for log in sorted((tmp / "logs").glob("*.log")):
-            print(f"==== {log.name}\n{log.read_text()[-4000:]}")
-        raise
-    finally:
-        running.stop()
 
 
 @pytest.fixture(scope="session")

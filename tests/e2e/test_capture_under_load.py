@@ -19,7 +19,7 @@ import pytest
 from actlog.launcher import Stack, StackConfig
 from actlog_common.hashing import prompt_hash
 from actlog_common.v1 import inference_pb2, inference_pb2_grpc
-from tests.conftest import ENGINE_ENV, free_port
+from tests.conftest import ENGINE_ENV, free_port, stopped_after
 from tests.reference import record_mismatches
 
 pytestmark = pytest.mark.vllm
@@ -57,15 +57,9 @@ def stress_engine(stack, tmp_path_factory):
     )
     engine = Stack(config)
     engine.start_service("inference")
-    try:
+    with stopped_after(engine, tmp / "logs"):
         engine.wait_healthy(timeout=900, names=("inference",))
         yield config.inference_addr
-    except BaseException:
-        for log in (tmp / "logs").glob("*.log"):
-            print(log.read_text()[-4000:])
-        raise
-    finally:
-        engine.stop()
 
 
 @dataclass

@@ -15,7 +15,7 @@ from actlog.launcher import Stack, StackConfig
 from actlog_common.grpc_security import GrpcSecurity
 from actlog_common.hashing import prompt_hash
 from actlog_common.v1 import inference_pb2, inference_pb2_grpc
-from tests.conftest import ENGINE_ENV, free_port
+from tests.conftest import ENGINE_ENV, free_port, stopped_after
 from tests.integration.test_grpc_security import TOKEN, make_pki
 
 pytestmark = pytest.mark.vllm
@@ -37,15 +37,9 @@ def secured_stack(tmp_path_factory, model_dir):
     )  # fmt: skip
     stack = Stack(config)
     stack.start()
-    try:
+    with stopped_after(stack, tmp / "logs"):
         stack.wait_healthy(timeout=900)
         yield stack, GrpcSecurity.from_env(security), pki
-    except BaseException:
-        for log in (tmp / "logs").glob("*.log"):
-            print(log.read_text()[-4000:])
-        raise
-    finally:
-        stack.stop()
 
 
 def test_capture_travels_the_secured_links(secured_stack) -> None:

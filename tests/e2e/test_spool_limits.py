@@ -14,7 +14,7 @@ import pytest
 from actlog.client import StorageClient
 from actlog.launcher import Stack, StackConfig
 from actlog_common.hashing import prompt_hash
-from tests.conftest import ENGINE_ENV, free_port
+from tests.conftest import ENGINE_ENV, free_port, stopped_after
 from tests.e2e.test_metrics import scrape, total
 
 pytestmark = pytest.mark.vllm
@@ -37,15 +37,9 @@ def storage_down_stack(tmp_path_factory, model_dir):
     stack = Stack(config)
     stack.start_service("inference")  # storage stays down for now
     stack.start_service("gateway")
-    try:
+    with stopped_after(stack, tmp / "logs"):
         stack.wait_healthy(timeout=900, names=("inference", "gateway"))
         yield stack
-    except BaseException:
-        for log in (tmp / "logs").glob("*.log"):
-            print(log.read_text()[-4000:])
-        raise
-    finally:
-        stack.stop()
 
 
 def test_captures_beyond_the_spool_budget_are_refused_and_the_rest_arrive(storage_down_stack):
