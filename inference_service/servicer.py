@@ -25,17 +25,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
     async def GetModelInfo(  # noqa: N802
         self, request: inference_pb2.ModelInfoRequest, context: grpc.aio.ServicerContext
     ) -> inference_pb2.ModelInfo:
-        info = self._engine.require_ready()
-        return inference_pb2.ModelInfo(
-            model=info.model,
-            num_layers=info.num_layers,
-            hidden_size=info.hidden_size,
-            dtype=info.dtype,
-            max_model_len=info.max_model_len,
-            default_layers=info.default_layers,
-            recommended_layers=info.recommended_layers,
-            kv_cache_bytes=info.kv_cache_bytes,
-        )
+        return self._engine.require_ready().to_pb()
 
     async def DeadLetters(  # noqa: N802
         self, request: inference_pb2.DeadLettersRequest, context: grpc.aio.ServicerContext

@@ -32,24 +32,17 @@ TRANSIENT = frozenset({
     grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
     grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED,
 })  # fmt: skip
-HEADER_FIELDS = (
-    "record_id", "prompt_hash", "prompt", "response", "model", "token_ids", "token_strings",
-    "prompt_length", "sampling_params_json", "layers", "num_positions", "hidden_size", "dtype",
-    "num_layers", "finish_reason", "created_at_ms", "choice_index", "request_id",
-)  # fmt: skip
 
 
 def ingest_messages(record: SpooledRecord) -> Iterator[storage_pb2.IngestRequest]:
     header = record.header
-    yield storage_pb2.IngestRequest(
-        header=storage_pb2.RecordHeader(**{k: header[k] for k in HEADER_FIELDS})
-    )
-    n_rows = header["num_positions"]
-    row_bytes = header["row_bytes"]
+    yield storage_pb2.IngestRequest(header=header)
+    n_rows = header.num_positions
+    row_bytes = record.row_bytes
     rows_per_chunk = max(1, CHUNK_BYTES // row_bytes)
     digest = hashlib.sha256()
     sequence = 0
-    for layer in header["layers"]:
+    for layer in header.layers:
         with open(record.layer_path(layer), "rb") as f:
             for row in range(0, n_rows, rows_per_chunk):
                 count = min(rows_per_chunk, n_rows - row)

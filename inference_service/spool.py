@@ -6,6 +6,11 @@ file per layer, written at offset `position * row_bytes` (a recomputed position 
 row). When the request finishes, its header is written and the directory renamed to
 `<record_id>/`: from then on it survives a restart of the service and is replayed to storage
 in record-id (= time) order. Memory stays bounded by what is in flight, not by capture size.
+
+The header file, `header.json`, is {"row_bytes": <bytes per row of the layer files>,
+"header": <the RecordHeader sent to storage, in protobuf's JSON mapping with the .proto's
+field names>}. Spools written before it had this shape hold one flat object: the header's
+fields and row_bytes side by side; they are read too.
 """
 
 from __future__ import annotations
@@ -21,7 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from google.protobuf import json_format
+
 from actlog_common.ids import is_record_id, record_id_timestamp_ms
+from actlog_common.v1 import storage_pb2
 from inference_service.errors import InferenceError
 
 logger = logging.getLogger(__name__)
@@ -65,10 +73,28 @@ class SpoolWriter:
 class SpooledRecord:
     record_id: str
     directory: Path
-    header: dict[str, Any]
+    header: storage_pb2.RecordHeader
+    row_bytes: int
 
     def layer_path(self, layer: int) -> Path:
         return layer_file(self.directory, layer)
+
+
+def encode_header(header: storage_pb2.RecordHeader, row_bytes: int) -> str:
+    """The text of a record's header file."""
+    fields = json_format.MessageToDict(header, preserving_proto_field_name=True)
+    return json.dumps({"row_bytes": row_bytes, "header": fields})
+
+
+def decode_header(text: str) -> tuple[storage_pb2.RecordHeader, int]:
+    """A record's header and its layer files' bytes per row, from its header file."""
+    document: dict[str, Any] = json.loads(text)
+    if "header" not in document:  # the flat shape of spools written before
+        document = {"row_bytes": document.pop("row_bytes"), "header": document}
+    header = json_format.ParseDict(
+        document["header"], storage_pb2.RecordHeader(), ignore_unknown_fields=True
+    )
+    return header, int(document["row_bytes"])
 
 
 class SpoolFull(InferenceError):
@@ -114,15 +140,15 @@ class Spool:
             self.reserved_bytes += reserve
         return SpoolWriter(self.root / f"{record_id}{PARTIAL_SUFFIX}", layers, row_bytes, reserve)
 
-    def finish(self, writer: SpoolWriter, record_id: str, header: dict[str, Any]) -> None:
-        """Make a capture durable and visible to the sender."""
+    def finish(self, writer: SpoolWriter, header: storage_pb2.RecordHeader) -> None:
+        """Make a capture durable, under its header, and visible to the sender."""
         writer.close()
         path = writer.directory / HEADER_FILE
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(header))
+        tmp.write_text(encode_header(header, writer.row_bytes))
         os.replace(tmp, path)
         size = _directory_bytes(writer.directory)
-        os.replace(writer.directory, self.root / record_id)
+        os.replace(writer.directory, self.root / header.record_id)
         with self._lock:
             self.reserved_bytes -= writer.reserved
             self.held_bytes += size
@@ -145,8 +171,8 @@ class Spool:
 
     def load(self, record_id: str) -> SpooledRecord:
         directory = self.root / record_id
-        header = json.loads((directory / HEADER_FILE).read_text())
-        return SpooledRecord(record_id, directory, header)
+        header, row_bytes = decode_header((directory / HEADER_FILE).read_text())
+        return SpooledRecord(record_id, directory, header, row_bytes)
 
     def remove(self, record_id: str) -> None:
         directory = self.root / record_id

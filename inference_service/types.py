@@ -1,11 +1,21 @@
-"""Domain types of the inference service and their protobuf conversions."""
+"""Domain types of the inference service and their protobuf conversions.
+
+A type sent as a message names its fields exactly as the message does, so `_as_pb` converts
+it field by field without listing them again; tests/unit/test_inference_types.py holds each
+pair of field lists equal.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
+
+from google.protobuf.message import Message
 
 from actlog_common.v1 import inference_pb2
 from inference_service.errors import InvalidRequest
+
+M = TypeVar("M", bound=Message)
 
 
 @dataclass(frozen=True)
@@ -117,14 +127,7 @@ class TokenDelta:
     logprobs: tuple[TokenLogprob, ...] = ()
 
     def to_pb(self) -> inference_pb2.GenerateResponse:
-        return inference_pb2.GenerateResponse(
-            delta=inference_pb2.TokenDelta(
-                token_ids=self.token_ids,
-                text=self.text,
-                index=self.index,
-                logprobs=[lp.to_pb() for lp in self.logprobs],
-            )
-        )
+        return inference_pb2.GenerateResponse(delta=_as_pb(self, inference_pb2.TokenDelta))
 
 
 @dataclass(frozen=True)
@@ -143,19 +146,33 @@ class GenerationResult:
     prompt_logprobs: tuple[TokenLogprob, ...] = ()
 
     def to_pb(self) -> inference_pb2.GenerateResponse:
-        return inference_pb2.GenerateResponse(
-            result=inference_pb2.GenerateResult(
-                index=self.index,
-                prompt=self.prompt,
-                logprobs=[lp.to_pb() for lp in self.logprobs],
-                prompt_logprobs=[lp.to_pb() for lp in self.prompt_logprobs],
-                text=self.text,
-                prompt_token_ids=self.prompt_token_ids,
-                output_token_ids=self.output_token_ids,
-                finish_reason=self.finish_reason,
-                prompt_hash=self.prompt_hash,
-                record_id=self.record_id,
-                layers=self.layers,
-                model=self.model,
-            )
-        )
+        return inference_pb2.GenerateResponse(result=_as_pb(self, inference_pb2.GenerateResult))
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """The loaded model, as GetModelInfo reports it."""
+
+    model: str
+    num_layers: int
+    hidden_size: int
+    dtype: str
+    max_model_len: int
+    default_layers: tuple[int, ...]
+    recommended_layers: tuple[int, ...]
+    kv_cache_bytes: int = 0
+
+    def to_pb(self) -> inference_pb2.ModelInfo:
+        return _as_pb(self, inference_pb2.ModelInfo)
+
+
+def _as_pb(value: Any, message: type[M]) -> M:
+    """A dataclass as the message whose fields have the same names; token log-probabilities
+    in it convert with their own to_pb."""
+    kwargs = {}
+    for field in fields(value):
+        item = getattr(value, field.name)
+        if isinstance(item, tuple) and item and isinstance(item[0], TokenLogprob):
+            item = [lp.to_pb() for lp in item]
+        kwargs[field.name] = item
+    return message(**kwargs)

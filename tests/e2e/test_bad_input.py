@@ -205,9 +205,9 @@ def test_actlog_dead_letters_lists_and_retries(stack, tmp_path) -> None:
 
     spool = Spool(Path(stack.config.capture_spool_dir))
     record_id = spool_record(spool, "a record storage refuses")
-    header = json.loads((spool.root / record_id / "header.json").read_text())
-    header["dtype"] = "float8"  # storage holds bf16, fp16 and fp32 only
-    (spool.root / record_id / "header.json").write_text(json.dumps(header))
+    spooled = json.loads((spool.root / record_id / "header.json").read_text())
+    spooled["header"]["dtype"] = "float8"  # storage holds bf16, fp16 and fp32 only
+    (spool.root / record_id / "header.json").write_text(json.dumps(spooled))
     spool.dead_letter(record_id, "put aside by the test")
     cli = [sys.executable, "-m", "actlog.cli", "dead-letters", "--inference",
            stack.config.inference_addr]  # fmt: skip

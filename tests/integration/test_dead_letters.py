@@ -19,7 +19,7 @@ import pytest
 from actlog_common.hashing import prompt_hash
 from actlog_common.ids import new_record_id
 from actlog_common.v1 import storage_pb2, storage_pb2_grpc
-from inference_service.sink import HEADER_FIELDS, RecordSink
+from inference_service.sink import RecordSink
 from inference_service.spool import Spool
 
 HIDDEN = 4
@@ -51,14 +51,12 @@ def spool_record(spool: Spool, text: str) -> str:
     record_id = new_record_id()
     writer = spool.open(record_id, [0], ROW_BYTES, reserve=2 * ROW_BYTES)
     writer.write(0, 0, b"\x01" * 2 * ROW_BYTES)
-    header = dict.fromkeys(HEADER_FIELDS, "")
-    header.update(
+    header = storage_pb2.RecordHeader(
         record_id=record_id, prompt_hash=prompt_hash(text), prompt=text, token_ids=[1, 2, 3],
         token_strings=["a", "b", "c"], prompt_length=2, layers=[0], num_positions=2,
         hidden_size=HIDDEN, dtype="bfloat16", num_layers=1, created_at_ms=0, choice_index=0,
-        row_bytes=ROW_BYTES,
     )  # fmt: skip
-    spool.finish(writer, record_id, header)
+    spool.finish(writer, header)
     return record_id
 
 
@@ -126,7 +124,7 @@ def test_dead_letters_keep_their_data_and_header(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool")
     record_id = spool_record(spool, "aside")
     where = spool.dead_letter(record_id, "INVALID_ARGUMENT after 1 attempts: bad layers")
-    assert json.loads((where / "header.json").read_text())["record_id"] == record_id
+    assert json.loads((where / "header.json").read_text())["header"]["record_id"] == record_id
     assert (where / "layer_0.bin").stat().st_size == 2 * ROW_BYTES
     assert spool.dead_letters() == [(record_id, "INVALID_ARGUMENT after 1 attempts: bad layers")]
     assert spool.usage()[1] >= 2 * ROW_BYTES  # it still holds disk space

@@ -1,0 +1,96 @@
+"""vLLM's engine arguments from the service's settings; on a CPU host, with the KV cache sized
+to what the engine needs (memory.py) and a one-line failure when the engine cannot fit."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from typing import Any
+
+from inference_service import capture_worker, memory
+from inference_service.config import InferenceSettings
+
+logger = logging.getLogger(__name__)
+
+WORKER_EXTENSION = f"{capture_worker.__name__}.ActivationCaptureExtension"
+
+
+def engine_args(
+    settings: InferenceSettings,
+    model_path: str,
+    served: str,
+    *,
+    chunked_prefill: bool,
+    is_cpu: bool,
+) -> tuple[Any, int]:
+    """AsyncEngineArgs for the model, and the bytes of KV cache it is given (0: vLLM's own
+    sizing, e.g. on GPU)."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    s = settings
+    kwargs: dict[str, Any] = {
+        "model": model_path,
+        "served_model_name": served,
+        "dtype": s.dtype,
+        # Hooks on inner layers never fire inside torch.compile'd / graph-captured regions.
+        "enforce_eager": True,
+        "worker_extension_cls": WORKER_EXTENSION,
+        "enable_chunked_prefill": chunked_prefill,
+        "enable_prefix_caching": s.enable_prefix_caching,
+    }
+    optional = {
+        "max_model_len": s.max_model_len,
+        "max_num_seqs": s.max_num_seqs,
+        "max_num_batched_tokens": s.max_num_batched_tokens,
+        "gpu_memory_utilization": s.gpu_memory_utilization,
+        "kv_cache_memory_bytes": s.kv_cache_memory_bytes,
+    }
+    kwargs.update({k: v for k, v in optional.items() if v})
+    args = AsyncEngineArgs(**kwargs)
+    if not chunked_prefill and not s.max_num_batched_tokens:
+        # Without chunked prefill a whole prompt must fit one step.
+        args.max_num_batched_tokens = max(s.max_model_len or 8192, 2048)
+    kv_cache_bytes = s.kv_cache_memory_bytes
+    if is_cpu:
+        kv_cache_bytes = _size_cpu_memory(s, args, model_path)
+    return args, kv_cache_bytes
+
+
+def _size_cpu_memory(s: InferenceSettings, args: Any, model_path: str) -> int:
+    """Give the KV cache what the engine needs unless a setting says otherwise, and fail at
+    once, in one line, when the engine cannot fit; the KV cache bytes given."""
+    if s.gpu_memory_utilization or os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+        return s.kv_cache_memory_bytes  # vLLM's own reservation and checks apply
+    probe = copy.deepcopy(args)
+    config = probe.create_engine_config()
+    model = config.model_config
+    dtype_size = model.dtype.itemsize
+    cache_dtype = str(config.cache_config.cache_dtype)
+    cache_size = dtype_size if cache_dtype == "auto" else (1 if "fp8" in cache_dtype else 2)
+    per_token = memory.kv_bytes_per_token(
+        model.get_num_layers(config.parallel_config),
+        model.get_num_kv_heads(config.parallel_config),
+        model.get_head_size(),
+        cache_size,
+    )
+    available = memory.cpu_available_bytes()
+    if s.kv_cache_memory_bytes:
+        kv_bytes = s.kv_cache_memory_bytes
+        logger.info("KV cache %.2f GiB (KV_CACHE_MEMORY_BYTES)", kv_bytes / memory.GIB)
+    else:
+        plan = memory.plan_kv_cache(
+            per_token,
+            model.max_model_len,
+            config.scheduler_config.max_num_seqs,
+            available,
+        )
+        kv_bytes = args.kv_cache_memory_bytes = plan.kv_cache_bytes
+        logger.info("%s", plan.describe())
+    stored = getattr(model.hf_config, "dtype", None) or getattr(
+        model.hf_config, "torch_dtype", None
+    )
+    stored_size = getattr(stored, "itemsize", None) or (4 if "32" in str(stored) else 2)
+    weights = memory.weights_bytes_on_disk(model_path, dtype_size, stored_size)
+    memory.check_fits(kv_bytes, weights, available)
+    return kv_bytes
