@@ -3,7 +3,8 @@
 The three services never import one another and never import the client (`actlog`); the
 client imports no service, so `pip install actlog` users (and the services' images) get the
 client, CLI and launcher without any service's code. What both sides need lives in
-`actlog_common`, which imports none of them. The next crossing fails here, naming the file.
+`actlog_common`, which imports none of them. The research package reaches the services only
+through the client and the public APIs. The next crossing fails here, naming the file.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = frozenset({"gateway", "inference_service", "storage_service"})
-FIRST_PARTY = SERVICES | {"actlog", "actlog_common"}
+RESEARCH = "representation_engineering"
+FIRST_PARTY = SERVICES | {"actlog", "actlog_common", RESEARCH}
 # The first-party packages each package may import, besides itself.
 ALLOWED = {
     "actlog": {"actlog_common"},
     "actlog_common": set(),
     **{service: {"actlog_common"} for service in SERVICES},
+    RESEARCH: {"actlog", "actlog_common"},
 }
 
 
