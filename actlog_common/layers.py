@@ -8,7 +8,25 @@ about a layer a record does not hold.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Iterable, Sequence
+
+PRESETS = ("last", "all", "recommended")
+
+
+def recommended_layers(num_layers: int) -> list[int]:
+    """The layers from 45% to 85% of depth, where representation-engineering probes work best."""
+    first = max(1, math.ceil(0.45 * num_layers))
+    last = min(num_layers, math.floor(0.85 * num_layers))
+    return list(range(first, last + 1))
+
+
+def parse_layer_spec(spec: str) -> tuple[list[int], str]:
+    """`last`, `all`, `recommended` or comma-separated indices -> (indices, preset)."""
+    spec = spec.strip()
+    if spec in PRESETS:
+        return [], spec
+    return [int(part) for part in spec.split(",") if part.strip()], ""
 
 
 class LayerError(ValueError):
@@ -39,3 +57,30 @@ def resolve_stored_layers(
         if index not in resolved:
             resolved.append(index)
     return resolved
+
+
+def choose_layers(layers: Iterable[int], preset: str, num_layers: int) -> list[int]:
+    """A layer choice (indices or a preset) as sorted, unique, non-negative indices."""
+    requested = list(layers)
+    if preset and requested:
+        raise LayerError("give either capture layers or a layer preset, not both")
+    if preset:
+        if preset == "last":
+            return [num_layers]
+        if preset == "all":
+            return list(range(num_layers + 1))
+        if preset == "recommended":
+            return recommended_layers(num_layers)
+        raise LayerError(f"unknown layer preset {preset!r}; expected one of {PRESETS}")
+    if not requested:
+        return [num_layers]
+    total = num_layers + 1
+    resolved = set()
+    for layer in requested:
+        if not -total <= layer < total:
+            raise LayerError(
+                f"layer {layer} does not exist: the model has hidden states 0..{num_layers} "
+                f"(or {-total}..-1 counting from the end)"
+            )
+        resolved.add(layer % total)
+    return sorted(resolved)

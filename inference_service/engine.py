@@ -24,6 +24,7 @@ from actlog_common.default_model import DEFAULT_MODEL_NAME, resolve_model
 from actlog_common.dtypes import DTYPES
 from actlog_common.grpc_security import GrpcSecurity
 from actlog_common.ids import new_record_id
+from actlog_common.layers import parse_layer_spec, recommended_layers
 from actlog_common.v1 import storage_pb2
 from inference_service.capture import CaptureCollector
 from inference_service.config import InferenceSettings
@@ -35,7 +36,7 @@ from inference_service.errors import (
     PromptTooLong,
 )
 from inference_service.generation import Generation
-from inference_service.layers import parse_layer_spec, recommended_layers, resolve_layers
+from inference_service.layers import resolve_layers
 from inference_service.prompt import tokenize_prompt
 from inference_service.sampling import sampling_params
 from inference_service.sink import RecordSink

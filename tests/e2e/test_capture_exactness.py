@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from actlog_common.hashing import prompt_hash
-from inference_service.layers import recommended_layers
+from actlog_common.layers import recommended_layers
 from tests.reference import record_mismatches
 
 pytestmark = pytest.mark.vllm

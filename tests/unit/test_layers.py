@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from actlog_common.layers import recommended_layers
 from inference_service.errors import InvalidRequest
-from inference_service.layers import recommended_layers, resolve_layers
+from inference_service.layers import resolve_layers
 
 N = 30  # SmolLM2-135M: 30 decoder layers, hidden states 0..30
 
