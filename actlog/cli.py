@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 import time
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated
 
@@ -204,6 +205,10 @@ def dead_letters(
 
 
 register_record_commands(app)
+# Commands of other installed packages (the research tools' `capture`, `control-vector`),
+# found by entry point so that the client package imports none of them.
+for _plugin in entry_points(group="actlog.commands"):
+    _plugin.load()(app)
 
 
 def main() -> None:

@@ -1,0 +1,135 @@
+"""`actlog capture` (= `python capture_activations.py`) and `actlog control-vector`."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from actlog_common.defaults import STORAGE_ADDR, configure_logging
+from actlog_common.layers import PRESETS
+
+logger = logging.getLogger(__name__)
+
+LayersOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--layers",
+        help='comma-separated hidden-state indices ("14,15,16,17"; negative from the end), '
+        '"recommended" (45%-85% of depth), "all" or "last"; default: all',
+    ),
+]
+ModelOpt = Annotated[
+    str,
+    typer.Option("--model", help="hub id or local directory; default: the offline default model"),
+]
+ServerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--server", help="capture through the stack's gateway (e.g. http://127.0.0.1:8000)"
+    ),
+]
+StorageOpt = Annotated[
+    str, typer.Option("--storage", envvar="STORAGE_ADDR", help="storage host:port (--server)")
+]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="in-process dtype: float32 or bfloat16")]
+ConceptOpt = Annotated[
+    str | None, typer.Option("--concept", help="a shipped concept, e.g. honesty")
+]
+ConceptFileOpt = Annotated[
+    Path | None,
+    typer.Option("--concept-file", help='JSONL of {"positive": ..., "negative": ...} pairs'),
+]
+MaxSamplesOpt = Annotated[
+    int | None, typer.Option("--max-samples", min=1, help="use the first N pairs")
+]
+
+
+def parse_layers(spec: str | None) -> list[int] | str | None:
+    """A --layers value as the API takes it."""
+    if spec is None or not spec.strip():
+        return None
+    spec = spec.strip()
+    if spec in PRESETS:
+        return spec
+    try:
+        return [int(part) for part in spec.split(",") if part.strip()]
+    except ValueError:
+        raise typer.BadParameter(
+            f"{spec!r} is neither comma-separated integers nor one of {', '.join(PRESETS)}",
+            param_hint="--layers",
+        ) from None
+
+
+def _engine(model: str, dtype: str, server: str | None, storage: str) -> tuple[Any, Any, Any]:
+    """(model, tokenizer, server) for the API: the stack when --server, else in-process."""
+    if server:
+        from representation_engineering.served import ServedStack
+
+        return None, None, ServedStack(server, storage)
+    from representation_engineering.inprocess import load_model
+
+    loaded, tokenizer = load_model(model, dtype)
+    return loaded, tokenizer, None
+
+
+def capture(
+    prompt: Annotated[str | None, typer.Option("--prompt", help="capture one prompt")] = None,
+    concept: ConceptOpt = None,
+    concept_file: ConceptFileOpt = None,
+    output: Annotated[
+        str, typer.Option("--output", help="writes OUTPUT.pt and OUTPUT.json")
+    ] = "activations",
+    max_samples: MaxSamplesOpt = None,
+    layers: LayersOpt = None,
+    use_hooks: Annotated[
+        bool, typer.Option("--use-hooks", help="forward hooks: keep only the chosen layers")
+    ] = False,
+    model: ModelOpt = "default",
+    server: ServerOpt = None,
+    storage: StorageOpt = STORAGE_ADDR,
+    dtype: DtypeOpt = "float32",
+) -> None:
+    """Capture hidden states of a prompt, or contrastive pairs of a concept, and save them."""
+    configure_logging(logging.WARNING)
+    if sum(x is not None for x in (prompt, concept, concept_file)) != 1:
+        raise typer.BadParameter("give one of --prompt, --concept or --concept-file")
+    if use_hooks and server:
+        raise typer.BadParameter("--use-hooks is for in-process capture, not --server")
+    from representation_engineering.capture import capture_activations, capture_from_concept
+    from representation_engineering.saving import save_activations
+
+    chosen = parse_layers(layers)
+    loaded, tokenizer, stack = _engine(model, dtype, server, storage)
+    try:
+        if prompt is not None:
+            data = capture_activations(loaded, tokenizer, prompt, chosen, use_hooks, stack)
+            what = f"{len(data['tokens'])} tokens"
+        else:
+            data = capture_from_concept(
+                loaded, tokenizer, concept or "", chosen, max_samples, use_hooks, stack,
+                str(concept_file) if concept_file else None,
+            )  # fmt: skip
+            what = f"{len(data['positive'])} pairs of {data['concept']}"
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+    finally:
+        if stack is not None:
+            stack.close()
+    pt_path, json_path = save_activations(data, output)
+    typer.echo(
+        f"captured {what} at layers {data['captured_layers']} ({data['engine']}, "
+        f"{data['model']}): {pt_path}, {json_path}"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add the research commands to the `actlog` CLI."""
+    app.command("capture")(capture)
+
+
+def capture_main() -> None:
+    """`python capture_activations.py ...`: the capture command on its own."""
+    typer.run(capture)
