@@ -237,7 +237,7 @@ def test_concurrency_and_body_limits(stack, served_model, tmp_path):
         codes = sorted(r.status_code for r in asyncio.run(burst()))
         assert 200 in codes and 429 in codes
         limited = next(r for r in asyncio.run(burst()) if r.status_code == 429)
-        assert limited.json()["error"]["type"] == "rate_limit_error"
+        assert limited.json()["error"]["type"] == "Too Many Requests"
     finally:
         gateway.stop()
 
@@ -270,7 +270,7 @@ def test_inference_down_gives_503_fast_and_recovers(stack, openai_client, served
         assert time.monotonic() - started < 1.0
         assert info.value.status_code == 503
         error = json.loads(info.value.response.text)["error"]
-        assert error["type"] == "service_unavailable"
+        assert error["type"] == "ServiceUnavailableError"
         assert "127.0.0.1" not in error["message"] and "ipv4" not in error["message"]
         assert info.value.response.headers["Retry-After"] == "1"
         # Not ready (a load balancer takes it out of rotation), but alive (nothing restarts it).
