@@ -1,12 +1,18 @@
-"""Gateway errors and their OpenAI-shaped HTTP responses, built in one place."""
+"""Gateway errors and their OpenAI-shaped bodies, built in one place.
+
+An error's `type` follows from its HTTP status alone (ERROR_TYPES), as vLLM's OpenAI server
+names them, so a client sees one type per status wherever the error started: in a route, in
+a guard, in the inference service, or in the middle of a stream.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 from http import HTTPStatus
 
 import grpc
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 
 from actlog_common.error_metadata import ERROR_TYPE_KEY, PARAM_KEY
 from gateway.protocol import ErrorInfo, ErrorResponse
@@ -16,44 +22,74 @@ logger = logging.getLogger(__name__)
 
 # Sent with 429 and 503: clients (OpenAI's SDKs among them) wait this long before a retry.
 RETRY_AFTER = {"Retry-After": "1"}
+_RETRY_STATUSES = (429, 503)
+
+# HTTP status -> OpenAI error `type`, as vLLM 0.32's OpenAI server answers (its
+# create_error_response); any other status gets its HTTP phrase ("Too Many Requests"), as
+# vLLM's HTTPException handler gives it.
+ERROR_TYPES: dict[int, str] = {
+    400: "BadRequestError",
+    404: "NotFoundError",
+    422: "UnprocessableEntityError",
+    500: "InternalServerError",
+    501: "NotImplementedError",
+    503: "ServiceUnavailableError",
+}
+
+
+def error_type(status: int) -> str:
+    """The `type` of every error answered with `status`."""
+    if status in ERROR_TYPES:
+        return ERROR_TYPES[status]
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:  # not a registered status (nginx's 499, say)
+        return "Error"
 
 
 class GatewayError(Exception):
+    """An error a client gets as an OpenAI error body: its status decides its `type`, and
+    429 and 503 say when to retry (Retry-After)."""
+
     def __init__(
         self,
         message: str,
         status: int = 400,
-        type_: str = "invalid_request_error",
+        *,
         param: str | None = None,
         code: str | None = None,
-        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
-        self.type = type_
         self.param = param
         self.code = code
-        self.headers = headers
+
+    @property
+    def type(self) -> str:
+        return error_type(self.status)
+
+    @property
+    def headers(self) -> dict[str, str] | None:
+        return dict(RETRY_AFTER) if self.status in _RETRY_STATUSES else None
 
 
-_GRPC_TO_HTTP = {
-    grpc.StatusCode.INVALID_ARGUMENT: (400, "invalid_request_error"),
-    grpc.StatusCode.OUT_OF_RANGE: (413, "invalid_request_error"),
-    grpc.StatusCode.NOT_FOUND: (404, "not_found_error"),
-    grpc.StatusCode.RESOURCE_EXHAUSTED: (429, "rate_limit_error"),
-    grpc.StatusCode.UNAVAILABLE: (503, "service_unavailable"),
-    grpc.StatusCode.DEADLINE_EXCEEDED: (504, "timeout"),
+# gRPC status of a failed inference call -> HTTP status of the gateway's answer; any other
+# code is the service's fault or the gateway's (a bad token, a method it lacks): 500.
+_GRPC_TO_HTTP: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.OUT_OF_RANGE: 413,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
 }
 
 
 def from_grpc(exc: grpc.aio.AioRpcError) -> GatewayError:
-    status, type_ = _GRPC_TO_HTTP.get(exc.code(), (500, "internal_error"))
+    status = _GRPC_TO_HTTP.get(exc.code(), 500)
     message = exc.details() or exc.code().name
-    headers = None
     metadata = dict(exc.trailing_metadata() or ())
-    if status in (429, 503):
-        headers = RETRY_AFTER
     if status == 503 and ERROR_TYPE_KEY not in metadata:
         # Not the service's own refusal: gRPC's details name internal addresses
         # ("ipv4:127.0.0.1:50051: ..."). They stay in the log; clients get what to do.
@@ -62,23 +98,21 @@ def from_grpc(exc: grpc.aio.AioRpcError) -> GatewayError:
     if status == 500:
         message = "internal error in the inference service"
     param = metadata.get(PARAM_KEY)
-    return GatewayError(message, status, type_, param=param if isinstance(param, str) else None,
-                        headers=headers)  # fmt: skip
+    return GatewayError(message, status, param=param if isinstance(param, str) else None)
 
 
-def error_response(
-    message: str,
-    status: int = 400,
-    type_: str = "invalid_request_error",
-    param: str | None = None,
-    code: str | None = None,
-    headers: dict[str, str] | None = None,
-) -> JSONResponse:
+def error_body(exc: GatewayError, *, stream: bool = False) -> str:
+    """The one builder of error bodies: the JSON `{"error": {...}}` of a response, or, with
+    `stream`, the same JSON as one server-sent event (`data: {...}` and a blank line)."""
     body = ErrorResponse(
-        error=ErrorInfo(message=message, type=type_, param=param, code=code or str(status))
+        error=ErrorInfo(
+            message=exc.message, type=exc.type, param=exc.param, code=exc.code or str(exc.status)
+        )
     )
-    return JSONResponse(status_code=status, content=body.model_dump(), headers=headers)
+    data = json.dumps(body.model_dump())
+    return f"data: {data}\n\n" if stream else data
 
 
-def status_phrase(status: int) -> str:
-    return HTTPStatus(status).phrase
+def error_response(exc: GatewayError) -> Response:
+    """`exc` as an HTTP response: its status, its body, and Retry-After where it applies."""
+    return Response(error_body(exc), exc.status, headers=exc.headers, media_type="application/json")

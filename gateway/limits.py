@@ -7,7 +7,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.errors import RETRY_AFTER, GatewayError, error_response
+from gateway.errors import GatewayError, error_response
 
 
 class ConcurrencyLimit:
@@ -21,9 +21,8 @@ class ConcurrencyLimit:
     def acquire(self) -> None:
         if self.active >= self.limit:
             raise GatewayError(
-                f"too many requests in flight (limit {self.limit}); retry shortly",
-                status=429, type_="rate_limit_error", headers=RETRY_AFTER,
-            )  # fmt: skip
+                f"too many requests in flight (limit {self.limit}); retry shortly", 429
+            )
         self.active += 1
 
     def release(self) -> None:
@@ -45,9 +44,8 @@ class GuardMiddleware:
         headers = {k.decode().lower(): v.decode(errors="replace") for k, v in scope["headers"]}
         if self.keys and not self._authorized(headers.get("authorization", "")):
             response = error_response(
-                "Incorrect API key provided.", 401, "authentication_error",
-                code="invalid_api_key",
-            )  # fmt: skip
+                GatewayError("Incorrect API key provided.", 401, code="invalid_api_key")
+            )
             await response(scope, receive, send)
             return
         declared = headers.get("content-length", "")
@@ -107,9 +105,8 @@ class GuardMiddleware:
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Any) -> None:
         response = error_response(
-            f"request body is larger than {self.max_body_bytes} bytes", 413,
-            "invalid_request_error",
-        )  # fmt: skip
+            GatewayError(f"request body is larger than {self.max_body_bytes} bytes", 413)
+        )
         await response(scope, receive, send)
 
 

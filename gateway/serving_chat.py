@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from actlog_common.v1 import inference_pb2
 from gateway.backends import InferenceBackend
 from gateway.config import GatewaySettings
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, error_body
 from gateway.protocol import (
     ChatChoice,
     ChatCompletionRequest,
@@ -26,7 +26,6 @@ from gateway.serving_common import (
     generate_request,
     open_streams,
     sse,
-    sse_error,
 )
 from gateway.serving_completion import activation_ref
 
@@ -124,5 +123,5 @@ class OpenAIServingChat:
                 usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
                 yield chunk(choices=[], usage=usage)
         except GatewayError as exc:
-            yield sse_error(exc)
+            yield error_body(exc, stream=True)
         yield sse("[DONE]")

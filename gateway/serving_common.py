@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -26,8 +25,10 @@ async def check_model(backend: InferenceBackend, requested: str) -> inference_pb
     if requested not in (info.model, "default"):
         raise GatewayError(
             f"The model `{requested}` does not exist. Available: {info.model}",
-            status=404, type_="NotFoundError", param="model", code="model_not_found",
-        )  # fmt: skip
+            404,
+            param="model",
+            code="model_not_found",
+        )
     return info
 
 
@@ -102,21 +103,6 @@ def chat_logprobs(lps: Sequence[inference_pb2.TokenLogprob]) -> ChatLogprobs:
 def sse(chunk: BaseModel | str) -> str:
     data = chunk if isinstance(chunk, str) else chunk.model_dump_json(exclude_none=True)
     return f"data: {data}\n\n"
-
-
-def sse_error(exc: GatewayError) -> str:
-    return sse(
-        json.dumps(
-            {
-                "error": {
-                    "message": exc.message,
-                    "type": exc.type,
-                    "param": exc.param,
-                    "code": str(exc.status),
-                }
-            }
-        )
-    )
 
 
 async def open_streams(

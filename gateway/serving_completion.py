@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from actlog_common.v1 import inference_pb2
 from gateway.backends import InferenceBackend
 from gateway.config import GatewaySettings
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, error_body
 from gateway.protocol import (
     ActivationRef,
     CompletionChoice,
@@ -26,7 +26,6 @@ from gateway.serving_common import (
     generate_request,
     open_streams,
     sse,
-    sse_error,
 )
 
 
@@ -168,5 +167,5 @@ class OpenAIServingCompletion:
                     CompletionStreamResponse(id=request_id, model=model, choices=[], usage=usage)
                 )
         except GatewayError as exc:
-            yield sse_error(exc)
+            yield error_body(exc, stream=True)
         yield sse("[DONE]")

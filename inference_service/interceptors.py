@@ -20,17 +20,26 @@ from inference_service.spool import SpoolFull
 logger = logging.getLogger(__name__)
 
 
+# Domain error -> gRPC status, most specific first (PromptTooLong is an InvalidRequest).
+_CODES: tuple[tuple[type[InferenceError], grpc.StatusCode], ...] = (
+    (PromptTooLong, grpc.StatusCode.OUT_OF_RANGE),
+    (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
+    (EngineNotReady, grpc.StatusCode.UNAVAILABLE),
+    (SpoolFull, grpc.StatusCode.UNAVAILABLE),
+)
+
+
 async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
-    if isinstance(exc, InferenceError) and exc.param:
-        context.set_trailing_metadata(((PARAM_KEY, exc.param),))
-    if isinstance(exc, PromptTooLong):
-        await context.abort(grpc.StatusCode.OUT_OF_RANGE, str(exc))
-    if isinstance(exc, InvalidRequest):
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-    if isinstance(exc, EngineNotReady | SpoolFull):
-        # Named, so the gateway can tell the service's own refusal from a lost connection.
-        context.set_trailing_metadata(((ERROR_TYPE_KEY, type(exc).__name__),))
-        await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+    """End the call with the status `exc` maps to; never returns (abort raises)."""
+    for error_type, code in _CODES:
+        if isinstance(exc, error_type):
+            # Named, so the gateway can tell the service's own refusal (UNAVAILABLE for a
+            # loading engine or a full spool) from a lost connection; and the field at fault.
+            metadata = [(ERROR_TYPE_KEY, type(exc).__name__)]
+            if exc.param:
+                metadata.append((PARAM_KEY, exc.param))
+            await context.abort(code, str(exc), trailing_metadata=tuple(metadata))
+    # Anything else is a bug or an internal failure: its class and message stay in the log.
     logger.exception("unhandled error", exc_info=exc)
     await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the inference service log")
 
