@@ -8,17 +8,10 @@ from pathlib import Path
 import pytest
 
 from representation_engineering.concepts import build
+from representation_engineering.datasets import CONCEPTS
 
-CONCEPTS = (
-    "honesty",
-    "creativity",
-    "confidence",
-    "helpfulness",
-    "formality",
-    "verbosity",
-    "enthusiasm",
-    "empathy",
-)
+# The original tool's guide: "Available concepts: ...".
+GUIDE = "honesty, creativity, confidence, helpfulness, formality, verbosity, enthusiasm, empathy"
 DIRECTORY = Path(build.__file__).resolve().parent
 
 
@@ -28,6 +21,7 @@ def load(concept: str) -> list[dict[str, str]]:
 
 
 def test_the_generator_knows_exactly_the_tools_concepts():
+    assert tuple(GUIDE.split(", ")) == CONCEPTS
     assert set(build.CONCEPTS) == set(CONCEPTS)
     assert sorted(p.stem for p in DIRECTORY.glob("*.jsonl")) == sorted(CONCEPTS)
 
