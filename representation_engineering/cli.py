@@ -125,9 +125,73 @@ def capture(
     )
 
 
+def control_vector(
+    concept: ConceptOpt = None,
+    concept_file: ConceptFileOpt = None,
+    layers: LayersOpt = "recommended",
+    method: Annotated[
+        str, typer.Option("--method", help="mean_diff, pca_diff or pca_center")
+    ] = "pca_diff",
+    output: Annotated[
+        str | None,
+        typer.Option(
+            "--output",
+            help="writes OUTPUT.safetensors, OUTPUT.gguf, OUTPUT.report.json, OUTPUT.report.png",
+        ),
+    ] = None,
+    max_samples: MaxSamplesOpt = None,
+    heldout: Annotated[
+        float, typer.Option("--heldout", min=0.05, max=0.5, help="share of pairs held out")
+    ] = 0.25,
+    seed: Annotated[int, typer.Option("--seed", help="of the held-out split")] = 0,
+    model: ModelOpt = "default",
+    server: ServerOpt = None,
+    storage: StorageOpt = STORAGE_ADDR,
+    dtype: DtypeOpt = "float32",
+) -> None:
+    """Train a concept's control vector from its pairs' last tokens, and report per layer how
+    well it separates held-out pairs."""
+    configure_logging(logging.WARNING)
+    from representation_engineering.concept_vectors import (
+        train_concept_vector,
+        write_concept_vector,
+    )
+    from representation_engineering.control_vectors import METHODS
+
+    if (concept is None) == (concept_file is None):
+        raise typer.BadParameter("give one of --concept or --concept-file")
+    if method not in METHODS:
+        raise typer.BadParameter(f"--method must be one of {', '.join(METHODS)}")
+    loaded, tokenizer, stack = _engine(model, dtype, server, storage)
+    try:
+        result = train_concept_vector(
+            loaded, tokenizer, concept, parse_layers(layers), method, stack,  # type: ignore[arg-type]
+            str(concept_file) if concept_file else None, max_samples, heldout, seed,
+        )  # fmt: skip
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+    finally:
+        if stack is not None:
+            stack.close()
+    prefix = output or f"{result.data['concept']}_vector"
+    files = write_concept_vector(result, prefix)
+    best = result.report.row(result.report.best_layer)
+    typer.echo(
+        f"{result.data['concept']} ({len(result.data['positive'])} pairs, {method}, "
+        f"{result.data['engine']}): best layer {best.layer}, held-out accuracy "
+        f"{best.accuracy:.3f}, AUROC {best.auroc:.3f}, stability {best.stability:.3f}; "
+        f"recommended layers {result.report.recommended_layers}"
+    )
+    for path in (files.safetensors, files.gguf, files.report_json, files.report_png):
+        typer.echo(f"wrote {path}")
+    for layer, reason in files.export.skipped.items():
+        typer.echo(f"not in the GGUF: layer {layer} ({reason})", err=True)
+
+
 def register(app: typer.Typer) -> None:
     """Add the research commands to the `actlog` CLI."""
     app.command("capture")(capture)
+    app.command("control-vector")(control_vector)
 
 
 def capture_main() -> None:
