@@ -136,7 +136,7 @@ def control_vector(
         str | None,
         typer.Option(
             "--output",
-            help="writes OUTPUT.safetensors, OUTPUT.gguf, OUTPUT.report.json, OUTPUT.report.png",
+            help="writes OUTPUT.safetensors, .gguf, .report.json, .report.png, .control.json",
         ),
     ] = None,
     max_samples: MaxSamplesOpt = None,
@@ -180,9 +180,12 @@ def control_vector(
         f"{result.data['concept']} ({len(result.data['positive'])} pairs, {method}, "
         f"{result.data['engine']}): best layer {best.layer}, held-out accuracy "
         f"{best.accuracy:.3f}, AUROC {best.auroc:.3f}, stability {best.stability:.3f}; "
-        f"recommended layers {result.report.recommended_layers}"
+        f"recommended layers {result.report.recommended_layers}; shuffled-label control: "
+        f"mean held-out accuracy {result.control_accuracy:.3f}"
     )
-    for path in (files.safetensors, files.gguf, files.report_json, files.report_png):
+    paths = (files.safetensors, files.gguf, files.report_json, files.report_png,
+             files.control_json)  # fmt: skip
+    for path in paths:
         typer.echo(f"wrote {path}")
     for layer, reason in files.export.skipped.items():
         typer.echo(f"not in the GGUF: layer {layer} ({reason})", err=True)

@@ -33,7 +33,15 @@ POSITION = "last token"
 class ConceptVector:
     vector: ControlVector
     report: SeparationReport
+    # The same measures with each pair's labels swapped at random: what chance looks like
+    # here (held-out accuracy near 0.5). A report close to its control separates nothing.
+    control: SeparationReport
     data: dict[str, Any]  # the contrastive capture it came from
+
+    @property
+    def control_accuracy(self) -> float:
+        """The shuffled-label control's mean held-out accuracy over layers."""
+        return float(np.mean([row.accuracy for row in self.control.rows]))
 
 
 def last_token_hiddens(data: dict[str, Any]) -> dict[int, PairHiddens]:
@@ -65,6 +73,10 @@ def train_concept_vector(
     )  # fmt: skip
     hiddens = last_token_hiddens(data)
     report = separation_report(hiddens, method, heldout_fraction=heldout_fraction, seed=seed)
+    control = separation_report(
+        hiddens, method, heldout_fraction=heldout_fraction, seed=seed, shuffled_labels=True,
+        progress=False,
+    )  # fmt: skip
     directions = train_directions(hiddens, method, progress=True)
     record_ids = [d["record_id"] for d in data["positive"] + data["negative"] if "record_id" in d]
     first = data["positive"][0]
@@ -84,7 +96,7 @@ def train_concept_vector(
         best_layer=str(report.best_layer),
         recommended_layers=json.dumps(report.recommended_layers),
     )
-    return ConceptVector(ControlVector(directions, metadata), report, data)
+    return ConceptVector(ControlVector(directions, metadata), report, control, data)
 
 
 @dataclass(frozen=True)
@@ -93,24 +105,25 @@ class WrittenFiles:
     gguf: Path
     report_json: Path
     report_png: Path
+    control_json: Path
     export: GGUFExport
 
 
 def write_concept_vector(result: ConceptVector, prefix: str | Path) -> WrittenFiles:
-    """PREFIX.safetensors, PREFIX.gguf, PREFIX.report.json and PREFIX.report.png."""
+    """PREFIX.safetensors, PREFIX.gguf, PREFIX.report.json, PREFIX.report.png and
+    PREFIX.control.json (the shuffled-label control's report)."""
     prefix = Path(prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
-    files = {ext: Path(f"{prefix}{ext}") for ext in (".safetensors", ".gguf", ".report.json",
-                                                      ".report.png")}  # fmt: skip
+    extensions = (".safetensors", ".gguf", ".report.json", ".report.png", ".control.json")
+    files = {ext: Path(f"{prefix}{ext}") for ext in extensions}
     result.vector.save_safetensors(files[".safetensors"])
     export = result.vector.export_gguf(
         files[".gguf"], model_hint=result.vector.metadata.get("model_type") or None
     )
     result.report.to_json(files[".report.json"])
     result.report.plot(files[".report.png"])
-    return WrittenFiles(
-        files[".safetensors"], files[".gguf"], files[".report.json"], files[".report.png"], export
-    )
+    result.control.to_json(files[".control.json"])
+    return WrittenFiles(*files.values(), export)
 
 
 def model_type_of(model: Any, name: str) -> str:

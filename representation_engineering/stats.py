@@ -4,7 +4,8 @@
 (batch x seq x hidden): `mean` of the values, `std` their standard deviation with Bessel's
 correction (torch's default, as `tensor.std()`), `norm` the L2 (Frobenius) norm of the whole
 tensor; `last_token_norm`, the L2 norm of the last position's vector, is also given since it
-does not grow with the prompt's length.
+does not grow with the prompt's length. Given a contrastive capture, it pools every prompt's
+values, positive and negative (`last_token_norm`: the mean over prompts).
 
 `compute_contrastive_diff`, per layer shared by both captures, compares one vector of each:
 the last token's hidden state (`position="last"`, the position control vectors read) or the
@@ -22,15 +23,20 @@ Position = Literal["last", "mean"]
 
 
 def compute_activation_stats(data: dict[str, Any]) -> dict[int, dict[str, float]]:
-    """{layer: {"mean", "std", "norm", "last_token_norm"}} of one capture."""
+    """{layer: {"mean", "std", "norm", "last_token_norm"}} of one capture, or of every prompt
+    of a contrastive capture pooled."""
+    captures = [*data["positive"], *data["negative"]] if "positive" in data else [data]
     stats = {}
-    for layer, tensor in data["activations"].items():
-        values = tensor.double()
+    for layer in captures[0]["activations"]:
+        tensors = [c["activations"][layer].double() for c in captures]
+        values = torch.cat([t.reshape(-1) for t in tensors])
         stats[layer] = {
             "mean": values.mean().item(),
             "std": values.std().item() if values.numel() > 1 else 0.0,
             "norm": torch.linalg.vector_norm(values).item(),
-            "last_token_norm": torch.linalg.vector_norm(values[:, -1, :]).item(),
+            "last_token_norm": float(
+                torch.stack([torch.linalg.vector_norm(t[:, -1, :]) for t in tensors]).mean()
+            ),
         }
     return stats
 

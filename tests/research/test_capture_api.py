@@ -214,3 +214,16 @@ def load_model_dir() -> Path:
     from actlog_common.default_model import prepare_default_model
 
     return prepare_default_model()
+
+
+def test_statistics_of_pairs_pool_every_prompt(loaded) -> None:
+    from capture_activations import capture_from_concept, compute_activation_stats
+
+    model, tokenizer = loaded
+    pairs = capture_from_concept(model, tokenizer, concept="formality", layers=[9], max_samples=3)
+    captures = pairs["positive"] + pairs["negative"]
+    values = np.concatenate([c["activations"][9].numpy().ravel() for c in captures]).astype(float)
+    stats = compute_activation_stats(pairs)[9]
+    assert stats["mean"] == pytest.approx(values.mean(), rel=1e-9)
+    assert stats["std"] == pytest.approx(values.std(ddof=1), rel=1e-9)
+    assert stats["norm"] == pytest.approx(np.linalg.norm(values), rel=1e-9)

@@ -106,6 +106,8 @@ def test_the_command_writes_the_vector_the_gguf_and_the_report(tmp_path) -> None
     assert [row["layer"] for row in report["rows"]] == [1, 12, 20, 30]
     assert report["best_layer"] in (1, 12, 20, 30) and report["recommended_layers"]
     assert (tmp_path / "honesty.report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    control = json.loads((tmp_path / "honesty.control.json").read_text())
+    assert control["shuffled_labels"] is True and "shuffled-label control" in result.stdout
 
 
 def test_bad_choices_are_refused_before_any_capture(tmp_path) -> None:
