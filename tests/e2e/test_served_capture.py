@@ -92,3 +92,20 @@ def test_the_command_line_captures_through_the_stack(stack, tmp_path) -> None:
         capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )  # fmt: skip
     assert hooks.returncode == 2 and "--use-hooks is for in-process capture" in hooks.stderr
+
+
+def test_a_control_vector_through_the_stack_names_the_records_it_came_from(served, stack):
+    import json
+
+    from representation_engineering.concept_vectors import train_concept_vector
+
+    result = train_concept_vector(None, None, "enthusiasm", [10, 20], "mean_diff", served,
+                                  max_samples=8)  # fmt: skip
+    meta = result.vector.metadata
+    assert meta["engine"] == "served" and meta["model_type"] == "llama"
+    record_ids = json.loads(meta["record_ids"])
+    assert len(record_ids) == 16 == len(set(record_ids))
+    with StorageClient(stack.config.storage_addr) as client:
+        record = client.get_record(record_ids[0])
+    assert record.prompt == result.data["positive"][0]["prompt"]
+    assert sorted(result.vector.directions) == [10, 20]
