@@ -205,6 +205,32 @@ def dead_letters(
 
 
 register_record_commands(app)
+
+
+@app.command()
+def verify(
+    server: Annotated[
+        str, typer.Option("--server", help="the gateway")
+    ] = f"http://127.0.0.1:{defaults.GATEWAY_PORT}",
+    storage: Annotated[
+        str, typer.Option("--storage", envvar="STORAGE_ADDR", help="storage host:port")
+    ] = defaults.STORAGE_ADDR,
+    model: Annotated[str | None, typer.Option("--model", help="default: the served one")] = None,
+    auth_token: Annotated[str | None, typer.Option("--auth-token")] = None,
+) -> None:
+    """Check that activation logging works: one completion, its record found in storage."""
+    from actlog.verify import VerificationFailed
+    from actlog.verify import verify as run_verify
+
+    try:
+        verified = run_verify(server, storage, model, auth_token)
+    except VerificationFailed as error:
+        typer.echo(f"FAILED: {error}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(verified.summary())
+    typer.echo("OK: activations were logged")
+
+
 # Commands of other installed packages (the research tools' `capture`, `control-vector`),
 # found by entry point so that the client package imports none of them.
 for _plugin in entry_points(group="actlog.commands"):
