@@ -41,7 +41,8 @@ sys.path.insert(0, str(ROOT))
 
 from actlog.client import StorageClient  # noqa: E402
 from actlog.launcher import free_port  # noqa: E402
-from actlog_common.dtypes import float32_to_bf16_bits  # noqa: E402
+from actlog_common.defaults import message_size_options  # noqa: E402
+from actlog_common.dtypes import DTYPES, float32_to_bf16_bits  # noqa: E402
 from actlog_common.hashing import prompt_hash  # noqa: E402
 from actlog_common.ids import new_record_id  # noqa: E402
 from actlog_common.v1 import storage_pb2, storage_pb2_grpc  # noqa: E402
@@ -54,8 +55,7 @@ READ_PATHS = {
     "shm-grpc": {"transport": "shm", "local_socket": False},
     "stream": {"transport": "stream"},
 }
-GRPC_OPTIONS = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
-DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
+GRPC_OPTIONS = message_size_options(-1)
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ class Shape:
 
     @property
     def record_bytes(self) -> int:
-        return len(self.layers) * self.positions * self.hidden * DTYPE_BYTES[self.dtype]
+        return len(self.layers) * self.positions * self.hidden * DTYPES[self.dtype].itemsize
 
 
 @dataclass(frozen=True)
@@ -288,7 +288,7 @@ def read_raw_record(
     env: lmdb.Environment, chunks_db: lmdb._Database, shape: Shape, record_id: str
 ) -> dict[int, np.ndarray]:
     """One record into per-layer numpy arrays straight from LMDB, in this process."""
-    dtype = np.dtype("<u2" if DTYPE_BYTES[shape.dtype] == 2 else "<f4")
+    dtype = np.dtype(DTYPES[shape.dtype].numpy)
     rid = bytes.fromhex(record_id)
     arrays = {layer: np.empty((shape.positions, shape.hidden), dtype) for layer in shape.layers}
     rows = 0
@@ -385,7 +385,7 @@ def main() -> None:
     parser.add_argument("--positions", type=int, default=512)
     parser.add_argument("--hidden", type=int, default=4096)
     parser.add_argument("--layers", type=int, default=4, help="captured layers per record")
-    parser.add_argument("--dtype", choices=sorted(DTYPE_BYTES), default="bfloat16")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16")
     parser.add_argument("--chunk-mib", type=float, default=1.0, help="size of one chunk")
     parser.add_argument("--streams", type=int, default=4, help="concurrent Ingest streams")
     parser.add_argument("--readers", type=int, default=2, help="concurrent activation streams")
@@ -393,7 +393,7 @@ def main() -> None:
     parser.add_argument("--dir", help="where the LMDB environments go (default: a temp dir)")
     args = parser.parse_args()
 
-    row_bytes = args.hidden * DTYPE_BYTES[args.dtype]
+    row_bytes = args.hidden * DTYPES[args.dtype].itemsize
     rows_per_chunk = max(1, int(args.chunk_mib * (1 << 20)) // row_bytes)
     shape = Shape(args.positions, args.hidden, tuple(range(args.layers)), args.dtype,
                   rows_per_chunk)  # fmt: skip
