@@ -3,8 +3,9 @@
 The three services never import one another and never import the client (`actlog`); the
 client imports no service, so `pip install actlog` users (and the services' images) get the
 client, CLI and launcher without any service's code. What both sides need lives in
-`actlog_common`, which imports none of them. The research package reaches the services only
-through the client and the public APIs. The next crossing fails here, naming the file.
+`actlog_common`, which imports none of them. The research package and the benchmark tasks
+(`tasks`) reach the services only through the client and the public APIs. The next crossing
+fails here, naming the file.
 """
 
 from __future__ import annotations
@@ -17,13 +18,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = frozenset({"gateway", "inference_service", "storage_service"})
 RESEARCH = "representation_engineering"
-FIRST_PARTY = SERVICES | {"actlog", "actlog_common", RESEARCH}
+TASKS = "tasks"
+FIRST_PARTY = SERVICES | {"actlog", "actlog_common", RESEARCH, TASKS}
 # The first-party packages each package may import, besides itself.
 ALLOWED = {
     "actlog": {"actlog_common"},
     "actlog_common": set(),
     **{service: {"actlog_common"} for service in SERVICES},
     RESEARCH: {"actlog", "actlog_common"},
+    TASKS: {"actlog", "actlog_common"},
 }
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks of the original kind: re-implementations of published tasks (HalluLens' first)."""
