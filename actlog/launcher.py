@@ -18,6 +18,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -49,6 +50,22 @@ class StackConfig:
     # Further variables for the services (e.g. MAX_MODEL_LEN, VLLM_CPU_KVCACHE_SPACE);
     # an empty value removes the variable.
     extra_env: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def on_free_ports(cls, directory: Path, **settings: Any) -> StackConfig:
+        """A stack for tests and benchmarks: every port free now, its records, spool and logs
+        under `directory`; `settings` set the other fields (dtype, extra_env...)."""
+        return cls(
+            gateway_port=free_port(),
+            inference_port=free_port(),
+            storage_port=free_port(),
+            inference_metrics_port=free_port(),
+            storage_metrics_port=free_port(),
+            activation_lmdb_path=str(directory / "activations.lmdb"),
+            capture_spool_dir=str(directory / "spool"),
+            log_dir=str(directory / "logs"),
+            **settings,
+        )
 
     @property
     def storage_addr(self) -> str:

@@ -16,8 +16,9 @@ import argparse
 import os
 import tempfile
 import time
+from pathlib import Path
 
-from actlog.launcher import Stack, StackConfig, free_port
+from actlog.launcher import Stack, StackConfig
 from representation_engineering.capture import capture_from_concept
 from representation_engineering.inprocess import load_model
 from representation_engineering.served import ServedStack
@@ -25,12 +26,11 @@ from representation_engineering.served import ServedStack
 
 def main(args: argparse.Namespace) -> None:
     tmp = tempfile.mkdtemp(prefix="actlog-concept-bench-")
-    config = StackConfig(
-        gateway_port=free_port(), inference_port=free_port(), storage_port=free_port(),
-        inference_metrics_port=free_port(), storage_metrics_port=free_port(),
-        activation_lmdb_path=f"{tmp}/db", capture_spool_dir=f"{tmp}/spool", dtype="float32",
-        log_dir=tmp, extra_env={"VLLM_CPU_KVCACHE_SPACE": "1", "MAX_MODEL_LEN": "1024"},
-    )  # fmt: skip
+    config = StackConfig.on_free_ports(
+        Path(tmp),
+        dtype="float32",
+        extra_env={"VLLM_CPU_KVCACHE_SPACE": "1", "MAX_MODEL_LEN": "1024"},
+    )
     stack = Stack(config)
     stack.start()
     try:

@@ -17,11 +17,12 @@ import os
 import statistics
 import tempfile
 import time
+from pathlib import Path
 
 import grpc
 import openai
 
-from actlog.launcher import Stack, StackConfig, free_port
+from actlog.launcher import Stack, StackConfig
 from actlog_common.v1 import inference_pb2, inference_pb2_grpc
 
 
@@ -83,12 +84,11 @@ def summary(latencies: list[float], wall: float) -> tuple[float, float, float]:
 
 def main(args: argparse.Namespace) -> None:
     tmp = tempfile.mkdtemp(prefix="actlog-gw-bench-")
-    config = StackConfig(
-        gateway_port=free_port(), inference_port=free_port(), storage_port=free_port(),
-        inference_metrics_port=free_port(), storage_metrics_port=free_port(),
-        activation_lmdb_path=f"{tmp}/db", capture_spool_dir=f"{tmp}/spool", dtype="float32",
-        log_dir=tmp, extra_env={"VLLM_CPU_KVCACHE_SPACE": "1", "MAX_MODEL_LEN": "1024"},
-    )  # fmt: skip
+    config = StackConfig.on_free_ports(
+        Path(tmp),
+        dtype="float32",
+        extra_env={"VLLM_CPU_KVCACHE_SPACE": "1", "MAX_MODEL_LEN": "1024"},
+    )
     stack = Stack(config)
     stack.start()
     try:

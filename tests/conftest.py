@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from actlog.launcher import Stack, StackConfig, free_port
+from actlog.launcher import Stack, StackConfig
 
 # Two engines may run at once (the float32 session stack and a bf16 one): keep each small.
 ENGINE_ENV = {
@@ -21,18 +21,7 @@ ENGINE_ENV = {
 
 
 def stack_config(tmp: Path, dtype: str) -> StackConfig:
-    return StackConfig(
-        gateway_port=free_port(),
-        inference_port=free_port(),
-        storage_port=free_port(),
-        inference_metrics_port=free_port(),
-        storage_metrics_port=free_port(),
-        activation_lmdb_path=str(tmp / "activations.lmdb"),
-        capture_spool_dir=str(tmp / "spool"),
-        dtype=dtype,
-        log_dir=str(tmp / "logs"),
-        extra_env=dict(ENGINE_ENV),
-    )
+    return StackConfig.on_free_ports(tmp, dtype=dtype, extra_env=dict(ENGINE_ENV))
 
 
 @contextmanager

@@ -21,12 +21,11 @@ import psutil
 import pytest
 
 from actlog.client import StorageClient
-from actlog.launcher import grpc_serving, http_ok, spooled_records
+from actlog.launcher import free_port, grpc_serving, http_ok, spooled_records
 from actlog_common.hashing import prompt_hash
 from gateway.config import GatewaySettings
 from inference_service.config import InferenceSettings
 from storage_service.config import StorageSettings
-from tests.conftest import free_port
 from tests.reference import load_reference, record_mismatches
 
 pytestmark = pytest.mark.vllm

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 import grpc
 import pytest
 
-from actlog.launcher import Stack, StackConfig
+from actlog.launcher import Stack, StackConfig, free_port
 from actlog_common.hashing import prompt_hash
 from actlog_common.v1 import inference_pb2, inference_pb2_grpc
-from tests.conftest import ENGINE_ENV, free_port, stopped_after
+from tests.conftest import ENGINE_ENV, stopped_after
 from tests.reference import record_mismatches
 
 pytestmark = pytest.mark.vllm

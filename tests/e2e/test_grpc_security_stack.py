@@ -11,11 +11,11 @@ import openai
 import pytest
 
 from actlog.client import StorageClient
-from actlog.launcher import Stack, StackConfig
+from actlog.launcher import Stack, StackConfig, free_port
 from actlog_common.grpc_security import GrpcSecurity
 from actlog_common.hashing import prompt_hash
 from actlog_common.v1 import inference_pb2, inference_pb2_grpc
-from tests.conftest import ENGINE_ENV, free_port, stopped_after
+from tests.conftest import ENGINE_ENV, stopped_after
 from tests.integration.test_grpc_security import TOKEN, make_pki
 
 pytestmark = pytest.mark.vllm

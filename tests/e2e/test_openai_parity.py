@@ -13,9 +13,8 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from actlog.launcher import Stack, StackConfig
+from actlog.launcher import Stack, StackConfig, free_port
 from actlog_common.hashing import prompt_hash
-from tests.conftest import free_port
 
 pytestmark = pytest.mark.vllm
 

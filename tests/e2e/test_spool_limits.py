@@ -12,9 +12,9 @@ import openai
 import pytest
 
 from actlog.client import StorageClient
-from actlog.launcher import Stack, StackConfig
+from actlog.launcher import Stack, StackConfig, free_port
 from actlog_common.hashing import prompt_hash
-from tests.conftest import ENGINE_ENV, free_port, stopped_after
+from tests.conftest import ENGINE_ENV, stopped_after
 from tests.e2e.test_metrics import scrape, total
 
 pytestmark = pytest.mark.vllm
