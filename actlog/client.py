@@ -24,7 +24,7 @@ import numpy as np
 
 from actlog.activation_reads import ActivationReads, Transport
 from actlog.connection import Connection, ProcessConnection, call
-from actlog.errors import WaitTimeoutError
+from actlog.errors import NotFoundError, WaitTimeoutError
 from actlog.records import DeletedRecord, ModelStats, Record, StorageStats, resolve_record_layers
 from actlog.selection import Selection
 from actlog.shm import MAX_ARENA_BYTES
@@ -162,6 +162,26 @@ class StorageClient:
                     f"{len(complete)} complete record(s) of prompt hash {prompt_hash} after "
                     f"{timeout} s, wanted {count}"
                 )
+            time.sleep(poll_interval)
+
+    def wait_for_record_id(
+        self, record_id: str, timeout: float = 30.0, poll_interval: float = 0.1
+    ) -> Record:
+        """Poll until the record `record_id` (as the gateway named it) is COMPLETE.
+
+        NotFoundError while it is on its way is waited out; other errors are raised as they
+        come; WaitTimeoutError after `timeout` s.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                record = self.get_record(record_id)
+                if record.is_complete:
+                    return record
+            except NotFoundError:
+                pass
+            if time.monotonic() >= deadline:
+                raise WaitTimeoutError(f"record {record_id} was not stored within {timeout:.0f} s")
             time.sleep(poll_interval)
 
     def stats(self) -> StorageStats:

@@ -8,7 +8,6 @@ with its activations. `actlog verify` and that script run this.
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from actlog.client import Record, StorageClient
-from actlog.errors import ActlogError, NotFoundError
+from actlog.errors import ActlogError, WaitTimeoutError
 
 DEFAULT_PROMPT = "The capital of France is"
 
@@ -92,26 +91,18 @@ def verify(
             "the gateway answered but named no record: capture is off (CAPTURE_DEFAULT)?"
         )
     record_id = refs[0]["record_ids"][0]  # type: ignore[index]
-    deadline = time.monotonic() + timeout
     with StorageClient(storage, timeout=min(timeout, 10.0)) as client:
-        while True:
-            try:
-                record = client.get_record(record_id)
-                if record.is_complete:
-                    break
-            except NotFoundError:
-                pass
-            except ActlogError as error:
-                raise VerificationFailed(
-                    f"record {record_id} could not be read from storage at {storage}: "
-                    f"{error.details}"
-                ) from None
-            if time.monotonic() > deadline:
-                raise VerificationFailed(
-                    f"record {record_id} was not stored within {timeout:.0f} s: is storage "
-                    f"running at {storage}? (the gateway's /health shows the capture pipeline)"
-                )
-            time.sleep(0.1)
+        try:
+            record = client.wait_for_record_id(record_id, timeout)
+        except WaitTimeoutError:
+            raise VerificationFailed(
+                f"record {record_id} was not stored within {timeout:.0f} s: is storage "
+                f"running at {storage}? (the gateway's /health shows the capture pipeline)"
+            ) from None
+        except ActlogError as error:
+            raise VerificationFailed(
+                f"record {record_id} could not be read from storage at {storage}: {error.details}"
+            ) from None
         arrays = client.get_activations(record, as_float32=False)
     shapes = {layer: tuple(np.shape(array)) for layer, array in arrays.items()}
     return Verified(record, shapes)

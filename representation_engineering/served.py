@@ -9,7 +9,6 @@ labelled or exported by its record id.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +16,6 @@ import numpy as np
 from tqdm import tqdm
 
 from actlog.client import Record, StorageClient
-from actlog.errors import NotFoundError
 from actlog_common.defaults import STORAGE_ADDR
 from actlog_common.hashing import prompt_hash
 
@@ -87,7 +85,7 @@ class ServedStack:
             refs += self._submit(prompts[start : start + PROMPTS_PER_REQUEST], layers)
         captures = []
         for record_id in tqdm(refs, desc="rows from storage", unit="record", disable=not progress):
-            record = self._stored(record_id)
+            record = self._storage.wait_for_record_id(record_id, self._store_timeout, 0.05)
             arrays = self._storage.get_activations(record, row_end=record.prompt_length)
             captures.append(ServedCapture(record, arrays))
         return captures
@@ -115,19 +113,3 @@ class ServedStack:
                 )
             ids.append(pending.pop(0))
         return ids
-
-    def _stored(self, record_id: str) -> Record:
-        """The record once storage holds all of it (captures arrive after the response)."""
-        deadline = time.monotonic() + self._store_timeout
-        while True:
-            try:
-                record = self._storage.get_record(record_id)
-                if record.is_complete:
-                    return record
-            except NotFoundError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"record {record_id} was not stored within {self._store_timeout:.0f} s"
-                )
-            time.sleep(0.05)

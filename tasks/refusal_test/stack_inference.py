@@ -10,7 +10,6 @@ prompt-hash lookup: a re-run of the same prompts makes new records under the sam
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,6 @@ from tqdm import tqdm
 from tqdm.contrib.concurrent import thread_map
 
 from actlog.client import StorageClient
-from actlog.errors import NotFoundError
 
 BENCHMARK = "hallulens_nonsense_mixed_entities"
 MAX_TOKENS = 256  # HalluLens' NonsenseNameInference.run_inference
@@ -98,15 +96,8 @@ def label_records(
     items = [(rid, labels) for rid, labels in labelled if rid]
     with StorageClient(storage) as client:
         for record_id, labels in tqdm(items, desc=desc, unit="record"):
-            deadline = time.monotonic() + wait_s
-            while True:
-                try:
-                    client.set_labels(record_id, dict(labels))
-                    break
-                except NotFoundError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.1)
+            client.wait_for_record_id(record_id, wait_s)
+            client.set_labels(record_id, dict(labels))
     return len(items)
 
 

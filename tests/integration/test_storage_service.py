@@ -101,6 +101,9 @@ def test_records_sharing_a_prompt_hash_are_kept_newest_first(stub, client) -> No
     assert [r.record_id for r in only_a] == [first.header.record_id]
     assert client.find_by_prompt_hash(prompt_hash(unique_prompt("never stored"))) == []
     assert len(client.wait_for_record(prompt_hash(prompt), count=2, timeout=5)) == 2
+    assert client.wait_for_record_id(first.header.record_id, timeout=5) == found[1]
+    with pytest.raises(WaitTimeoutError, match="was not stored within"):
+        client.wait_for_record_id(new_record_id(), timeout=0.2, poll_interval=0.05)
 
 
 def test_get_record_returns_every_header_field(stub, client) -> None:
@@ -248,6 +251,8 @@ def _assert_not_complete(client: StorageClient, record: SyntheticRecord) -> None
     assert all(not r.is_complete for r in found)
     with pytest.raises(WaitTimeoutError):
         client.wait_for_record(record.header.prompt_hash, timeout=0.2, poll_interval=0.05)
+    with pytest.raises(WaitTimeoutError):
+        client.wait_for_record_id(rid, timeout=0.2, poll_interval=0.05)
     if found:
         assert client.get_record(rid).status == "PARTIAL"
         with pytest.raises(FailedPreconditionError, match="partial"):
