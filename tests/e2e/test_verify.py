@@ -5,13 +5,23 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import grpc
 import pytest
+
+from actlog_common.v1 import inference_pb2, inference_pb2_grpc
 
 pytestmark = pytest.mark.vllm
 ROOT = Path(__file__).resolve().parents[2]
 ACTLOG = Path(sys.executable).parent / "actlog"
+
+
+def spooled(stack) -> int:
+    with grpc.insecure_channel(stack.config.inference_addr) as channel:
+        stub = inference_pb2_grpc.InferenceStub(channel)
+        return stub.GetStatus(inference_pb2.StatusRequest()).spool_records
 
 
 def run_script(stack, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -48,6 +58,12 @@ def test_with_storage_stopped_it_fails_and_says_why(stack, storage) -> None:
     finally:
         stack.start_service("storage")
     stack.wait_healthy(timeout=60, names=("storage",))
+    # The check's capture waited in the spool: let it reach storage before the next test
+    # counts records.
+    deadline = time.monotonic() + 60
+    while spooled(stack):
+        assert time.monotonic() < deadline, "the spool drains once storage is back"
+        time.sleep(0.5)
     assert result.returncode == 1
     assert (
         result.stderr.startswith("FAILED: record ") and stack.config.storage_addr in result.stderr
