@@ -21,7 +21,7 @@ StorageOpt = Annotated[
 ]
 
 
-def _parse_layers(layers: str | None) -> list[int] | None:
+def parse_layers(layers: str | None) -> list[int] | None:
     if not layers:
         return None
     try:
@@ -68,7 +68,7 @@ def export(
     try:
         with StorageClient(storage) as client:
             summary = export_record(
-                client, key, output, _parse_layers(layers), model, *_parse_rows(rows)
+                client, key, output, parse_layers(layers), model, *_parse_rows(rows)
             )
     except ActlogError as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -123,7 +123,7 @@ def find(
         )
 
 
-def _parse_labels(pairs: list[str] | None) -> dict[str, str]:
+def parse_labels(pairs: list[str] | None) -> dict[str, str]:
     labels: dict[str, str] = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
@@ -164,8 +164,8 @@ def list_records(
     """List stored records, newest first, as JSON lines."""
     from actlog.client import StorageClient
 
-    labels = _parse_labels(label)
-    with _storage_errors(), StorageClient(storage) as client:
+    labels = parse_labels(label)
+    with storage_errors(), StorageClient(storage) as client:
         records = client.iter_records(model, labels, since_ms, until_ms, page_size=min(limit, 1000))
         for _, record in zip(range(limit), records, strict=False):
             typer.echo(_record_line(record))
@@ -182,10 +182,10 @@ def label(
     """Set (or with --remove, drop) evaluation labels of a record; prints its labels."""
     from actlog.client import StorageClient
 
-    to_set = _parse_labels(labels)
+    to_set = parse_labels(labels)
     if not to_set and not remove:
         raise typer.BadParameter("give key=value labels to set and/or --remove KEY")
-    with _storage_errors(), StorageClient(storage) as client:
+    with storage_errors(), StorageClient(storage) as client:
         record = client.set_labels(record_id, to_set, remove or [])
     typer.echo(json.dumps({"record_id": record.record_id, "labels": record.labels}))
 
@@ -197,7 +197,7 @@ def delete(
     """Delete a record: its header, activations, labels and prompt-hash entry."""
     from actlog.client import StorageClient
 
-    with _storage_errors(), StorageClient(storage) as client:
+    with storage_errors(), StorageClient(storage) as client:
         deleted = client.delete_record(record_id)
     typer.echo(f"deleted {deleted.record_id} ({deleted.stored_bytes} bytes of activations)")
 
@@ -206,13 +206,13 @@ def stats(storage: StorageOpt = defaults.STORAGE_ADDR) -> None:
     """Print storage counters (records, bytes, per model) as JSON."""
     from actlog.client import StorageClient
 
-    with _storage_errors(), StorageClient(storage) as client:
+    with storage_errors(), StorageClient(storage) as client:
         result = client.stats()
     typer.echo(json.dumps(dataclasses.asdict(result), indent=2))
 
 
 @contextmanager
-def _storage_errors() -> Iterator[None]:
+def storage_errors() -> Iterator[None]:
     """Report a failed storage call as `error: ...` and exit 1."""
     from actlog.errors import ActlogError
 

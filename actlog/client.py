@@ -23,8 +23,9 @@ from typing import Any, Literal
 import numpy as np
 
 from actlog.activation_reads import ActivationReads, Transport
-from actlog.connection import Connection, ProcessConnection, call
+from actlog.connection import Connection, ProcessConnection, call, stream
 from actlog.errors import NotFoundError, WaitTimeoutError
+from actlog.features import Features, collect, features_request
 from actlog.records import DeletedRecord, ModelStats, Record, StorageStats, resolve_record_layers
 from actlog.selection import Selection
 from actlog.shm import MAX_ARENA_BYTES
@@ -36,6 +37,7 @@ from actlog_common.v1 import storage_pb2, storage_pb2_grpc
 
 __all__ = [
     "DeletedRecord",
+    "Features",
     "ModelStats",
     "Record",
     "StorageClient",
@@ -290,6 +292,39 @@ class StorageClient:
             record, requested, resolve_record_layers(record, requested), row_start, row_end or 0
         )
         return self._reads.read(selection, as_float32)
+
+    def features(
+        self,
+        record_ids: Sequence[str] | None = None,
+        *,
+        layers: int | Sequence[int] | None = None,
+        pooling: str = "last_prompt",
+        position: int = 0,
+        model: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        skip_unusable: bool = False,
+        timeout: float | None = None,
+    ) -> Features:
+        """One pooled float32 vector per record and layer, computed in storage.
+
+        Records: `record_ids` in that order, or every record matching the filters (as
+        `iter_records`: `model`, `labels`, times; newest first). `layers` as in
+        `get_activations` (None: every layer of the first record). `pooling`:
+        "last_prompt" (the row that predicted the first response token), "mean_prompt",
+        "mean_response", "last_response" or "position" (row `position`, negative from
+        the end); `actlog_common.pooling` defines each. Only the vectors travel.
+
+        A record that cannot give them (partial, unknown, without the layers or rows)
+        fails the call, or with `skip_unusable` is left out and listed in `skipped`.
+        `timeout` bounds the whole call (default: the client's).
+        """
+        request = features_request(
+            record_ids, layers, pooling, position, model, labels, since_ms, until_ms, skip_unusable
+        )
+        batches = stream(self._stub.Features, request, timeout or self.timeout)
+        return collect(request.pooling, batches)
 
     # -- plumbing -------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from actlog_common.v1 import storage_pb2
 from storage_service.queries import StoreStats
 
 logger = logging.getLogger(__name__)
@@ -100,6 +101,15 @@ class StorageMetrics:
             "actlog_storage_expired_partial_records",
             "PARTIAL records deleted after STORAGE_PARTIAL_TTL_S without a write", registry=r,
         )  # fmt: skip
+        self.feature_vectors = Counter(
+            "actlog_storage_feature_vectors",
+            "Pooled vectors the Features RPC computed (records x layers)", registry=r,
+        )  # fmt: skip
+        self.features_duration = Histogram(
+            "actlog_storage_features_duration_seconds",
+            "Time of one Features call, to its last batch",
+            buckets=DURATION_BUCKETS, registry=r,
+        )  # fmt: skip
         for transport in ("stream", "shm"):
             self.read_bytes.labels(transport)
             self.read_duration.labels(transport)
@@ -110,6 +120,16 @@ class StorageMetrics:
         yield from chunks
         self.read_duration.labels(transport).observe(time.perf_counter() - started)
         self.read_bytes.labels(transport).inc(nbytes)
+
+    def timed_features(
+        self, batches: Iterator[storage_pb2.FeaturesBatch]
+    ) -> Iterator[storage_pb2.FeaturesBatch]:
+        """`batches`, their vectors counted and the call timed once the last is taken."""
+        started = time.perf_counter()
+        for batch in batches:
+            self.feature_vectors.inc(len(batch.records) * len(batch.layers))
+            yield batch
+        self.features_duration.observe(time.perf_counter() - started)
 
     def serve(self, host: str, port: int) -> Callable[[], None]:
         """Serve /metrics on host:port (0: not at all); returns how to stop serving."""

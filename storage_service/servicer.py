@@ -10,6 +10,7 @@ import grpc
 
 from actlog_common.v1 import storage_pb2, storage_pb2_grpc
 from storage_service.errors import InvalidArgument
+from storage_service.features import FeatureQuery
 from storage_service.ingest import IngestSession
 from storage_service.metrics import StorageMetrics
 from storage_service.queries import Selection
@@ -160,3 +161,9 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
             activation_bytes=header.activation_bytes,
             stored_bytes=header.stored_bytes,
         )
+
+    def Features(
+        self, request: storage_pb2.FeaturesRequest, context: grpc.ServicerContext
+    ) -> Iterator[storage_pb2.FeaturesBatch]:
+        query = FeatureQuery(self._store, request)  # checks the request before the stream
+        return self._metrics.timed_features(query.batches())

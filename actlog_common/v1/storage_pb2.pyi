@@ -12,9 +12,24 @@ class RecordStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RECORD_STATUS_UNSPECIFIED: _ClassVar[RecordStatus]
     RECORD_STATUS_PARTIAL: _ClassVar[RecordStatus]
     RECORD_STATUS_COMPLETE: _ClassVar[RecordStatus]
+
+class Pooling(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    POOLING_UNSPECIFIED: _ClassVar[Pooling]
+    POOLING_LAST_PROMPT: _ClassVar[Pooling]
+    POOLING_MEAN_PROMPT: _ClassVar[Pooling]
+    POOLING_MEAN_RESPONSE: _ClassVar[Pooling]
+    POOLING_LAST_RESPONSE: _ClassVar[Pooling]
+    POOLING_POSITION: _ClassVar[Pooling]
 RECORD_STATUS_UNSPECIFIED: RecordStatus
 RECORD_STATUS_PARTIAL: RecordStatus
 RECORD_STATUS_COMPLETE: RecordStatus
+POOLING_UNSPECIFIED: Pooling
+POOLING_LAST_PROMPT: Pooling
+POOLING_MEAN_PROMPT: Pooling
+POOLING_MEAN_RESPONSE: Pooling
+POOLING_LAST_RESPONSE: Pooling
+POOLING_POSITION: Pooling
 
 class RecordHeader(_message.Message):
     __slots__ = ("record_id", "prompt_hash", "prompt", "response", "model", "token_ids", "token_strings", "prompt_length", "sampling_params_json", "layers", "num_positions", "hidden_size", "dtype", "num_layers", "finish_reason", "created_at_ms", "labels", "status", "activation_bytes", "choice_index", "request_id", "compression", "stored_bytes")
@@ -248,6 +263,88 @@ class LocalReadReply(_message.Message):
     chunks: _containers.RepeatedCompositeFieldContainer[LocalReadReply.Chunk]
     failure: LocalReadReply.Failure
     def __init__(self, chunks: _Optional[_Iterable[_Union[LocalReadReply.Chunk, _Mapping]]] = ..., failure: _Optional[_Union[LocalReadReply.Failure, _Mapping]] = ...) -> None: ...
+
+class FeaturesRequest(_message.Message):
+    __slots__ = ("record_ids", "model", "labels", "since_ms", "until_ms", "layers", "pooling", "position", "skip_unusable")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    RECORD_IDS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    SINCE_MS_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_MS_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    POOLING_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    SKIP_UNUSABLE_FIELD_NUMBER: _ClassVar[int]
+    record_ids: _containers.RepeatedScalarFieldContainer[str]
+    model: str
+    labels: _containers.ScalarMap[str, str]
+    since_ms: int
+    until_ms: int
+    layers: _containers.RepeatedScalarFieldContainer[int]
+    pooling: Pooling
+    position: int
+    skip_unusable: bool
+    def __init__(self, record_ids: _Optional[_Iterable[str]] = ..., model: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., since_ms: _Optional[int] = ..., until_ms: _Optional[int] = ..., layers: _Optional[_Iterable[int]] = ..., pooling: _Optional[_Union[Pooling, str]] = ..., position: _Optional[int] = ..., skip_unusable: _Optional[bool] = ...) -> None: ...
+
+class FeatureRecord(_message.Message):
+    __slots__ = ("record_id", "prompt_hash", "model", "labels", "created_at_ms", "row_start", "row_end")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    RECORD_ID_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_HASH_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    ROW_START_FIELD_NUMBER: _ClassVar[int]
+    ROW_END_FIELD_NUMBER: _ClassVar[int]
+    record_id: str
+    prompt_hash: str
+    model: str
+    labels: _containers.ScalarMap[str, str]
+    created_at_ms: int
+    row_start: int
+    row_end: int
+    def __init__(self, record_id: _Optional[str] = ..., prompt_hash: _Optional[str] = ..., model: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., created_at_ms: _Optional[int] = ..., row_start: _Optional[int] = ..., row_end: _Optional[int] = ...) -> None: ...
+
+class LayerFeatures(_message.Message):
+    __slots__ = ("layer", "data")
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    layer: int
+    data: bytes
+    def __init__(self, layer: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class SkippedRecord(_message.Message):
+    __slots__ = ("record_id", "reason")
+    RECORD_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    record_id: str
+    reason: str
+    def __init__(self, record_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class FeaturesBatch(_message.Message):
+    __slots__ = ("records", "hidden_size", "layers", "skipped")
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    HIDDEN_SIZE_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedCompositeFieldContainer[FeatureRecord]
+    hidden_size: int
+    layers: _containers.RepeatedCompositeFieldContainer[LayerFeatures]
+    skipped: _containers.RepeatedCompositeFieldContainer[SkippedRecord]
+    def __init__(self, records: _Optional[_Iterable[_Union[FeatureRecord, _Mapping]]] = ..., hidden_size: _Optional[int] = ..., layers: _Optional[_Iterable[_Union[LayerFeatures, _Mapping]]] = ..., skipped: _Optional[_Iterable[_Union[SkippedRecord, _Mapping]]] = ...) -> None: ...
 
 class StatsRequest(_message.Message):
     __slots__ = ()

@@ -74,6 +74,11 @@ class StorageStub:
                 request_serializer=actlog__common_dot_v1_dot_storage__pb2.DeleteRecordRequest.SerializeToString,
                 response_deserializer=actlog__common_dot_v1_dot_storage__pb2.DeleteRecordResponse.FromString,
                 _registered_method=True)
+        self.Features = channel.unary_stream(
+                '/actlog.v1.Storage/Features',
+                request_serializer=actlog__common_dot_v1_dot_storage__pb2.FeaturesRequest.SerializeToString,
+                response_deserializer=actlog__common_dot_v1_dot_storage__pb2.FeaturesBatch.FromString,
+                _registered_method=True)
 
 
 class StorageServicer:
@@ -134,6 +139,14 @@ class StorageServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Features(self, request, context):
+        """One pooled float32 vector per record and layer, computed in storage: only the
+        vectors travel.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StorageServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -176,6 +189,11 @@ def add_StorageServicer_to_server(servicer, server):
                     servicer.DeleteRecord,
                     request_deserializer=actlog__common_dot_v1_dot_storage__pb2.DeleteRecordRequest.FromString,
                     response_serializer=actlog__common_dot_v1_dot_storage__pb2.DeleteRecordResponse.SerializeToString,
+            ),
+            'Features': grpc.unary_stream_rpc_method_handler(
+                    servicer.Features,
+                    request_deserializer=actlog__common_dot_v1_dot_storage__pb2.FeaturesRequest.FromString,
+                    response_serializer=actlog__common_dot_v1_dot_storage__pb2.FeaturesBatch.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -394,6 +412,33 @@ class Storage:
             '/actlog.v1.Storage/DeleteRecord',
             actlog__common_dot_v1_dot_storage__pb2.DeleteRecordRequest.SerializeToString,
             actlog__common_dot_v1_dot_storage__pb2.DeleteRecordResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Features(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/actlog.v1.Storage/Features',
+            actlog__common_dot_v1_dot_storage__pb2.FeaturesRequest.SerializeToString,
+            actlog__common_dot_v1_dot_storage__pb2.FeaturesBatch.FromString,
             options,
             channel_credentials,
             insecure,

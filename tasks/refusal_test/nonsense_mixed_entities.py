@@ -46,6 +46,7 @@ from tasks.refusal_test.stack_inference import (  # noqa: E402
     chat_client,
     generate,
     label_records,
+    parse_capture_layers,
     read_jsonl,
     served_model,
     write_jsonl,
@@ -74,6 +75,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--server", default=f"http://127.0.0.1:{GATEWAY_PORT}",
                         help="the gateway's base URL")  # fmt: skip
     parser.add_argument("--storage", default=STORAGE_ADDR, help="storage host:port (labels)")
+    parser.add_argument("--capture_layers", default="",
+                        help="layers to capture: last, all, recommended or e.g. 0,6,12,-1 "
+                             "(default: the server's CAPTURE_DEFAULT_LAYERS)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=64, help="requests at once (HalluLens: 64)")
     parser.add_argument("--judge_url", default="",
                         help="OpenAI-compatible judge URL; default: the rule judge")  # fmt: skip
@@ -83,7 +87,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="leave out the factual control set")  # fmt: skip
     parser.add_argument("--factual_samples", type=int, default=0,
                         help="the first K factual questions (default: all)")  # fmt: skip
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    try:
+        parse_capture_layers(args.capture_layers)
+    except ValueError as error:
+        parser.error(str(error))
+    return args
 
 
 class Run:
@@ -127,7 +136,8 @@ def run_inference(run: Run) -> None:
         print(f"{run.task} inference already completed: {run.generations}")
     else:
         rows = load_prompt_csv(run.prompt_path)
-        answered = generate(rows, run.args.server, run.model, run.args.threads)
+        answered = generate(rows, run.args.server, run.model, run.args.threads,
+                            capture_layers=run.args.capture_layers)  # fmt: skip
         write_jsonl(answered, run.generations)
         print(f"{len(answered)} answers -> {run.generations}")
     if not run.args.skip_factual and not run.factual_generations.exists():
@@ -135,7 +145,8 @@ def run_inference(run: Run) -> None:
         if run.args.factual_samples > 0:
             items = items[: run.args.factual_samples]
         answered = generate(items, run.args.server, run.model, run.args.threads,
-                            desc="factual control through the gateway")  # fmt: skip
+                            desc="factual control through the gateway",
+                            capture_layers=run.args.capture_layers)  # fmt: skip
         write_jsonl(answered, run.factual_generations)
 
 

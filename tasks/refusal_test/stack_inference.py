@@ -45,10 +45,18 @@ def generate(
     model: str | None = None,
     threads: int = 64,
     desc: str = "inference through the gateway",
+    capture_layers: str = "",
 ) -> list[dict[str, Any]]:
-    """`rows` with `generation`, `record_id` and `prompt_hash` added, in order."""
+    """`rows` with `generation`, `record_id` and `prompt_hash` added, in order.
+
+    `capture_layers`: "last", "all", "recommended" or comma-separated layer numbers
+    (negative from the end); "" = the server's default (CAPTURE_DEFAULT_LAYERS).
+    """
     client = chat_client(server)
     model = model or served_model(client)
+    capture: dict[str, Any] = {"capture": True}
+    if capture_layers:
+        capture["capture_layers"] = parse_capture_layers(capture_layers)
 
     def ask(row: dict[str, Any]) -> dict[str, Any]:
         reply = client.chat.completions.create(
@@ -57,7 +65,7 @@ def generate(
             temperature=0.0,
             top_p=1.0,
             max_tokens=MAX_TOKENS,
-            extra_body={"capture": True},
+            extra_body=capture,
         )
         refs = (reply.model_extra or {}).get("activations") or []
         ref = refs[0] if refs else {}
@@ -72,6 +80,20 @@ def generate(
         return list(thread_map(ask, rows, max_workers=threads, desc=desc))
     finally:
         client.close()
+
+
+def parse_capture_layers(spec: str) -> str | list[int]:
+    """The gateway's `capture_layers` for a flag value: a preset name, or a list of ints."""
+    spec = spec.strip()
+    if spec in ("last", "all", "recommended"):
+        return spec
+    try:
+        return [int(part) for part in spec.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(
+            f"--capture_layers {spec!r}: expected last, all, recommended or comma-separated "
+            "layer numbers"
+        ) from None
 
 
 def write_jsonl(rows: Iterable[Mapping[str, Any]], path: Path) -> None:

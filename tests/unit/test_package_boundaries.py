@@ -3,8 +3,9 @@
 The three services never import one another and never import the client (`actlog`); the
 client imports no service, so `pip install actlog` users (and the services' images) get the
 client, CLI and launcher without any service's code. What both sides need lives in
-`actlog_common`, which imports none of them. The research package and the benchmark tasks
-(`tasks`) reach the services only through the client and the public APIs. The next crossing
+`actlog_common`, which imports none of them. The research packages (representation
+engineering, probes, datasets) and the benchmark tasks (`tasks`) reach the services only
+through the client and the public APIs. The next crossing
 fails here, naming the file.
 """
 
@@ -19,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SERVICES = frozenset({"gateway", "inference_service", "storage_service"})
 RESEARCH = "representation_engineering"
 TASKS = "tasks"
-FIRST_PARTY = SERVICES | {"actlog", "actlog_common", RESEARCH, TASKS}
+ANALYSIS = frozenset({"probing", "activation_datasets"})
+FIRST_PARTY = SERVICES | ANALYSIS | {"actlog", "actlog_common", RESEARCH, TASKS}
 # The first-party packages each package may import, besides itself.
 ALLOWED = {
     "actlog": {"actlog_common"},
@@ -27,6 +29,7 @@ ALLOWED = {
     **{service: {"actlog_common"} for service in SERVICES},
     RESEARCH: {"actlog", "actlog_common"},
     TASKS: {"actlog", "actlog_common"},
+    **{package: {"actlog", "actlog_common"} for package in ANALYSIS},
 }
 
 

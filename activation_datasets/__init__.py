@@ -1,0 +1,2 @@
+"""Datasets for analysis past one machine: stored records as Parquet shards
+(`actlog dataset export`)."""

@@ -1,0 +1,96 @@
+"""`actlog dataset export`: stored records to Parquet shards."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from actlog.cli_records import StorageOpt, parse_labels, parse_layers, storage_errors
+from actlog_common.defaults import STORAGE_ADDR, configure_logging
+from actlog_common.pooling import POOLINGS
+
+dataset_app = typer.Typer(help="Datasets of stored records for analysis at scale.")
+
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMG]?)I?B?\s*", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def parse_size(text: str) -> int:
+    """ "256MB" (or 256M, 1.5GB, 4096) as bytes; K, M and G are powers of 1024."""
+    match = _SIZE.fullmatch(text)
+    if match is None or float(match.group(1)) <= 0:
+        raise typer.BadParameter(f"{text!r} is not a size like 256MB", param_hint="--shard-size")
+    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+
+
+@dataset_app.command("export")
+def export(
+    output: Annotated[Path, typer.Option("--output", "-o", help="folder for the shards")],
+    per: Annotated[
+        str, typer.Option("--per", help="record: one row per record; token: one per position")
+    ] = "record",
+    layers: Annotated[
+        str | None,
+        typer.Option(
+            "--layers",
+            help="comma-separated layers (negative from the end); "
+            "default: every layer of the first record",
+        ),
+    ] = None,  # fmt: skip
+    pool: Annotated[
+        str, typer.Option("--pool", help=f"--per record: {', '.join(POOLINGS)}")
+    ] = "last_prompt",
+    position: Annotated[int, typer.Option("--position", help="the row for --pool position")] = 0,
+    rows: Annotated[
+        str, typer.Option("--rows", help="--per token: all, prompt or response positions")
+    ] = "all",
+    record_ids: Annotated[
+        list[str] | None, typer.Option("--record-id", help="these records (repeatable)")
+    ] = None,
+    filters: Annotated[
+        list[str] | None,
+        typer.Option("--filter", help="only records with label KEY=VALUE (repeatable)"),
+    ] = None,
+    model: Annotated[str | None, typer.Option("--model", help="only records of this model")] = None,
+    since_ms: Annotated[int | None, typer.Option("--since-ms")] = None,
+    until_ms: Annotated[int | None, typer.Option("--until-ms")] = None,
+    shard_size: Annotated[
+        str, typer.Option("--shard-size", help="data per shard, e.g. 256MB")
+    ] = "256MB",
+    compression: Annotated[
+        str, typer.Option("--compression", help="Parquet codec: snappy, zstd, gzip or none")
+    ] = "snappy",
+    storage: StorageOpt = STORAGE_ADDR,
+) -> None:
+    """Write stored records to Parquet shards (read by datasets, Ray Data, Spark, DuckDB)."""
+    configure_logging(logging.WARNING)
+    from activation_datasets.parquet import export_dataset
+    from actlog.client import StorageClient
+
+    chosen = parse_layers(layers)
+    if record_ids and (filters or model or since_ms or until_ms):
+        raise typer.BadParameter("give --record-id or filters, not both")
+    with storage_errors(), StorageClient(storage) as client:
+        try:
+            summary = export_dataset(
+                client, output, per=per, layers=chosen, pooling=pool, position=position,  # type: ignore[arg-type]
+                token_rows=rows, record_ids=record_ids, model=model,  # type: ignore[arg-type]
+                labels=parse_labels(filters), since_ms=since_ms, until_ms=until_ms,
+                shard_bytes=parse_size(shard_size), compression=compression,
+            )  # fmt: skip
+        except (ValueError, FileExistsError) as error:
+            raise typer.BadParameter(str(error)) from None
+    typer.echo(
+        f"{summary.records} records, {summary.rows} rows, layers {summary.layers} "
+        f"({summary.hidden_size} floats each) in {len(summary.shards)} shard(s) under "
+        f"{summary.directory}; {len(summary.skipped)} skipped (see .manifest.json)"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add `dataset` to the `actlog` CLI."""
+    app.add_typer(dataset_app, name="dataset")

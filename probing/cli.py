@@ -1,0 +1,136 @@
+"""`actlog probe`: a linear probe per layer on a label of stored records."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from actlog.cli_records import StorageOpt, parse_labels, storage_errors
+from actlog.client import StorageClient
+from actlog_common.defaults import STORAGE_ADDR, configure_logging
+from actlog_common.layers import PRESETS, recommended_layers
+from actlog_common.pooling import POOLINGS
+
+FilterOpt = Annotated[
+    list[str] | None,
+    typer.Option("--filter", help="only records with label KEY=VALUE (repeatable; all must hold)"),
+]
+
+
+def resolve_layers(
+    spec: str | None, client: StorageClient, model: str | None, filters: dict[str, str]
+) -> list[int] | None:
+    """--layers as the Features call takes it: None for every stored layer."""
+    if spec is None or spec.strip() in ("", "all"):
+        return None
+    spec = spec.strip()
+    if spec == "last":
+        return [-1]
+    if spec == "recommended":
+        first = next(iter(client.iter_records(model=model, labels=filters, page_size=1)), None)
+        if first is None:
+            return None  # nothing selected: the probe says so
+        chosen = [layer for layer in recommended_layers(first.num_layers) if layer in first.layers]
+        if not chosen:
+            raise typer.BadParameter(
+                f"the records store layers {list(first.layers)}, none of the recommended "
+                f"{recommended_layers(first.num_layers)}",
+                param_hint="--layers",
+            )
+        return chosen
+    try:
+        return [int(part) for part in spec.split(",") if part.strip()]
+    except ValueError:
+        raise typer.BadParameter(
+            f"{spec!r} is neither comma-separated integers nor one of {', '.join(PRESETS)}",
+            param_hint="--layers",
+        ) from None
+
+
+def probe(
+    label: Annotated[str, typer.Option("--label", help="the label to predict, e.g. hallucinated")],
+    positive: Annotated[
+        str, typer.Option("--positive", help="the label's value of the positive class")
+    ] = "true",
+    negative: Annotated[
+        str | None,
+        typer.Option("--negative", help="the negative class's value (default: any other)"),
+    ] = None,
+    layers: Annotated[
+        str | None,
+        typer.Option(
+            "--layers",
+            help='comma-separated layers, "all" (default: every stored '
+            'layer), "last" or "recommended"',
+        ),
+    ] = None,  # fmt: skip
+    pool: Annotated[
+        str, typer.Option("--pool", help=f"pooling: {', '.join(POOLINGS)}")
+    ] = "last_prompt",
+    position: Annotated[
+        int, typer.Option("--position", help="the row for --pool position (negative: from the end)")
+    ] = 0,
+    filters: FilterOpt = None,
+    model: Annotated[str | None, typer.Option("--model", help="only records of this model")] = None,
+    since_ms: Annotated[int | None, typer.Option("--since-ms", help="created at or after")] = None,
+    until_ms: Annotated[int | None, typer.Option("--until-ms", help="created before")] = None,
+    folds: Annotated[int, typer.Option("--folds", min=2, help="held-out folds")] = 5,
+    bootstrap: Annotated[
+        int, typer.Option("--bootstrap", min=0, help="resamples of the AUROC interval")
+    ] = 1000,
+    control: Annotated[
+        bool, typer.Option("--control/--no-control", help="shuffled-label control per layer")
+    ] = True,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    output_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--output-dir", help="report.json and auroc_by_layer.png (default: probe_LABEL)"
+        ),
+    ] = None,  # fmt: skip
+    storage: StorageOpt = STORAGE_ADDR,
+) -> None:
+    """Train and evaluate a logistic-regression probe per layer on features pooled in storage."""
+    configure_logging(logging.WARNING)
+    from probing.logistic import ProbeDataError
+    from probing.probe import Target, run_probe
+
+    if pool not in POOLINGS:
+        raise typer.BadParameter(
+            f"{pool!r} is not one of {', '.join(POOLINGS)}", param_hint="--pool"
+        )
+    chosen_filters = parse_labels(filters)
+    with storage_errors(), StorageClient(storage) as client:
+        chosen = resolve_layers(layers, client, model, chosen_filters)
+        try:
+            report = run_probe(
+                client, Target(label, positive, negative), chosen, pool, position=position,
+                model=model, filters=chosen_filters, since_ms=since_ms, until_ms=until_ms,
+                folds=folds, bootstrap=bootstrap, control=control, seed=seed,
+            )  # fmt: skip
+        except ProbeDataError as error:
+            raise typer.BadParameter(str(error), param_hint="--label") from None
+    json_path, png_path = report.save(output_dir or Path(f"probe_{label}"))
+    counts = report.class_counts
+    typer.echo(
+        f"{report.records} records ({counts['positive']} {label}={positive}, "
+        f"{counts['negative']} other; {report.excluded} without a verdict, "
+        f"{report.skipped} unusable), {report.pooling}, {folds}-fold held out:"
+    )
+    typer.echo("layer  AUROC  [95% CI]         acc    bal.acc  control")
+    for s in report.layers:
+        control_text = "" if s.control_auroc is None else f"{s.control_auroc:.3f}"
+        typer.echo(
+            f"{s.layer:5d}  {s.auroc:.3f}  [{s.auroc_ci[0]:.3f}, {s.auroc_ci[1]:.3f}]  "
+            f"{s.accuracy:.3f}  {s.balanced_accuracy:.3f}    {control_text}"
+        )
+    best = report.best
+    typer.echo(f"best layer {best.layer}: AUROC {best.auroc:.3f}; {json_path}, {png_path}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `probe` to the `actlog` CLI."""
+    app.command("probe")(probe)
