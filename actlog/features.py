@@ -10,7 +10,7 @@ The poolings and the rows they read are defined in `actlog_common.pooling`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -123,15 +123,3 @@ def collect(pooling: int, batches: Iterable[storage_pb2.FeaturesBatch]) -> Featu
         hidden_size=hidden,
         skipped=skipped,
     )
-
-
-def batches_of(ids: Iterable[str], size: int) -> Iterator[list[str]]:
-    """`ids` in lists of at most `size`."""
-    batch: list[str] = []
-    for record_id in ids:
-        batch.append(record_id)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch

@@ -44,10 +44,32 @@ def labels_of(stack, record_ids: list[str]) -> list[dict[str, str]]:
         return [client.get_record(rid).labels for rid in record_ids]
 
 
+def probe_features_of_the_run(stack, nonsense: list[str], factual: list[str]) -> None:
+    """What a probe reads of these records: features pooled in storage, selected by the
+    run's labels, equal to numpy pooling of the rows the model computed."""
+    import numpy as np
+
+    with StorageClient(stack.config.storage_addr) as client:
+        task = client.get_record(nonsense[0]).labels["task"]
+        feats = client.features(labels={"task": task}, layers=None, pooling="last_prompt")
+        assert sorted(feats.record_ids) == sorted(nonsense + factual)
+        assert feats.layers == (0, 15, 30)  # --capture_layers 0,15,-1
+        assert sorted(feats.label("exp")) == ["factual_control"] * 4 + ["nonsense_all"] * 8
+        means = client.features(feats.record_ids, layers=[-1], pooling="mean_response")
+        for i, record_id in enumerate(feats.record_ids):
+            record = client.get_record(record_id)
+            rows = client.get_activations(record, layers=[15, 30])
+            p = record.prompt_length
+            assert np.array_equal(feats[15][i], rows[15][p - 1])
+            assert np.array_equal(feats[30][i], rows[30][p - 1])
+            mean = rows[30][p - 1 :].mean(axis=0, dtype=np.float64).astype(np.float32)
+            assert np.array_equal(means[30][i], mean)
+
+
 def test_a_small_run_labels_every_answers_record(stack, served_model, tmp_path) -> None:
     before = stored_records(stack)
     out = run(stack, tmp_path, "--do_inference", "--do_eval", "--N", "2", "--seed", "0",
-              "--factual_samples", "4").stdout  # fmt: skip
+              "--factual_samples", "4", "--capture_layers", "0,15,-1").stdout  # fmt: skip
     task_dir = tmp_path / "output" / "nonsense_all_0_2" / served_model
     generations = [json.loads(x) for x in (task_dir / "generation.jsonl").read_text().splitlines()]
     assert len(generations) == 8
@@ -77,6 +99,7 @@ def test_a_small_run_labels_every_answers_record(stack, served_model, tmp_path) 
     assert len(factual_labels) == 4
     assert all(lab["exp"] == "factual_control" and set(lab) >= LABEL_KEYS for lab in factual_labels)
     assert stored_records(stack) == before + 8 + 4  # one record per answer, nothing else
+    probe_features_of_the_run(stack, ids, [f["record_id"] for f in factual])
 
     # Another run, then this run's evaluation again with an LLM judge (the served model
     # itself, through the gateway): its calls leave no record, and only this run is relabelled.

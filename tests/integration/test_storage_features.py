@@ -218,3 +218,22 @@ def test_malformed_calls_are_invalid_arguments(stub, client, by_dtype) -> None:
         list(stub.Features(storage_pb2.FeaturesRequest(record_ids=[gid]), timeout=10))
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "pooling 0 is not one of" in raised.value.details()
+
+
+@pytest.mark.parametrize("codec", ["zstd", "lz4"])
+def test_features_of_compressed_records_equal_numpy_pooling(start_storage, codec: str) -> None:
+    storage = start_storage(None, "--storage-compression", codec)
+    with grpc.insecure_channel(storage.address) as channel:
+        stub = storage_pb2_grpc.StorageStub(channel)
+        records = [
+            ingest(stub, synthetic_record(unique(codec), layers=(0, 3), num_layers=3,
+                                          num_positions=20, prompt_length=6, seed=i))
+            for i in range(3)
+        ]  # fmt: skip
+    with StorageClient(storage.address) as client:
+        ids = [r.header.record_id for r in records]
+        assert client.get_record(ids[0]).compression == codec
+        for pooling in ("mean_prompt", "last_response"):
+            feats = client.features(ids, layers=[3], pooling=pooling)
+            for row, record in zip(feats[3], records, strict=True):
+                assert np.array_equal(row, reference(record.values[3], pooling, 6))
