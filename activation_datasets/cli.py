@@ -9,7 +9,13 @@ from typing import Annotated
 
 import typer
 
-from actlog.cli_records import StorageOpt, parse_labels, parse_layers, storage_errors
+from actlog.cli_records import (
+    StorageOpt,
+    parse_labels,
+    parse_layers,
+    require_modules,
+    storage_errors,
+)
 from actlog_common.defaults import STORAGE_ADDR, configure_logging
 from actlog_common.pooling import POOLINGS
 
@@ -68,6 +74,7 @@ def export(
 ) -> None:
     """Write stored records to Parquet shards (read by datasets, Ray Data, Spark, DuckDB)."""
     configure_logging(logging.WARNING)
+    require_modules("analysis", "pyarrow", "tqdm")
     from activation_datasets.parquet import export_dataset
     from actlog.client import StorageClient
 

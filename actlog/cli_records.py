@@ -211,6 +211,18 @@ def stats(storage: StorageOpt = defaults.STORAGE_ADDR) -> None:
     typer.echo(json.dumps(dataclasses.asdict(result), indent=2))
 
 
+def require_modules(extra: str, *modules: str) -> None:
+    """Exit 1 saying which extra to install when one of `modules` is not importable (for
+    commands of the optional packages, e.g. `actlog probe`)."""
+    import importlib.util
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        typer.echo(f"error: {', '.join(missing)} not installed: pip install 'actlog[{extra}]'",
+                   err=True)  # fmt: skip
+        raise typer.Exit(1)
+
+
 @contextmanager
 def storage_errors() -> Iterator[None]:
     """Report a failed storage call as `error: ...` and exit 1."""

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from actlog.cli_records import StorageOpt, parse_labels, storage_errors
+from actlog.cli_records import StorageOpt, parse_labels, require_modules, storage_errors
 from actlog.client import StorageClient
 from actlog_common.defaults import STORAGE_ADDR, configure_logging
 from actlog_common.layers import PRESETS, recommended_layers
@@ -88,13 +88,15 @@ def probe(
     output_dir: Annotated[
         Path | None,
         typer.Option(
-            "--output-dir", help="report.json and auroc_by_layer.png (default: probe_LABEL)"
+            "--output-dir",
+            help="report.json, auroc_by_layer.png and probes.safetensors (default: probe_LABEL)",
         ),
     ] = None,  # fmt: skip
     storage: StorageOpt = STORAGE_ADDR,
 ) -> None:
     """Train and evaluate a logistic-regression probe per layer on features pooled in storage."""
     configure_logging(logging.WARNING)
+    require_modules("analysis", "sklearn", "matplotlib", "tqdm")
     from probing.logistic import ProbeDataError
     from probing.probe import Target, run_probe
 

@@ -2,7 +2,7 @@
 held-out folds.
 
 For each layer: ``StandardScaler`` then ``LogisticRegressionCV`` (L2, the inverse
-regularization C chosen by an inner stratified cross-validation on AUROC), fitted on the
+regularization C chosen by an inner stratified cross-validation on log-loss), fitted on the
 training folds of an outer ``StratifiedGroupKFold`` and scored on the records it never saw.
 Records of one prompt share a group, so a prompt asked twice is never on both sides of a
 split. Every figure comes from the out-of-fold predictions of all records: AUROC with a
@@ -74,7 +74,7 @@ def out_of_fold_scores(
             LogisticRegressionCV(
                 Cs=CS,
                 cv=StratifiedKFold(max(2, inner_folds), shuffle=True, random_state=seed),
-                scoring="roc_auc",
+                scoring="neg_log_loss",  # a proper score: calibrated probabilities
                 l1_ratios=(0.0,),  # plain L2
                 max_iter=2000,
                 use_legacy_attributes=False,
@@ -105,6 +105,19 @@ def bootstrap_auroc(
     tail = (1 - level) / 2
     low, high = np.quantile(values, [tail, 1 - tail])
     return float(low), float(high)
+
+
+def fit_probe(x: np.ndarray, y: np.ndarray, c: float) -> tuple[np.ndarray, float]:
+    """The probe fitted on every record at inverse regularization `c`, folded back into the
+    raw feature space: (weight, bias) with P(positive) = sigmoid(x @ weight + bias)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(x)
+    model = LogisticRegression(C=c, max_iter=2000).fit(scaler.transform(x), y)
+    coef = model.coef_[0] / scaler.scale_
+    bias = float(model.intercept_[0] - coef @ scaler.mean_)
+    return coef.astype(np.float32), bias
 
 
 def score_layer(

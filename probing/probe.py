@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from actlog.client import StorageClient
 from actlog.features import Features
-from probing.logistic import LayerScore, ProbeDataError, check_classes, score_layer
+from probing.logistic import LayerScore, ProbeDataError, check_classes, fit_probe, score_layer
 
 # Label values that are no verdict at all (the HalluLens task's judge could not parse one).
 NO_VERDICT = ("unparsed",)
@@ -66,6 +66,9 @@ class ProbeReport:
     folds: int
     layers: list[LayerScore] = field(default_factory=list)
     model: str = ""
+    # Per layer, the probe fitted on every record (at its median chosen C), in the raw
+    # feature space: P(positive) = sigmoid(features @ weight + bias).
+    weights: dict[int, tuple[np.ndarray, float]] = field(default_factory=dict)
 
     @property
     def best(self) -> LayerScore:
@@ -85,7 +88,7 @@ class ProbeReport:
             "skipped_records": self.skipped,
             "class_counts": self.class_counts,
             "folds": self.folds,
-            "probe": "StandardScaler + LogisticRegressionCV (L2, C by inner 3-fold AUROC), "
+            "probe": "StandardScaler + LogisticRegressionCV (L2, C by inner 3-fold log-loss), "
             "outer StratifiedGroupKFold grouped by prompt",
             "best_layer": self.best.layer,
             "best_auroc": self.best.auroc,
@@ -93,12 +96,23 @@ class ProbeReport:
         }
 
     def save(self, directory: Path) -> tuple[Path, Path]:
-        """report.json and auroc_by_layer.png in `directory`."""
+        """report.json, auroc_by_layer.png and probes.safetensors in `directory`."""
+        from safetensors.numpy import save_file
+
         directory.mkdir(parents=True, exist_ok=True)
         json_path = directory / "report.json"
         json_path.write_text(json.dumps(self.to_json(), indent=2) + "\n")
         png_path = directory / "auroc_by_layer.png"
         plot(self, png_path)
+        tensors = {}
+        for layer, (weight, bias) in self.weights.items():
+            tensors[f"layer_{layer}.weight"] = weight
+            tensors[f"layer_{layer}.bias"] = np.array([bias], dtype=np.float32)
+        if tensors:
+            metadata = {"label": self.target.key, "positive": self.target.positive,
+                        "pooling": self.pooling, "model": self.model,
+                        "rule": "P(positive) = sigmoid(features @ weight + bias)"}  # fmt: skip
+            save_file(tensors, str(directory / "probes.safetensors"), metadata=metadata)
         return json_path, png_path
 
 
@@ -148,6 +162,7 @@ def run_probe(
         for layer in tqdm(features.layers, desc="probes by layer", unit="layer",
                           disable=not progress)
     ]  # fmt: skip
+    weights = {s.layer: fit_probe(features[s.layer][keep], y, s.chosen_c) for s in scores}
     return ProbeReport(
         target=target,
         pooling=pooling if pooling != "position" else f"position {position}",
@@ -164,6 +179,7 @@ def run_probe(
         folds=folds,
         layers=scores,
         model=", ".join(sorted(set(features.models))),
+        weights=weights,
     )
 
 

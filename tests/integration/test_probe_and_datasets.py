@@ -78,7 +78,7 @@ def run(*args: str) -> object:
 def test_the_probe_finds_the_layer_that_carries_the_label(storage, planted, tmp_path) -> None:
     out = tmp_path / "probe"
     result = run("probe", "--label", "hallucinated", "--positive", "true", "--pool", "last_prompt",
-                 "--filter", f"benchmark={planted['model']}", "--bootstrap", "200",
+                 "--filter", f"benchmark={planted['model']}", "--bootstrap", "100", "--folds", "4",
                  "--storage", storage.address, "--output-dir", str(out))  # fmt: skip
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
@@ -97,6 +97,20 @@ def test_the_probe_finds_the_layer_that_carries_the_label(storage, planted, tmp_
     counts = report["class_counts"]
     assert counts["positive"] + counts["negative"] == N_RECORDS - N_RECORDS // 20
     assert f"best layer {SIGNAL_LAYER}" in result.output
+
+    # The saved probe of the best layer scores the records as the report says it separates
+    # them: P = sigmoid(x @ w + b) on the features pooled in storage.
+    from safetensors.numpy import load_file
+
+    probes = load_file(str(out / "probes.safetensors"))
+    assert sorted(probes) == sorted(f"layer_{i}.{p}" for i in range(4) for p in ("weight", "bias"))
+    with StorageClient(storage.address) as client:
+        feats = client.features(labels={"benchmark": planted["model"]}, layers=[SIGNAL_LAYER])
+    verdicts = feats.label("hallucinated")
+    known = verdicts != "unparsed"
+    logits = feats[SIGNAL_LAYER] @ probes["layer_2.weight"] + probes["layer_2.bias"][0]
+    predicted = logits[known] > 0
+    assert np.mean(predicted == (verdicts[known] == "true")) > 0.95
 
     # The same records pooled over the response: the signal was planted in one prompt row.
     result = run("probe", "--label", "hallucinated", "--pool", "mean_prompt", "--layers", "2",
