@@ -10,14 +10,19 @@ from typing import Annotated
 import typer
 
 from actlog.cli_records import (
+    FilterOpt,
+    ModelFilterOpt,
+    PoolOpt,
+    PositionOpt,
+    SinceOpt,
     StorageOpt,
+    UntilOpt,
     parse_labels,
     parse_layers,
     require_modules,
     storage_errors,
 )
 from actlog_common.defaults import STORAGE_ADDR, configure_logging
-from actlog_common.pooling import POOLINGS
 
 dataset_app = typer.Typer(help="Datasets of stored records for analysis at scale.")
 
@@ -47,23 +52,18 @@ def export(
             "default: every layer of the first record",
         ),
     ] = None,  # fmt: skip
-    pool: Annotated[
-        str, typer.Option("--pool", help=f"--per record: {', '.join(POOLINGS)}")
-    ] = "last_prompt",
-    position: Annotated[int, typer.Option("--position", help="the row for --pool position")] = 0,
+    pool: PoolOpt = "last_prompt",
+    position: PositionOpt = 0,
     rows: Annotated[
         str, typer.Option("--rows", help="--per token: all, prompt or response positions")
     ] = "all",
     record_ids: Annotated[
         list[str] | None, typer.Option("--record-id", help="these records (repeatable)")
     ] = None,
-    filters: Annotated[
-        list[str] | None,
-        typer.Option("--filter", help="only records with label KEY=VALUE (repeatable)"),
-    ] = None,
-    model: Annotated[str | None, typer.Option("--model", help="only records of this model")] = None,
-    since_ms: Annotated[int | None, typer.Option("--since-ms")] = None,
-    until_ms: Annotated[int | None, typer.Option("--until-ms")] = None,
+    filters: FilterOpt = None,
+    model: ModelFilterOpt = None,
+    since_ms: SinceOpt = None,
+    until_ms: UntilOpt = None,
     shard_size: Annotated[
         str, typer.Option("--shard-size", help="data per shard, e.g. 256MB")
     ] = "256MB",

@@ -12,12 +12,31 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from actlog_common import defaults
+from actlog_common.pooling import POOLINGS
 
 if TYPE_CHECKING:
     from actlog.client import Record
 
 StorageOpt = Annotated[
     str, typer.Option("--storage", envvar="STORAGE_ADDR", help="storage service host:port")
+]
+# The selection and pooling options of the commands that read features (probe, dataset).
+FilterOpt = Annotated[
+    list[str] | None,
+    typer.Option("--filter", help="only records with label KEY=VALUE (repeatable; all must hold)"),
+]
+ModelFilterOpt = Annotated[str | None, typer.Option("--model", help="only records of this model")]
+SinceOpt = Annotated[int | None, typer.Option("--since-ms", help="created at or after (Unix ms)")]
+UntilOpt = Annotated[int | None, typer.Option("--until-ms", help="created before (Unix ms)")]
+PoolOpt = Annotated[
+    str,
+    typer.Option(
+        "--pool",
+        help=f"{', '.join(POOLINGS)} (README: Features computed in storage)",
+    ),
+]
+PositionOpt = Annotated[
+    int, typer.Option("--position", help="the row for --pool position (negative: from the end)")
 ]
 
 

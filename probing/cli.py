@@ -8,46 +8,53 @@ from typing import Annotated
 
 import typer
 
-from actlog.cli_records import StorageOpt, parse_labels, require_modules, storage_errors
+from actlog.cli_records import (
+    FilterOpt,
+    ModelFilterOpt,
+    PoolOpt,
+    PositionOpt,
+    SinceOpt,
+    StorageOpt,
+    UntilOpt,
+    parse_labels,
+    require_modules,
+    storage_errors,
+)
 from actlog.client import StorageClient
 from actlog_common.defaults import STORAGE_ADDR, configure_logging
-from actlog_common.layers import PRESETS, recommended_layers
+from actlog_common.layers import PRESETS, parse_layer_spec, recommended_layers
 from actlog_common.pooling import POOLINGS
-
-FilterOpt = Annotated[
-    list[str] | None,
-    typer.Option("--filter", help="only records with label KEY=VALUE (repeatable; all must hold)"),
-]
 
 
 def resolve_layers(
     spec: str | None, client: StorageClient, model: str | None, filters: dict[str, str]
 ) -> list[int] | None:
     """--layers as the Features call takes it: None for every stored layer."""
-    if spec is None or spec.strip() in ("", "all"):
-        return None
-    spec = spec.strip()
-    if spec == "last":
-        return [-1]
-    if spec == "recommended":
-        first = next(iter(client.iter_records(model=model, labels=filters, page_size=1)), None)
-        if first is None:
-            return None  # nothing selected: the probe says so
-        chosen = [layer for layer in recommended_layers(first.num_layers) if layer in first.layers]
-        if not chosen:
-            raise typer.BadParameter(
-                f"the records store layers {list(first.layers)}, none of the recommended "
-                f"{recommended_layers(first.num_layers)}",
-                param_hint="--layers",
-            )
-        return chosen
     try:
-        return [int(part) for part in spec.split(",") if part.strip()]
+        indices, preset = parse_layer_spec(spec or "all")
     except ValueError:
         raise typer.BadParameter(
             f"{spec!r} is neither comma-separated integers nor one of {', '.join(PRESETS)}",
             param_hint="--layers",
         ) from None
+    if preset == "all":
+        return None
+    if preset == "last":
+        return [-1]
+    if preset == "recommended":
+        first = next(iter(client.iter_records(model=model, labels=filters, page_size=1)), None)
+        if first is None:
+            return None  # nothing selected: the probe says so
+        recommended = recommended_layers(first.num_layers)
+        chosen = [layer for layer in recommended if layer in first.layers]
+        if not chosen:
+            raise typer.BadParameter(
+                f"the records store layers {list(first.layers)}, none of the recommended "
+                f"{recommended}",
+                param_hint="--layers",
+            )
+        return chosen
+    return indices
 
 
 def probe(
@@ -67,16 +74,12 @@ def probe(
             'layer), "last" or "recommended"',
         ),
     ] = None,  # fmt: skip
-    pool: Annotated[
-        str, typer.Option("--pool", help=f"pooling: {', '.join(POOLINGS)}")
-    ] = "last_prompt",
-    position: Annotated[
-        int, typer.Option("--position", help="the row for --pool position (negative: from the end)")
-    ] = 0,
+    pool: PoolOpt = "last_prompt",
+    position: PositionOpt = 0,
     filters: FilterOpt = None,
-    model: Annotated[str | None, typer.Option("--model", help="only records of this model")] = None,
-    since_ms: Annotated[int | None, typer.Option("--since-ms", help="created at or after")] = None,
-    until_ms: Annotated[int | None, typer.Option("--until-ms", help="created before")] = None,
+    model: ModelFilterOpt = None,
+    since_ms: SinceOpt = None,
+    until_ms: UntilOpt = None,
     folds: Annotated[int, typer.Option("--folds", min=2, help="held-out folds")] = 5,
     bootstrap: Annotated[
         int, typer.Option("--bootstrap", min=0, help="resamples of the AUROC interval")
