@@ -309,6 +309,7 @@ def main() -> int:
                 acts = storage.get_activations(record.record_id)
                 # Storage's container has a /dev/shm of its own: the read fell back.
                 transport = storage.activation_transport
+                feats = storage.features([record.record_id], pooling="last_prompt")
             check(transport == "stream", f"a containerized storage read over {transport}")
             usage = reply.usage
             rows = usage.prompt_tokens + usage.completion_tokens - 1
@@ -316,6 +317,8 @@ def main() -> int:
             shape = acts[layers].shape
             check(shape == (rows, hidden), f"activations {shape}, wanted {(rows, hidden)}")
             log(f"record {record.record_id}: {reply.choices[0].text!r}, activations {shape}")
+            last_prompt = acts[layers][record.prompt_length - 1]
+            check(bool((feats[layers][0] == last_prompt).all()), "features differ from the rows")
 
         with phase("metrics"):
             for service, port in metrics_ports.items():
