@@ -183,11 +183,16 @@ def test_per_record_parquet_reads_back_through_pyarrow_and_datasets(
 
     import datasets
 
-    loaded = datasets.load_dataset("parquet", data_files=[str(s) for s in shards], split="train")
-    assert loaded.num_rows == N_RECORDS
-    assert loaded["record_id"] == listed
-    loaded.set_format("numpy", columns=["layer_2"])
-    assert np.array_equal(np.stack(loaded["layer_2"]).astype(np.float32), feats[2])
+    # As the README reads it.
+    ds = datasets.load_dataset("parquet", data_dir=str(out), split="train")
+    rows = ds.with_format("numpy")[:]
+    x, y = rows["layer_2"], rows["label_hallucinated"] == "true"
+    assert x.dtype == np.float32 and np.array_equal(x, feats[2])
+    assert list(rows["record_id"]) == listed
+    assert y.sum() == sum(planted["records"][i].header.labels["hallucinated"] == "true"
+                          for i in listed)  # fmt: skip
+    by_files = datasets.load_dataset("parquet", data_files=[str(s) for s in shards], split="train")
+    assert by_files.num_rows == N_RECORDS
 
 
 def test_per_token_parquet_holds_every_row_with_its_tokens(
