@@ -24,6 +24,7 @@ from storage_service.queries import COMPLETE, MAX_PAGE_SIZE, Queries
 # the records' ids and labels (so a client with default channel options can read them).
 BATCH_BYTES = 3 << 20
 BATCH_RECORDS = 4096
+SKIPPED_PER_BATCH = 4096  # skipped records' reasons are sent as they pile up, too
 
 
 @dataclass
@@ -76,6 +77,10 @@ class FeatureQuery:
                 batch.skipped.append(
                     storage_pb2.SkippedRecord(record_id=record_id, reason=str(error))
                 )
+                if len(batch.skipped) >= SKIPPED_PER_BATCH:
+                    yield self._encode(batch)
+                    sent = True
+                    batch = _Batch()
                 continue
             size = 4 * self._hidden * len(vectors)
             if batch.records and (
