@@ -88,12 +88,22 @@ def test_a_chunked_body_above_the_limit_is_413(stack, served_model, tmp_path) ->
 
 def test_chat_without_max_tokens_uses_the_rest_of_the_context(openai_client, served_model) -> None:
     context = openai_client.models.list().data[0].model_extra["max_model_len"]
-    long = "Tell me more about the history of tea. " * (context // 12)  # ~3/4 of the context
-    reply = openai_client.chat.completions.create(
-        model=served_model, messages=[{"role": "user", "content": long}], temperature=0
-    )
-    assert reply.usage.prompt_tokens > context // 2
+    sentence = "Tell me more about the history of tea. "
+
+    def ask(repeats: int, **options):
+        return openai_client.chat.completions.create(
+            model=served_model, messages=[{"role": "user", "content": sentence * repeats}],
+            temperature=0, **options,
+        )  # fmt: skip
+
+    # A prompt that leaves about 150 tokens of the context, so the answer is short to make.
+    base = ask(10, max_tokens=1).usage.prompt_tokens
+    per_sentence = (ask(110, max_tokens=1).usage.prompt_tokens - base) / 100
+    reply = ask(10 + int((context - 150 - base) / per_sentence))
+    assert context - 300 < reply.usage.prompt_tokens < context
     assert reply.usage.prompt_tokens + reply.usage.completion_tokens <= context
+    if reply.choices[0].finish_reason == "length":  # it ran to the end of the context
+        assert reply.usage.prompt_tokens + reply.usage.completion_tokens == context
 
 
 def test_an_unknown_layer_names_the_field(openai_client, served_model) -> None:
