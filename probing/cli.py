@@ -88,6 +88,12 @@ def probe(
         bool, typer.Option("--control/--no-control", help="shuffled-label control per layer")
     ] = True,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    balanced: Annotated[
+        bool,
+        typer.Option(
+            "--balanced", help="weigh the classes inversely to their sizes (rare classes)"
+        ),
+    ] = False,
     output_dir: Annotated[
         Path | None,
         typer.Option(
@@ -115,6 +121,7 @@ def probe(
                 client, Target(label, positive, negative), chosen, pool, position=position,
                 model=model, filters=chosen_filters, since_ms=since_ms, until_ms=until_ms,
                 folds=folds, bootstrap=bootstrap, control=control, seed=seed,
+                class_weight="balanced" if balanced else None,
             )  # fmt: skip
         except ProbeDataError as error:
             raise typer.BadParameter(str(error), param_hint="--label") from None

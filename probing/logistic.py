@@ -55,7 +55,12 @@ def check_classes(y: np.ndarray, groups: Sequence[str], folds: int) -> dict[str,
 
 
 def out_of_fold_scores(
-    x: np.ndarray, y: np.ndarray, groups: Sequence[str], folds: int, seed: int
+    x: np.ndarray,
+    y: np.ndarray,
+    groups: Sequence[str],
+    folds: int,
+    seed: int,
+    class_weight: str | None = None,
 ) -> tuple[np.ndarray, list[float]]:
     """P(positive) of every record from a probe that did not train on it; the C chosen
     in each outer fold."""
@@ -76,6 +81,7 @@ def out_of_fold_scores(
                 cv=StratifiedKFold(max(2, inner_folds), shuffle=True, random_state=seed),
                 scoring="neg_log_loss",  # a proper score: calibrated probabilities
                 l1_ratios=(0.0,),  # plain L2
+                class_weight=class_weight,
                 max_iter=2000,
                 use_legacy_attributes=False,
             ),
@@ -107,14 +113,17 @@ def bootstrap_auroc(
     return float(low), float(high)
 
 
-def fit_probe(x: np.ndarray, y: np.ndarray, c: float) -> tuple[np.ndarray, float]:
+def fit_probe(
+    x: np.ndarray, y: np.ndarray, c: float, class_weight: str | None = None
+) -> tuple[np.ndarray, float]:
     """The probe fitted on every record at inverse regularization `c`, folded back into the
     raw feature space: (weight, bias) with P(positive) = sigmoid(x @ weight + bias)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
     scaler = StandardScaler().fit(x)
-    model = LogisticRegression(C=c, max_iter=2000).fit(scaler.transform(x), y)
+    model = LogisticRegression(C=c, class_weight=class_weight, max_iter=2000)
+    model.fit(scaler.transform(x), y)
     coef = model.coef_[0] / scaler.scale_
     bias = float(model.intercept_[0] - coef @ scaler.mean_)
     return coef.astype(np.float32), bias
@@ -130,16 +139,21 @@ def score_layer(
     bootstrap: int = 1000,
     control: bool = True,
     seed: int = 0,
+    class_weight: str | None = None,
 ) -> LayerScore:
-    """The held-out figures of a probe of `y` (bool per record) on `x` (records x hidden)."""
+    """The held-out figures of a probe of `y` (bool per record) on `x` (records x hidden).
+
+    `class_weight="balanced"` weighs each class inversely to its size (for rare classes:
+    the accuracy at 0.5 then means something); None weighs every record alike.
+    """
     from sklearn.metrics import accuracy_score, balanced_accuracy_score, roc_auc_score
 
-    scores, chosen = out_of_fold_scores(x, y, groups, folds, seed)
+    scores, chosen = out_of_fold_scores(x, y, groups, folds, seed, class_weight)
     predicted = scores >= 0.5
     control_auroc = None
     if control:
         shuffled = np.random.default_rng(seed + 1).permutation(y)
-        control_scores, _ = out_of_fold_scores(x, shuffled, groups, folds, seed)
+        control_scores, _ = out_of_fold_scores(x, shuffled, groups, folds, seed, class_weight)
         control_auroc = float(roc_auc_score(shuffled, control_scores))
     return LayerScore(
         layer=layer,

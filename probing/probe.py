@@ -65,6 +65,7 @@ class ProbeReport:
     class_counts: dict[str, int]
     folds: int
     layers: list[LayerScore] = field(default_factory=list)
+    class_weight: str | None = None
     model: str = ""
     # Per layer, the probe fitted on every record (at its median chosen C), in the raw
     # feature space: P(positive) = sigmoid(features @ weight + bias).
@@ -88,6 +89,7 @@ class ProbeReport:
             "skipped_records": self.skipped,
             "class_counts": self.class_counts,
             "folds": self.folds,
+            "class_weight": self.class_weight,
             "probe": "StandardScaler + LogisticRegressionCV (L2, C by inner 3-fold log-loss), "
             "outer StratifiedGroupKFold grouped by prompt",
             "best_layer": self.best.layer,
@@ -131,6 +133,7 @@ def run_probe(
     bootstrap: int = 1000,
     control: bool = True,
     seed: int = 0,
+    class_weight: str | None = None,
     progress: bool = True,
     timeout: float = 3600.0,
 ) -> ProbeReport:
@@ -158,11 +161,13 @@ def run_probe(
     counts = check_classes(y, groups, folds)
     scores = [
         score_layer(layer, features[layer][keep], y, groups, folds=folds, bootstrap=bootstrap,
-                    control=control, seed=seed)
+                    control=control, seed=seed, class_weight=class_weight)
         for layer in tqdm(features.layers, desc="probes by layer", unit="layer",
                           disable=not progress)
     ]  # fmt: skip
-    weights = {s.layer: fit_probe(features[s.layer][keep], y, s.chosen_c) for s in scores}
+    weights = {
+        s.layer: fit_probe(features[s.layer][keep], y, s.chosen_c, class_weight) for s in scores
+    }
     return ProbeReport(
         target=target,
         pooling=pooling if pooling != "position" else f"position {position}",
@@ -178,6 +183,7 @@ def run_probe(
         class_counts=counts,
         folds=folds,
         layers=scores,
+        class_weight=class_weight,
         model=", ".join(sorted(set(features.models))),
         weights=weights,
     )

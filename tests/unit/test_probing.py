@@ -61,3 +61,17 @@ def test_too_few_examples_of_a_class_are_refused_with_the_counts() -> None:
         check_classes(
             np.array([True] * 5 + [False] * 9), ["a"] * 3 + ["b"] * 2 + list("cdefghijk"), 5
         )
+
+
+def test_balanced_weights_make_the_rare_class_count_at_the_threshold() -> None:
+    """Eight positives in 200: unweighted, the probe misses most of them at 0.5; with
+    balanced class weights it finds more (balanced accuracy up)."""
+    x, y, groups = separable(n=400, shift=4.0, seed=5)
+    rare = np.flatnonzero(y)[:8]
+    keep = np.concatenate([rare, np.flatnonzero(~y)[:192]])
+    x, y, groups = x[keep], y[keep], [groups[i] for i in keep]
+    plain = score_layer(0, x, y, groups, folds=4, bootstrap=0, control=False)
+    balanced = score_layer(0, x, y, groups, folds=4, bootstrap=0, control=False,
+                           class_weight="balanced")  # fmt: skip
+    assert balanced.balanced_accuracy > plain.balanced_accuracy
+    assert balanced.balanced_accuracy > 0.75
