@@ -23,13 +23,10 @@ Storage computes them (Features RPC); this module is the one place the rule is w
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
 from actlog_common.v1 import storage_pb2
-
-PoolingName = Literal["last_prompt", "mean_prompt", "mean_response", "last_response", "position"]
 
 POOLINGS: dict[str, int] = {
     "last_prompt": storage_pb2.POOLING_LAST_PROMPT,
@@ -48,7 +45,6 @@ POOLING_ROWS: dict[str, str] = {
     "position": "row `position`, negative from the end",
 }
 POOLING_NAMES: dict[int, str] = {value: name for name, value in POOLINGS.items()}
-MEANS = frozenset({storage_pb2.POOLING_MEAN_PROMPT, storage_pb2.POOLING_MEAN_RESPONSE})
 
 
 class PoolingError(ValueError):

@@ -267,9 +267,8 @@ class Queries:
         (rows x hidden) block, copied from LMDB's map (decompressed first when stored
         compressed). `out` must hold `selection.nbytes`.
         """
-        header, width = selection.header, selection.row_width
+        header = selection.header
         start, end = selection.row_start, selection.row_end
-        rid = rec.record_key(header.record_id)
         decompress = codecs.decompressor(codecs.parse(header.compression))
         target = np.frombuffer(out, np.uint8, selection.nbytes)
         for index, layer in enumerate(selection.layers):
@@ -277,50 +276,48 @@ class Queries:
             if not selection.layer_bytes:
                 yield base
                 continue
-            prefix = rec.layer_prefix(rid, layer)
-            copied = 0
             with self._read() as txn:  # one layer is at most a few tens of MiB
-                for _, lo, rows in self._clipped_chunks(
-                    txn, prefix, prefix, start, end, width, decompress
-                ):
-                    at = base + (lo - start) * width
-                    # numpy copies without the GIL: other readers' copies run too.
-                    target[at : at + len(rows)] = np.frombuffer(rows, np.uint8)
-                    copied += len(rows)
-            if copied != selection.layer_bytes:
-                raise RuntimeError(
-                    f"record {header.record_id} layer {layer}: found {copied} bytes of rows "
-                    f"[{start}, {end}), expected {selection.layer_bytes}"
-                )
+                self._copy_layer(txn, header, layer, start, end, decompress,
+                                 target[base : base + selection.layer_bytes])  # fmt: skip
             yield base
 
     def read_rows(
         self, header: storage_pb2.RecordHeader, layers: Sequence[int], start: int, end: int
-    ) -> list[bytearray]:
-        """Rows [start, end) of each of `layers` of a complete record, as raw bytes
-        (decompressed), all from one read transaction. For small selections (features)."""
-        rid = rec.record_key(header.record_id)
-        width = rec.row_bytes(header)
+    ) -> list[np.ndarray]:
+        """Rows [start, end) of each of `layers` of a complete record, as raw bytes (uint8,
+        decompressed), all from one read transaction. For small selections (features)."""
         decompress = codecs.decompressor(codecs.parse(header.compression))
-        blocks: list[bytearray] = []
+        blocks = [np.empty((end - start) * rec.row_bytes(header), np.uint8) for _ in layers]
         with self._read() as txn:
-            for layer in layers:
-                block = bytearray((end - start) * width)
-                prefix = rec.layer_prefix(rid, layer)
-                copied = 0
-                for _, lo, rows in self._clipped_chunks(
-                    txn, prefix, prefix, start, end, width, decompress
-                ):
-                    at = (lo - start) * width
-                    block[at : at + len(rows)] = rows
-                    copied += len(rows)
-                if copied != len(block):
-                    raise RuntimeError(
-                        f"record {header.record_id} layer {layer}: found {copied} bytes of "
-                        f"rows [{start}, {end}), expected {len(block)}"
-                    )
-                blocks.append(block)
+            for layer, block in zip(layers, blocks, strict=True):
+                self._copy_layer(txn, header, layer, start, end, decompress, block)
         return blocks
+
+    def _copy_layer(
+        self,
+        txn: lmdb.Transaction,
+        header: storage_pb2.RecordHeader,
+        layer: int,
+        start: int,
+        end: int,
+        decompress: codecs.Codec | None,
+        target: np.ndarray,
+    ) -> None:
+        """Copy rows [start, end) of `layer` into `target` (uint8, exactly their bytes);
+        RuntimeError when the stored chunks do not cover them."""
+        width = rec.row_bytes(header)
+        prefix = rec.layer_prefix(rec.record_key(header.record_id), layer)
+        copied = 0
+        for _, lo, rows in self._clipped_chunks(txn, prefix, prefix, start, end, width, decompress):
+            at = (lo - start) * width
+            # numpy copies without the GIL: other readers' copies run too.
+            target[at : at + len(rows)] = np.frombuffer(rows, np.uint8)
+            copied += len(rows)
+        if copied != len(target):
+            raise RuntimeError(
+                f"record {header.record_id} layer {layer}: found {copied} bytes of rows "
+                f"[{start}, {end}), expected {len(target)}"
+            )
 
     def _iter_chunks(
         self, header: storage_pb2.RecordHeader, layers: list[int], start: int, end: int
