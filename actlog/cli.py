@@ -9,7 +9,7 @@ import sys
 import time
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -133,6 +133,15 @@ def stop_summary(config: StackConfig) -> str:
     return "\n".join(lines)
 
 
+def _capture_line(info: Any) -> str:
+    if info.capture_path == "compiled":
+        return (
+            f"compiled (inside the graph), layers {list(info.available_layers)} "
+            "(CAPTURE_LAYERS_AVAILABLE; ENFORCE_EAGER=true for any layer)"
+        )
+    return f"{info.capture_path or 'eager'} (forward hooks), any layer"
+
+
 def stack_summary(stack: Stack, elapsed_s: float) -> str:
     """What `actlog up` prints once everything is ready: where each service listens, where
     its metrics are, where the data lives."""
@@ -146,6 +155,7 @@ def stack_summary(stack: Stack, elapsed_s: float) -> str:
         f"ready: /health, live: /health/live, metrics: /metrics)",
         f"  inference  {config.inference_addr}  (gRPC; {info.model}, {info.dtype}{kv}; "
         f"metrics: http://{host}:{config.inference_metrics_port}/metrics)",
+        f"  capture    {_capture_line(info)}",
         f"  storage    {config.storage_addr}  (gRPC; "
         f"metrics: http://{config.storage_host}:{config.storage_metrics_port}/metrics)",
         f"  records    {Path(config.activation_lmdb_path).resolve()}  (LMDB)",

@@ -61,8 +61,15 @@ class InferenceBackend:
             reply = await self._stub.GetStatus(inference_pb2.StatusRequest(), timeout=2)
         except grpc.aio.AioRpcError as exc:
             return {"status": "unavailable", "detail": exc.code().name}
-        # Field by field: protobuf's JSON mapping writes 64-bit integers as strings.
-        return {"status": "ok", **{f.name: getattr(reply, f.name) for f in reply.DESCRIPTOR.fields}}
+        # Field by field: protobuf's JSON mapping writes 64-bit integers as strings. (The
+        # worker's counters are not asked for: reading them pauses the engine.)
+        fields = {}
+        for field in reply.DESCRIPTOR.fields:
+            if field.message_type is not None:
+                continue
+            value = getattr(reply, field.name)
+            fields[field.name] = list(value) if _is_repeated(field) else value
+        return {"status": "ok", **fields}
 
     async def stream(
         self, request: inference_pb2.GenerateRequest
@@ -97,3 +104,9 @@ class InferenceBackend:
         if len(results) != max(request.sampling.n, 1):
             raise RuntimeError("the inference stream ended without all its results")
         return sorted(results, key=lambda r: r.index)
+
+
+def _is_repeated(field: Any) -> bool:
+    # FieldDescriptor.is_repeated is newer than the `label` it replaces.
+    repeated = getattr(field, "is_repeated", None)
+    return bool(repeated) if repeated is not None else field.label == field.LABEL_REPEATED

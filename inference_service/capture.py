@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from actlog_common.dtypes import BY_CODE, DTYPES
-from inference_service.capture_frames import HEADER, MAGIC
+from inference_service.capture_frames import HEADER, LAYER, MAGIC, SLOT
 from inference_service.errors import CaptureIncomplete
 from inference_service.spool import Spool, SpoolWriter
 
@@ -73,8 +73,8 @@ class CaptureCollector:
         self._server: asyncio.AbstractServer | None = None
         self.recomputed_rows = 0
         self.captured_rows = 0
-        # Frames not filed, by reason: "finished" (rows of steps computed after a request
-        # ended, e.g. past a stop string: harmless) or "malformed" (a bug worth a look).
+        # A request's rows of one step not filed, by reason: "finished" (steps computed after
+        # it ended, e.g. past a stop string: harmless) or "malformed" (a bug worth a look).
         self.dropped_frames = {"finished": 0, "malformed": 0}
 
     async def start(self) -> None:
@@ -139,32 +139,57 @@ class CaptureCollector:
         try:
             while True:
                 head = await reader.readexactly(HEADER.size)
-                magic, key_len, layer, pos, n_rows, hidden, code, n_bytes = HEADER.unpack(head)
+                magic, n_slots, n_layers, hidden, code, rows, n_bytes = HEADER.unpack(head)
                 if magic != MAGIC:
                     logger.error("capture stream out of sync; closing it")
                     return
-                key = (await reader.readexactly(key_len)).decode()
-                data = await reader.readexactly(n_bytes)
-                capture = self._pending.get(key)
-                if capture is None:
-                    # Finished or abandoned: e.g. steps computed after a stop string matched.
-                    self.dropped_frames["finished"] += 1
-                    continue
-                if (
-                    layer not in capture.layers
-                    or (BY_CODE[code].name if code in BY_CODE else None) != capture.dtype
-                ):
-                    logger.error("capture %s: unexpected layer %d or dtype %d", key, layer, code)
-                    self.dropped_frames["malformed"] += 1
-                    continue
-                if n_bytes != n_rows * capture.row_bytes:
-                    logger.error("capture %s: frame of %d bytes for %d rows", key, n_bytes, n_rows)
-                    self.dropped_frames["malformed"] += 1
-                    continue
-                self.recomputed_rows += capture.put(layer, pos, n_rows, data)
-                self.captured_rows += n_rows
-                capture.changed.set()
+                raw_layers = await reader.readexactly(LAYER.size * n_layers)
+                layers = [LAYER.unpack_from(raw_layers, i * LAYER.size)[0] for i in range(n_layers)]
+                slots = []
+                for _ in range(n_slots):
+                    position, n_rows, key_len = SLOT.unpack(await reader.readexactly(SLOT.size))
+                    slots.append(((await reader.readexactly(key_len)).decode(), position, n_rows))
+                data = memoryview(await reader.readexactly(n_bytes))
+                self._file(layers, hidden, code, rows, slots, data)
         except asyncio.IncompleteReadError:
             return
         finally:
             writer.close()
+
+    def _file(
+        self,
+        layers: list[int],
+        hidden: int,
+        code: int,
+        rows: int,
+        slots: list[tuple[str, int, int]],
+        data: memoryview,
+    ) -> None:
+        """File one frame's rows: a block [layers, rows, hidden], requests one after another."""
+        dtype = BY_CODE[code].name if code in BY_CODE else None
+        offset = 0
+        for key, position, n_rows in slots:
+            start, offset = offset, offset + n_rows
+            capture = self._pending.get(key)
+            if capture is None:
+                # Finished or abandoned: e.g. steps computed after a stop string matched.
+                self.dropped_frames["finished"] += 1
+                continue
+            if dtype != capture.dtype or not set(layers) <= set(capture.layers):
+                logger.error("capture %s: unexpected layers %s or dtype %d", key, layers, code)
+                self.dropped_frames["malformed"] += 1
+                continue
+            row_bytes = capture.row_bytes
+            if (
+                hidden * DTYPES[dtype].itemsize != row_bytes
+                or len(data) != len(layers) * rows * row_bytes
+            ):
+                logger.error("capture %s: frame of %d bytes for %d rows", key, len(data), rows)
+                self.dropped_frames["malformed"] += 1
+                continue
+            for i, layer in enumerate(layers):
+                base = (i * rows + start) * row_bytes
+                chunk = data[base : base + n_rows * row_bytes]
+                self.recomputed_rows += capture.put(layer, position, n_rows, chunk)
+            self.captured_rows += n_rows
+            capture.changed.set()

@@ -1,15 +1,21 @@
 """Hidden-state capture inside vLLM's worker process.
 
 Loaded by vLLM as `worker_extension_cls`: the class is mixed into the worker, so `self` is the
-worker and `self.model_runner` its model runner. `actlog_install` (called once through
-`collective_rpc`) hooks the embeddings, every decoder layer and the final norm; each hook returns
-at once unless a request in the current step asked for that layer, so requests without capture
-pay only for a dictionary lookup per layer.
+worker and `self.model_runner` its model runner. Importing this module in the worker installs
+the load hook of the compiled path (compiled_capture.py), which vLLM runs before it traces the
+model. `actlog_install` (called once through `collective_rpc` once the engine is up) wraps the
+runner's model call, so that each step is planned before the forward and its rows sent after
+it. Where the rows come from depends on the path:
+- eager: forward hooks on the embeddings, every decoder layer and the final norm copy the rows
+  of the requests that want that layer; each returns at once when none does.
+- compiled: the op inside the graph has written the layers into a static buffer; the rows of
+  the requests are taken from it after the step. Hooks would never fire there: sentinel hooks
+  count that they do not.
 
-vLLM flattens all scheduled requests of a step into one token batch. The pre-hook on the model
-reads the runner's batch layout (request order, `query_start_loc`, tokens already computed) to
-map rows back to (request, position). Rows are keyed by position, so a recompute after
-preemption overwrites instead of duplicating.
+vLLM flattens all scheduled requests of a step into one token batch. The runner's batch layout
+(request order, `query_start_loc`, tokens already computed) maps rows back to (request,
+position). Rows are keyed by position, so a recompute after preemption overwrites instead of
+duplicating. Requests of a step that want the same layers travel as one frame (capture_frames.py).
 
 Layer numbering follows transformers' `output_hidden_states`: 0 = embeddings, i = output of
 decoder layer i (vLLM returns it as `hidden_states + residual`), N = final-normed output.
@@ -27,7 +33,8 @@ from typing import Any
 
 import torch
 
-from inference_service.capture_frames import encode_header
+from inference_service import compiled_capture
+from inference_service.capture_frames import encode_frame_header
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +47,8 @@ N = "actlog_n"
 # n > 1: vLLM fans one request out into children "<index>_<parent id>" (each with n=1).
 _CHILD_ID = re.compile(r"^(\d+)_")
 
+compiled_capture.install_load_hook()
+
 
 def _dtype_name(dtype: torch.dtype) -> str:
     """The dtype table's name of a torch dtype (torch.bfloat16 -> "bfloat16")."""
@@ -51,18 +60,49 @@ class _Slot:
     """One captured request's rows in this step."""
 
     key: str
-    sink: str
     row_start: int  # first row in the flattened batch
     row_end: int
     pos_start: int  # position of the first row in the request's sequence
 
 
 @dataclass
+class _Group:
+    """The requests of a step that capture the same layers to the same sink: one frame."""
+
+    sink: str
+    layers: tuple[int, ...]
+    slots: list[_Slot] = field(default_factory=list)
+    # rows of the flattened batch, as one slice when they are contiguous, else an index
+    rows: slice | torch.Tensor | None = None
+    # [layers, rows, hidden], filled by the hooks (eager) or from the static buffer (compiled)
+    block: torch.Tensor | None = None
+
+    @property
+    def n_rows(self) -> int:
+        return sum(s.row_end - s.row_start for s in self.slots)
+
+    def seal(self, device: torch.device) -> None:
+        first, contiguous = self.slots[0].row_start, True
+        for a, b in zip(self.slots, self.slots[1:], strict=False):
+            contiguous &= b.row_start == a.row_end
+        if contiguous:
+            self.rows = slice(first, self.slots[-1].row_end)
+        else:
+            index = [r for s in self.slots for r in range(s.row_start, s.row_end)]
+            self.rows = torch.tensor(index, dtype=torch.long, device=device)
+
+    def take(self, tensor: torch.Tensor, dim: int = 0) -> torch.Tensor:
+        """This group's rows of a batch tensor (rows along `dim`)."""
+        if isinstance(self.rows, slice):
+            return tensor.narrow(dim, self.rows.start, self.rows.stop - self.rows.start)
+        return tensor.index_select(dim, self.rows)
+
+
+@dataclass
 class _Step:
-    # layer -> the slots that want it, in batch order
-    wanted: dict[int, list[_Slot]] = field(default_factory=dict)
-    # layer -> their rows, concatenated in the same order (still on the model's device)
-    captured: dict[int, torch.Tensor] = field(default_factory=dict)
+    groups: list[_Group] = field(default_factory=list)
+    # eager: layer -> (group, position of the layer in the group's block)
+    wanted: dict[int, list[tuple[_Group, int]]] = field(default_factory=dict)
 
 
 class _Sender:
@@ -100,73 +140,81 @@ class _Sender:
                     stale.close()
 
 
-class ActivationCaptureExtension:
-    """Mixed into vLLM's worker class; methods are called via `collective_rpc`."""
+class _Capture:
+    """Per-step planning and sending, shared by both paths."""
 
-    def actlog_install(self) -> dict[str, Any]:
-        runner = self.model_runner  # type: ignore[attr-defined]
-        model = runner.get_model()
-        inner = model.model
-        layers = inner.layers
-        num_layers = len(layers)
-        self._actlog_step = _Step()
-        self._actlog_sender = _Sender()
-        self._actlog_num_layers = num_layers
+    def __init__(
+        self,
+        runner: Any,
+        num_layers: int,
+        hidden: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        static: compiled_capture.StaticCapture | None,
+    ) -> None:
+        self.runner = runner
+        self.num_layers = num_layers
+        self.hidden = hidden
+        self.dtype = dtype
+        self.device = device
+        self.static = static
+        self.sender = _Sender()
+        self.step: _Step | None = None
+        self.counters = {"steps": 0, "capture_steps": 0, "frames": 0, "layer_hook_calls": 0}
 
-        model.register_forward_pre_hook(self._actlog_plan_step)
-        model.register_forward_hook(self._actlog_flush_step)
-        inner.embed_tokens.register_forward_hook(self._actlog_layer_hook(0))
-        for i, layer in enumerate(layers):
-            layer.register_forward_hook(self._actlog_layer_hook(i + 1))
-        # The last decoder layer's pre-norm output is replaced by the norm output, as in
-        # transformers: index N is the final-normed hidden state.
-        inner.norm.register_forward_hook(self._actlog_layer_hook(num_layers))
-
-        dtype = next(model.parameters()).dtype
-        return {
-            "num_layers": num_layers,
-            "hidden_size": int(getattr(model.config, "hidden_size", 0)),
-            "dtype": _dtype_name(dtype),
-        }
-
-    # -- hooks -------------------------------------------------------------------------------
-
-    def _actlog_plan_step(self, module: Any, args: Any) -> None:
-        runner = self.model_runner  # type: ignore[attr-defined]
+    def plan(self) -> _Step | None:
+        """The capturing requests of the step about to run, grouped by layers and sink."""
+        runner = self.runner
         batch = runner.input_batch
-        step = _Step()
-        self._actlog_step = step
+        self.counters["steps"] += 1
         n = batch.num_reqs
-        if n == 0:
-            return
-        qsl = runner.query_start_loc.np
-        computed = batch.num_computed_tokens_cpu
-        for i, req_id in enumerate(batch.req_ids[:n]):
-            state = runner.requests.get(req_id)
-            extra = getattr(getattr(state, "sampling_params", None), "extra_args", None)
-            if not extra or KEY not in extra:
-                continue
-            key = extra[KEY]
-            if extra.get(N, 1) > 1:
-                child = _CHILD_ID.match(req_id)
-                key = f"{key}:{child.group(1) if child else 0}"
-            slot = _Slot(
-                key=key,
-                sink=extra[SINK],
-                row_start=int(qsl[i]),
-                row_end=int(qsl[i + 1]),
-                pos_start=int(computed[i]),
-            )
-            for layer in extra[LAYERS]:
-                step.wanted.setdefault(layer, []).append(slot)
+        groups: dict[tuple[str, tuple[int, ...]], _Group] = {}
+        if n:
+            qsl = runner.query_start_loc.np
+            computed = batch.num_computed_tokens_cpu
+            for i, req_id in enumerate(batch.req_ids[:n]):
+                state = runner.requests.get(req_id)
+                extra = getattr(getattr(state, "sampling_params", None), "extra_args", None)
+                if not extra or KEY not in extra:
+                    continue
+                key = extra[KEY]
+                if extra.get(N, 1) > 1:
+                    child = _CHILD_ID.match(req_id)
+                    key = f"{key}:{child.group(1) if child else 0}"
+                layers = tuple(extra[LAYERS])
+                group = groups.get((extra[SINK], layers))
+                if group is None:
+                    group = groups[(extra[SINK], layers)] = _Group(extra[SINK], layers)
+                group.slots.append(_Slot(key, int(qsl[i]), int(qsl[i + 1]), int(computed[i])))
+        if not groups:
+            return None
+        self.counters["capture_steps"] += 1
+        step = _Step(list(groups.values()))
+        for group in step.groups:
+            group.seal(self.device)
+        if self.static is None:
+            for group in step.groups:
+                group.block = torch.empty(
+                    (len(group.layers), group.n_rows, self.hidden),
+                    dtype=self.dtype,
+                    device=self.device,
+                )
+                for position, layer in enumerate(group.layers):
+                    step.wanted.setdefault(layer, []).append((group, position))
+        else:
+            self.static.want({layer for g in step.groups for layer in g.layers})
+        return step
 
-    def _actlog_layer_hook(self, index: int) -> Any:
-        final_norm = index == self._actlog_num_layers
+    # -- eager path --------------------------------------------------------------------------
+
+    def layer_hook(self, index: int) -> Any:
+        final_norm = index == self.num_layers
 
         def hook(module: Any, args: Any, output: Any) -> None:
-            step: _Step = self._actlog_step
-            slots = step.wanted.get(index)
-            if not slots:
+            self.counters["layer_hook_calls"] += 1
+            step = self.step
+            entries = step.wanted.get(index) if step is not None else None
+            if not entries:
                 return
             residual = None
             if isinstance(output, tuple):
@@ -177,41 +225,133 @@ class ActivationCaptureExtension:
                     residual = output[1]
             else:
                 hidden = output
-            # Only the rows of capturing requests are summed or copied. The result never
-            # aliases vLLM's buffers, which may be reused in place by later layers or steps.
-            parts = []
-            for s in slots:
-                rows = hidden[s.row_start : s.row_end]
-                if residual is not None:
-                    rows = rows + residual[s.row_start : s.row_end]
-                parts.append(rows)
-            if len(parts) > 1:
-                step.captured[index] = torch.cat(parts)
-            else:
-                step.captured[index] = parts[0] if residual is not None else parts[0].clone()
+            # Copied into the group's own block: never an alias of vLLM's buffers, which
+            # later layers or steps may reuse in place.
+            for group, position in entries:
+                out = group.block[position]  # type: ignore[index]
+                if residual is None:
+                    out.copy_(group.take(hidden))
+                else:
+                    torch.add(group.take(hidden), group.take(residual), out=out)
 
         return hook
 
-    def _actlog_flush_step(self, module: Any, args: Any, output: Any) -> None:
-        step: _Step = self._actlog_step
-        self._actlog_step = _Step()
-        if not step.captured:
-            return
-        layers = list(step.captured)
-        tensors = [step.captured[layer] for layer in layers]
-        if tensors[0].device.type != "cpu":
-            # One device->host copy per step for the whole batch, not one per layer/request.
-            sizes = [t.shape[0] for t in tensors]
-            tensors = list(torch.cat(tensors).to("cpu").split(sizes))
-        for layer, tensor in zip(layers, tensors, strict=True):
-            dtype = _dtype_name(tensor.dtype)
-            hidden = tensor.shape[-1]
-            offset = 0
-            for slot in step.wanted[layer]:
-                n_rows = slot.row_end - slot.row_start
-                payload = tensor[offset : offset + n_rows].contiguous().view(torch.uint8).numpy()
-                offset += n_rows
-                header = encode_header(
-                    slot.key, layer, slot.pos_start, n_rows, hidden, dtype, payload.nbytes
-                )
-                self._actlog_sender.send(slot.sink, header, payload)
+    def sentinel_hook(self, module: Any, args: Any, output: Any) -> None:
+        """On the compiled path: counts layer calls that ran eagerly (there should be none)."""
+        self.counters["layer_hook_calls"] += 1
+
+    # -- after the step ----------------------------------------------------------------------
+
+    def flush(self, step: _Step, output: Any) -> None:
+        if self.static is not None:
+            final = output[0] if isinstance(output, tuple) else output
+            for group in step.groups:
+                group.block = self._from_static(group, final)
+        for group in step.groups:
+            block = group.block
+            assert block is not None
+            if block.device.type != "cpu":
+                block = block.to("cpu")
+            payload = block.contiguous().view(torch.uint8).numpy()
+            header = encode_frame_header(
+                [(s.key, s.pos_start, s.row_end - s.row_start) for s in group.slots],
+                group.layers,
+                self.hidden,
+                _dtype_name(block.dtype),
+                payload.nbytes,
+            )
+            self.sender.send(group.sink, header, payload)
+            self.counters["frames"] += 1
+
+    def _from_static(self, group: _Group, final: torch.Tensor) -> torch.Tensor:
+        """The group's rows of every layer it wants, in one gather from the static buffer
+        (plus the final norm's rows from the model's output)."""
+        static = self.static
+        assert static is not None
+        in_graph = [layer for layer in group.layers if layer != static.final]
+        block = torch.empty(
+            (len(group.layers), group.n_rows, self.hidden), dtype=self.dtype, device=self.device
+        )
+        if in_graph:
+            slots = [static.slot_of[layer] for layer in in_graph]
+            first = slots[0]
+            if slots == list(range(first, first + len(slots))):
+                block[: len(slots)] = group.take(static.buffer.narrow(0, first, len(slots)), 1)
+            else:
+                index = torch.tensor(slots, dtype=torch.long, device=self.device)
+                block[: len(slots)] = group.take(static.buffer.index_select(0, index), 1)
+        if len(in_graph) < len(group.layers):
+            # Layers are sorted, so the final norm is the block's last.
+            block[-1] = group.take(final)
+        return block
+
+
+class ActivationCaptureExtension:
+    """Mixed into vLLM's worker class; methods are called via `collective_rpc`."""
+
+    def actlog_install(self) -> dict[str, Any]:
+        from torch._dynamo.utils import counters as dynamo_counters
+
+        runner = self.model_runner  # type: ignore[attr-defined]
+        model = runner.get_model()
+        inner = model.model
+        layers = inner.layers
+        num_layers = len(layers)
+        parameter = next(model.parameters())
+        static = getattr(runner, "_actlog_static", None)
+        capture = _Capture(
+            runner,
+            num_layers,
+            int(getattr(model.config, "hidden_size", 0)),
+            parameter.dtype,
+            parameter.device,
+            static,
+        )
+        self._actlog_capture = capture
+
+        # Every step passes here (also when vLLM replays a CUDA graph inside the call), with
+        # the runner's batch layout already prepared for it.
+        forward = runner._model_forward
+
+        def model_forward(*args: Any, **kwargs: Any) -> Any:
+            step = capture.step = capture.plan()
+            try:
+                output = forward(*args, **kwargs)
+            finally:
+                capture.step = None
+                if static is not None and step is not None:
+                    static.want_nothing()
+            if step is not None:
+                capture.flush(step, output)
+            return output
+
+        runner._model_forward = model_forward
+
+        if static is None:
+            # Hidden state i is decoder layer i's output; the last one's is replaced by the
+            # final norm's, as in transformers, so that layer needs no hook of its own.
+            hooked = {0: inner.embed_tokens, num_layers: inner.norm}
+            hooked.update({i + 1: layers[i] for i in range(num_layers - 1)})
+            for index, module in hooked.items():
+                module.register_forward_hook(capture.layer_hook(index))
+        else:
+            for module in (inner.embed_tokens, *layers, inner.norm):
+                module.register_forward_hook(capture.sentinel_hook)
+
+        mode = runner.vllm_config.compilation_config.mode
+        return {
+            "num_layers": num_layers,
+            "hidden_size": capture.hidden,
+            "dtype": _dtype_name(parameter.dtype),
+            "path": "eager" if static is None else "compiled",
+            "available": list(static.available) if static is not None else [],
+            "compile_mode": getattr(mode, "name", str(mode)),
+            # Graphs torch.compile traced in this process (0 when nothing compiled).
+            "compiled_graphs": int(dynamo_counters["stats"]["unique_graphs"]),
+        }
+
+    def actlog_counters(self) -> dict[str, int]:
+        """What capture did in the worker since it started (reading them pauses stepping)."""
+        counters = dict(self._actlog_capture.counters)
+        counters["graph_writes"] = compiled_capture.StaticCapture.writes()
+        return counters

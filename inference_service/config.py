@@ -44,6 +44,16 @@ class InferenceSettings(BaseSettings, GrpcSecurityFields):
     enable_prefix_caching: bool = True
     max_prompt_tokens: int = Field(0, description="longest prompt accepted; 0 = the model's")
     storage_addr: str = STORAGE_ADDR
+    enforce_eager: bool = Field(
+        False,
+        description="run vLLM uncompiled (no torch.compile, no CUDA graphs); capture then "
+        "uses forward hooks and a request may ask for any layer",
+    )
+    capture_layers_available: str = Field(
+        "last",
+        description="layers a compiled engine can capture, fixed when it starts: last, all, "
+        "recommended or comma-separated indices (ignored with ENFORCE_EAGER)",
+    )
     capture_default: bool = Field(True, description="capture requests that do not say")
     capture_default_layers: str = Field(
         "last", description="last, all, recommended or comma-separated indices"

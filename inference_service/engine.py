@@ -27,6 +27,7 @@ from actlog_common.ids import new_record_id
 from actlog_common.layers import parse_layer_spec, recommended_layers
 from actlog_common.v1 import storage_pb2
 from inference_service.capture import CaptureCollector
+from inference_service.capture_path import CapturePath
 from inference_service.config import InferenceSettings
 from inference_service.engine_args import engine_args
 from inference_service.errors import (
@@ -70,6 +71,9 @@ class CaptureEngine:
         self.info: ModelDescription | None = None
         self._chunked_prefill = False
         self._is_cpu = False
+        self.capture_path: CapturePath | None = None
+        # What the worker reported when capture was installed (compile mode, graphs).
+        self._worker_info: dict[str, Any] = {}
         # Bytes of KV cache the engine was given (0: vLLM's own sizing, e.g. on GPU).
         self.kv_cache_bytes = settings.kv_cache_memory_bytes
 
@@ -93,7 +97,7 @@ class CaptureEngine:
         )
         await self.sink.start()
         await self.collector.start()
-        args, self.kv_cache_bytes = await asyncio.to_thread(
+        args, self.kv_cache_bytes, path = await asyncio.to_thread(
             engine_args,
             s,
             model_path,
@@ -101,14 +105,33 @@ class CaptureEngine:
             chunked_prefill=self._chunked_prefill,
             is_cpu=self._is_cpu,
         )
+        self.capture_path = path
         logger.info(
-            "starting vLLM engine for %s (chunked prefill %s)", model_path, self._chunked_prefill
+            "starting vLLM engine for %s (chunked prefill %s); capture path: %s (%s)%s",
+            model_path,
+            self._chunked_prefill,
+            path.name,
+            path.reason,
+            f", layers {list(path.available)}" if path.compiled else "",
         )
+        started = asyncio.get_running_loop().time()
         self._llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
         [shape, *_] = await self._llm.collective_rpc("actlog_install")
+        self._worker_info = shape
+        if shape["path"] != path.name:
+            raise RuntimeError(
+                f"capture path {path.name} was planned, the worker runs {shape['path']}"
+            )
         self._tokenizer = self._llm.get_tokenizer()
         num_layers = int(shape["num_layers"])
         default_layers = resolve_layers(*parse_layer_spec(s.capture_default_layers), num_layers)
+        logger.info(
+            "vLLM engine up in %.0f s (%s, compile mode %s, %d graph(s) compiled)",
+            asyncio.get_running_loop().time() - started,
+            path.name,
+            shape["compile_mode"],
+            shape["compiled_graphs"],
+        )
         self.info = ModelDescription(
             model=served,
             num_layers=num_layers,
@@ -118,6 +141,8 @@ class CaptureEngine:
             default_layers=tuple(default_layers),
             recommended_layers=tuple(recommended_layers(num_layers)),
             kv_cache_bytes=self.kv_cache_bytes,
+            capture_path=path.name,
+            available_layers=path.available,
         )
         logger.info("engine ready: %s", self.info)
         return self.info
@@ -141,9 +166,15 @@ class CaptureEngine:
             raise EngineNotReady("the model is still loading")
         return self.info
 
-    def status(self) -> dict[str, int | float | bool | str]:
+    def status(self) -> dict[str, Any]:
         records, size = self.spool.usage()
+        path = self.capture_path
         return {
+            "capture_path": path.name if path else "",
+            "capture_path_reason": path.reason if path else "",
+            "available_layers": list(path.available) if path else [],
+            "compile_mode": str(self._worker_info.get("compile_mode", "")),
+            "compiled_graphs": int(self._worker_info.get("compiled_graphs", 0)),
             "pending_captures": self.collector.pending,
             "queued_records": self.sink.backlog,
             "spool_records": records,
@@ -160,6 +191,12 @@ class CaptureEngine:
             "dead_letter_records": self.spool.dead_letter_count(),
             "storage_error": self.sink.last_error,
         }
+
+    async def worker_counters(self) -> dict[str, int]:
+        """The worker's capture counters (one collective RPC: it waits for the current step)."""
+        self.require_ready()
+        [counters, *_] = await self._llm.collective_rpc("actlog_counters")
+        return counters
 
     # -- requests: generate and its steps, in the order they run --------------------------
 
@@ -259,7 +296,10 @@ class CaptureEngine:
             return None
         if not c.layers and not c.preset:
             return list(info.default_layers)
-        return resolve_layers(c.layers, c.preset, info.num_layers)
+        layers = resolve_layers(c.layers, c.preset, info.num_layers)
+        if self.capture_path is not None and (missing := self.capture_path.unavailable(layers)):
+            raise InvalidRequest(self.capture_path.refusal(missing), param="capture_layers")
+        return layers
 
     def _check_capture_size(self, run: Generation, layers: list[int]) -> None:
         """Refuse a capture whose worst case is above its share of CAPTURE_MAX_BYTES."""

@@ -1,19 +1,23 @@
-"""vLLM's engine arguments from the service's settings; on a CPU host, with the KV cache sized
-to what the engine needs (memory.py) and a one-line failure when the engine cannot fit."""
+"""vLLM's engine arguments from the service's settings: the capture path (capture_path.py), and on
+a CPU host the KV cache sized to what the engine needs (memory.py), with a one-line failure when
+the engine cannot fit."""
 
 from __future__ import annotations
 
 import copy
 import logging
 import os
+import shutil
 from typing import Any
 
-from inference_service import capture_worker, memory
+from inference_service import memory
+from inference_service.capture_path import CapturePath, choose_capture_path
 from inference_service.config import InferenceSettings
 
 logger = logging.getLogger(__name__)
 
-WORKER_EXTENSION = f"{capture_worker.__name__}.ActivationCaptureExtension"
+# Named, not imported: importing it patches vLLM's model runner, which only the worker needs.
+WORKER_EXTENSION = "inference_service.capture_worker.ActivationCaptureExtension"
 
 
 def engine_args(
@@ -23,21 +27,38 @@ def engine_args(
     *,
     chunked_prefill: bool,
     is_cpu: bool,
-) -> tuple[Any, int]:
-    """AsyncEngineArgs for the model, and the bytes of KV cache it is given (0: vLLM's own
-    sizing, e.g. on GPU)."""
+) -> tuple[Any, int, CapturePath]:
+    """AsyncEngineArgs for the model, the bytes of KV cache it is given (0: vLLM's own
+    sizing, e.g. on GPU), and the capture path it runs."""
+    from transformers import AutoConfig
     from vllm.engine.arg_utils import AsyncEngineArgs
 
+    from inference_service.compiled_capture import CODE_VERSION
+
     s = settings
+    hf_config = AutoConfig.from_pretrained(model_path)
+    num_layers = int(getattr(hf_config, "num_hidden_layers", 0) or 0)
+    path = choose_capture_path(
+        enforce_eager=s.enforce_eager,
+        available_spec=s.capture_layers_available,
+        default_spec=s.capture_default_layers,
+        architectures=list(getattr(hf_config, "architectures", None) or []),
+        num_layers=num_layers,
+        cannot_compile="" if not is_cpu or cpu_compiler() else NO_COMPILER,
+    )
     kwargs: dict[str, Any] = {
         "model": model_path,
         "served_model_name": served,
         "dtype": s.dtype,
-        # Hooks on inner layers never fire inside torch.compile'd / graph-captured regions.
-        "enforce_eager": True,
+        # Hooks on inner layers never fire inside compiled code: an engine that cannot
+        # capture inside the graph runs eagerly.
+        "enforce_eager": not path.compiled,
         "worker_extension_cls": WORKER_EXTENSION,
         "enable_chunked_prefill": chunked_prefill,
         "enable_prefix_caching": s.enable_prefix_caching,
+        # Also part of vLLM's compile cache key: graphs traced for other capture layers
+        # (or none) are never loaded into this engine.
+        "additional_config": path.additional_config(num_layers, CODE_VERSION),
     }
     optional = {
         "max_model_len": s.max_model_len,
@@ -54,7 +75,21 @@ def engine_args(
     kv_cache_bytes = s.kv_cache_memory_bytes
     if is_cpu:
         kv_cache_bytes = _size_cpu_memory(s, args, model_path)
-    return args, kv_cache_bytes
+    return args, kv_cache_bytes, path
+
+
+NO_COMPILER = (
+    "no C++ compiler (g++, c++ or clang++, or $CXX) for torch.compile on this CPU host: "
+    "install one to capture inside the compiled graph"
+)
+
+
+def cpu_compiler() -> str | None:
+    """The C++ compiler torch inductor would build CPU kernels with, if there is one."""
+    for name in (os.environ.get("CXX", ""), "g++", "c++", "clang++"):
+        if name and (found := shutil.which(name)):
+            return found
+    return None
 
 
 def _size_cpu_memory(s: InferenceSettings, args: Any, model_path: str) -> int:

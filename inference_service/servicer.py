@@ -44,4 +44,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
     async def GetStatus(  # noqa: N802
         self, request: inference_pb2.StatusRequest, context: grpc.aio.ServicerContext
     ) -> inference_pb2.ServiceStatus:
-        return inference_pb2.ServiceStatus(**self._engine.status())
+        status = inference_pb2.ServiceStatus(**self._engine.status())
+        if request.worker_counters:
+            status.worker.CopyFrom(
+                inference_pb2.WorkerCounters(**await self._engine.worker_counters())
+            )
+        return status

@@ -161,6 +161,8 @@ class ModelDescription:
     default_layers: tuple[int, ...]
     recommended_layers: tuple[int, ...]
     kv_cache_bytes: int = 0
+    capture_path: str = "eager"
+    available_layers: tuple[int, ...] = ()
 
     def to_pb(self) -> inference_pb2.ModelInfo:
         return _as_pb(self, inference_pb2.ModelInfo)

@@ -159,7 +159,7 @@ class ModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("model", "num_layers", "hidden_size", "dtype", "max_model_len", "default_layers", "recommended_layers", "kv_cache_bytes")
+    __slots__ = ("model", "num_layers", "hidden_size", "dtype", "max_model_len", "default_layers", "recommended_layers", "kv_cache_bytes", "capture_path", "available_layers")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     NUM_LAYERS_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -168,6 +168,8 @@ class ModelInfo(_message.Message):
     DEFAULT_LAYERS_FIELD_NUMBER: _ClassVar[int]
     RECOMMENDED_LAYERS_FIELD_NUMBER: _ClassVar[int]
     KV_CACHE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CAPTURE_PATH_FIELD_NUMBER: _ClassVar[int]
+    AVAILABLE_LAYERS_FIELD_NUMBER: _ClassVar[int]
     model: str
     num_layers: int
     hidden_size: int
@@ -176,14 +178,32 @@ class ModelInfo(_message.Message):
     default_layers: _containers.RepeatedScalarFieldContainer[int]
     recommended_layers: _containers.RepeatedScalarFieldContainer[int]
     kv_cache_bytes: int
-    def __init__(self, model: _Optional[str] = ..., num_layers: _Optional[int] = ..., hidden_size: _Optional[int] = ..., dtype: _Optional[str] = ..., max_model_len: _Optional[int] = ..., default_layers: _Optional[_Iterable[int]] = ..., recommended_layers: _Optional[_Iterable[int]] = ..., kv_cache_bytes: _Optional[int] = ...) -> None: ...
+    capture_path: str
+    available_layers: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, model: _Optional[str] = ..., num_layers: _Optional[int] = ..., hidden_size: _Optional[int] = ..., dtype: _Optional[str] = ..., max_model_len: _Optional[int] = ..., default_layers: _Optional[_Iterable[int]] = ..., recommended_layers: _Optional[_Iterable[int]] = ..., kv_cache_bytes: _Optional[int] = ..., capture_path: _Optional[str] = ..., available_layers: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("worker_counters",)
+    WORKER_COUNTERS_FIELD_NUMBER: _ClassVar[int]
+    worker_counters: bool
+    def __init__(self, worker_counters: _Optional[bool] = ...) -> None: ...
+
+class WorkerCounters(_message.Message):
+    __slots__ = ("steps", "capture_steps", "frames", "layer_hook_calls", "graph_writes")
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    CAPTURE_STEPS_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    LAYER_HOOK_CALLS_FIELD_NUMBER: _ClassVar[int]
+    GRAPH_WRITES_FIELD_NUMBER: _ClassVar[int]
+    steps: int
+    capture_steps: int
+    frames: int
+    layer_hook_calls: int
+    graph_writes: int
+    def __init__(self, steps: _Optional[int] = ..., capture_steps: _Optional[int] = ..., frames: _Optional[int] = ..., layer_hook_calls: _Optional[int] = ..., graph_writes: _Optional[int] = ...) -> None: ...
 
 class ServiceStatus(_message.Message):
-    __slots__ = ("pending_captures", "queued_records", "spool_records", "spool_bytes", "stored_records", "storage_failures", "storage_reachable", "recomputed_rows", "ready", "oldest_spooled_age_s", "spool_max_bytes", "spool_reserved_bytes", "refused_captures", "dead_letter_records", "storage_error")
+    __slots__ = ("pending_captures", "queued_records", "spool_records", "spool_bytes", "stored_records", "storage_failures", "storage_reachable", "recomputed_rows", "ready", "oldest_spooled_age_s", "spool_max_bytes", "spool_reserved_bytes", "refused_captures", "dead_letter_records", "storage_error", "capture_path", "capture_path_reason", "available_layers", "compile_mode", "compiled_graphs", "worker")
     PENDING_CAPTURES_FIELD_NUMBER: _ClassVar[int]
     QUEUED_RECORDS_FIELD_NUMBER: _ClassVar[int]
     SPOOL_RECORDS_FIELD_NUMBER: _ClassVar[int]
@@ -199,6 +219,12 @@ class ServiceStatus(_message.Message):
     REFUSED_CAPTURES_FIELD_NUMBER: _ClassVar[int]
     DEAD_LETTER_RECORDS_FIELD_NUMBER: _ClassVar[int]
     STORAGE_ERROR_FIELD_NUMBER: _ClassVar[int]
+    CAPTURE_PATH_FIELD_NUMBER: _ClassVar[int]
+    CAPTURE_PATH_REASON_FIELD_NUMBER: _ClassVar[int]
+    AVAILABLE_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    COMPILE_MODE_FIELD_NUMBER: _ClassVar[int]
+    COMPILED_GRAPHS_FIELD_NUMBER: _ClassVar[int]
+    WORKER_FIELD_NUMBER: _ClassVar[int]
     pending_captures: int
     queued_records: int
     spool_records: int
@@ -214,7 +240,13 @@ class ServiceStatus(_message.Message):
     refused_captures: int
     dead_letter_records: int
     storage_error: str
-    def __init__(self, pending_captures: _Optional[int] = ..., queued_records: _Optional[int] = ..., spool_records: _Optional[int] = ..., spool_bytes: _Optional[int] = ..., stored_records: _Optional[int] = ..., storage_failures: _Optional[int] = ..., storage_reachable: _Optional[bool] = ..., recomputed_rows: _Optional[int] = ..., ready: _Optional[bool] = ..., oldest_spooled_age_s: _Optional[float] = ..., spool_max_bytes: _Optional[int] = ..., spool_reserved_bytes: _Optional[int] = ..., refused_captures: _Optional[int] = ..., dead_letter_records: _Optional[int] = ..., storage_error: _Optional[str] = ...) -> None: ...
+    capture_path: str
+    capture_path_reason: str
+    available_layers: _containers.RepeatedScalarFieldContainer[int]
+    compile_mode: str
+    compiled_graphs: int
+    worker: WorkerCounters
+    def __init__(self, pending_captures: _Optional[int] = ..., queued_records: _Optional[int] = ..., spool_records: _Optional[int] = ..., spool_bytes: _Optional[int] = ..., stored_records: _Optional[int] = ..., storage_failures: _Optional[int] = ..., storage_reachable: _Optional[bool] = ..., recomputed_rows: _Optional[int] = ..., ready: _Optional[bool] = ..., oldest_spooled_age_s: _Optional[float] = ..., spool_max_bytes: _Optional[int] = ..., spool_reserved_bytes: _Optional[int] = ..., refused_captures: _Optional[int] = ..., dead_letter_records: _Optional[int] = ..., storage_error: _Optional[str] = ..., capture_path: _Optional[str] = ..., capture_path_reason: _Optional[str] = ..., available_layers: _Optional[_Iterable[int]] = ..., compile_mode: _Optional[str] = ..., compiled_graphs: _Optional[int] = ..., worker: _Optional[_Union[WorkerCounters, _Mapping]] = ...) -> None: ...
 
 class DeadLetter(_message.Message):
     __slots__ = ("record_id", "reason")

@@ -1,10 +1,11 @@
-"""Capture stays exact under everything vLLM does to a batch.
+"""Capture stays exact under everything vLLM does to a batch, on both capture paths.
 
 A dedicated engine is started with a small step budget (chunked prefill splits long prompts),
-a tiny KV cache (requests get preempted and recomputed) and prefix caching on. Requests arrive
-staggered, finish at different steps, ask for different layers (or no capture), use n > 1 and
-stop strings. Every record must equal a transformers forward pass of its own token ids at every
-position and layer, with exactly prompt length + generated - 1 rows.
+a tiny KV cache (requests get preempted and recomputed) and prefix caching on: once compiled,
+capturing inside the graph with every layer available, and once eager, with forward hooks.
+Requests arrive staggered, finish at different steps, ask for different layers (or no capture),
+use n > 1 and stop strings. Every record must equal a transformers forward pass of its own
+token ids at every position and layer, with exactly prompt length + generated - 1 rows.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import pytest
 from actlog.launcher import Stack, StackConfig, free_port
 from actlog_common.hashing import prompt_hash
 from actlog_common.v1 import inference_pb2, inference_pb2_grpc
-from tests.conftest import ENGINE_ENV, stopped_after
+from tests.conftest import COMPILED_ENV, ENGINE_ENV, stopped_after
 from tests.reference import record_mismatches
 
 pytestmark = pytest.mark.vllm
@@ -35,9 +36,10 @@ SHARED_PREFIX = (
 ) * 3
 
 
-@pytest.fixture(scope="module")
-def stress_engine(stack, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("stress")
+@pytest.fixture(scope="module", params=["compiled", "eager"])
+def stress_engine(request, stack, tmp_path_factory):
+    path = request.param
+    tmp = tmp_path_factory.mktemp(f"stress-{path}")
     config = StackConfig(
         inference_port=free_port(),
         inference_metrics_port=free_port(),
@@ -53,6 +55,7 @@ def stress_engine(stack, tmp_path_factory):
             "MAX_NUM_SEQS": "32",
             "ENABLE_PREFIX_CACHING": "true",
             "CAPTURE_SPOOL_DIR": str(tmp / "spool"),
+            **(COMPILED_ENV if path == "compiled" else {}),
         },
     )
     engine = Stack(config)
@@ -105,10 +108,10 @@ def run_jobs(address: str, jobs: list[Job]) -> list[list[inference_pb2.GenerateR
     return asyncio.run(main())
 
 
-def engine_status(address: str) -> inference_pb2.ServiceStatus:
+def engine_status(address: str, worker: bool = False) -> inference_pb2.ServiceStatus:
     with grpc.insecure_channel(address) as channel:
         return inference_pb2_grpc.InferenceStub(channel).GetStatus(
-            inference_pb2.StatusRequest(), timeout=10
+            inference_pb2.StatusRequest(worker_counters=worker), timeout=30
         )
 
 
@@ -170,6 +173,7 @@ def mixed_jobs(seed: int = 7) -> list[Job]:
         [3, -3],
         None,
         [1, 2, 3, 4],
+        "all",
     ]
     jobs = []
     for i in range(32):
@@ -239,3 +243,22 @@ def test_prefix_cache_hits_do_not_hide_rows(stress_engine, storage, reference_fp
          for i in range(4)]  # fmt: skip
     results = run_jobs(stress_engine, jobs)
     assert check_records(storage, reference_fp32, jobs, results) == 4
+
+
+def test_the_rows_came_from_the_path_the_engine_runs(stress_engine, request):
+    """Compiled: the engine compiled, the op in the graph wrote the rows and no layer hook
+    ever fired. Eager: nothing compiled, the hooks did the capturing."""
+    status = engine_status(stress_engine, worker=True)
+    worker = status.worker
+    assert worker.capture_steps > 0 and worker.frames > 0
+    if request.node.callspec.params["stress_engine"] == "compiled":
+        assert status.capture_path == "compiled"
+        assert status.compile_mode == "DYNAMO_TRACE_ONCE" and status.compiled_graphs >= 1
+        assert list(status.available_layers) == list(range(31))
+        assert worker.graph_writes > 0
+        assert worker.layer_hook_calls == 0, "a layer ran outside the compiled graph"
+    else:
+        assert status.capture_path == "eager" and "ENFORCE_EAGER" in status.capture_path_reason
+        assert status.compile_mode == "NONE" and status.compiled_graphs == 0
+        assert list(status.available_layers) == []
+        assert worker.layer_hook_calls > 0 and worker.graph_writes == 0

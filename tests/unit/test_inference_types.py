@@ -27,10 +27,12 @@ def test_model_description_is_sent_as_model_info() -> None:
     info = ModelDescription(
         model="tiny", num_layers=30, hidden_size=576, dtype="bfloat16", max_model_len=8192,
         default_layers=(30,), recommended_layers=(14, 20, 26), kv_cache_bytes=1 << 30,
+        capture_path="compiled", available_layers=(0, 30),
     )  # fmt: skip
     assert info.to_pb() == inference_pb2.ModelInfo(
         model="tiny", num_layers=30, hidden_size=576, dtype="bfloat16", max_model_len=8192,
         default_layers=[30], recommended_layers=[14, 20, 26], kv_cache_bytes=1 << 30,
+        capture_path="compiled", available_layers=[0, 30],
     )  # fmt: skip
 
 
