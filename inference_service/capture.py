@@ -191,5 +191,5 @@ class CaptureCollector:
                 base = (i * rows + start) * row_bytes
                 chunk = data[base : base + n_rows * row_bytes]
                 self.recomputed_rows += capture.put(layer, position, n_rows, chunk)
-            self.captured_rows += n_rows
+            self.captured_rows += n_rows * len(layers)
             capture.changed.set()

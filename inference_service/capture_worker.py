@@ -286,11 +286,22 @@ class _Capture:
         return block
 
 
+def _compiled_graphs(counter: Any) -> int:
+    # Which counter moves depends on how vLLM compiles: ahead of time (the default on CPU),
+    # through its own backend (piecewise, CUDA graphs), or with stock torch.compile.
+    return int(
+        counter.num_aot_compiles
+        + counter.num_aot_artifacts_loaded
+        + counter.num_backend_compilations
+        + counter.stock_torch_compile_count
+    )
+
+
 class ActivationCaptureExtension:
     """Mixed into vLLM's worker class; methods are called via `collective_rpc`."""
 
     def actlog_install(self) -> dict[str, Any]:
-        from torch._dynamo.utils import counters as dynamo_counters
+        from vllm.compilation.counter import compilation_counter
 
         runner = self.model_runner  # type: ignore[attr-defined]
         model = runner.get_model()
@@ -346,8 +357,8 @@ class ActivationCaptureExtension:
             "path": "eager" if static is None else "compiled",
             "available": list(static.available) if static is not None else [],
             "compile_mode": getattr(mode, "name", str(mode)),
-            # Graphs torch.compile traced in this process (0 when nothing compiled).
-            "compiled_graphs": int(dynamo_counters["stats"]["unique_graphs"]),
+            # Models vLLM compiled (or loaded compiled) in this process: 0 when nothing was.
+            "compiled_graphs": _compiled_graphs(compilation_counter),
         }
 
     def actlog_counters(self) -> dict[str, int]:

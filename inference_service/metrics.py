@@ -87,12 +87,21 @@ class CapturePipelineCollector(Collector):
             yield CounterMetricFamily(name, doc, value=value)
         dropped = CounterMetricFamily(
             "actlog_capture_frames_dropped",
-            "Frames of rows not filed: of finished requests, or malformed",
+            "Rows of a request and step not filed: of finished requests, or malformed",
             labels=["reason"],
         )
         for reason, count in e.collector.dropped_frames.items():
             dropped.add_metric([reason], count)
         yield dropped
+        if e.capture_path is not None:
+            # Info-style: which capture path the engine runs, and why.
+            path = GaugeMetricFamily(
+                "actlog_capture_path",
+                "1 for the capture path the engine runs (compiled or eager) and why",
+                labels=["path", "reason"],
+            )
+            path.add_metric([e.capture_path.name, e.capture_path.reason], 1)
+            yield path
 
 
 def serve_metrics(engine: CaptureEngine, host: str, port: int) -> None:

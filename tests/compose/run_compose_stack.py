@@ -243,6 +243,13 @@ def complete(client: openai.OpenAI, model: str, prompt: str) -> openai.types.Com
     return reply
 
 
+def http_get(url: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=10) as reply:  # noqa: S310 - a local URL
+        return reply.read().decode()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--project", default="actlog-compose-test", help="compose project name")
@@ -319,6 +326,10 @@ def main() -> int:
             log(f"record {record.record_id}: {reply.choices[0].text!r}, activations {shape}")
             last_prompt = acts[layers][record.prompt_length - 1]
             check(bool((feats[layers][0] == last_prompt).all()), "features differ from the rows")
+            # The CPU image has no C++ compiler for torch.compile: capture falls back to hooks.
+            health = json.loads(http_get(f"http://127.0.0.1:{gateway_port}/health"))["inference"]
+            path, why = health["capture_path"], health["capture_path_reason"]
+            check(path == "eager" and "C++ compiler" in why, f"capture path {path} ({why})")
 
         with phase("metrics"):
             for service, port in metrics_ports.items():

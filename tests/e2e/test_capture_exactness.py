@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import concurrent.futures
 
+import grpc
 import numpy as np
 import pytest
 
 from actlog_common.hashing import prompt_hash
 from actlog_common.layers import recommended_layers
+from actlog_common.v1 import inference_pb2, inference_pb2_grpc
 from tests.reference import record_mismatches
 
 pytestmark = pytest.mark.vllm
@@ -121,3 +123,17 @@ def test_eight_concurrent_requests_each_get_exactly_their_own_rows(
             activations, list(record.token_ids), record.num_positions, reference_fp32
         )
         assert problems == [], f"{prompt!r}: {problems[:5]}"
+
+
+def test_the_session_engine_captured_by_hooks(stack):
+    """ENFORCE_EAGER: nothing compiled, forward hooks did the capturing, any layer may be
+    asked for."""
+    with grpc.insecure_channel(stack.config.inference_addr) as channel:
+        status = inference_pb2_grpc.InferenceStub(channel).GetStatus(
+            inference_pb2.StatusRequest(worker_counters=True), timeout=30
+        )
+    assert status.capture_path == "eager" and "ENFORCE_EAGER" in status.capture_path_reason
+    assert status.compile_mode == "NONE" and status.compiled_graphs == 0
+    assert list(status.available_layers) == []
+    assert status.worker.layer_hook_calls > 0 and status.worker.frames > 0
+    assert status.worker.graph_writes == 0

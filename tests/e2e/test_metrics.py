@@ -129,6 +129,7 @@ def test_inference_and_storage_metrics_follow_the_requests(
         assert total(after["inference"], f"actlog_capture_{gauge}") == 0, gauge
     assert total(after["inference"], "actlog_capture_storage_reachable") == 1
     assert delta("inference", "actlog_capture_frames_dropped_total", reason="malformed") == 0
+    assert total(after["inference"], "actlog_capture_path", path="eager") == 1
     # Storage: the records, their bytes, the ingests and the read.
     assert delta("storage", "actlog_storage_records") == 3
     assert delta("storage", "actlog_storage_complete_records") == 3

@@ -61,7 +61,7 @@ def test_one_frame_fills_every_request_and_layer(tmp_path):
             np.testing.assert_array_equal(
                 rows_of(b, layer, 3), np.concatenate([step1[i, 3:], step2[i, :1]])
             )
-        assert collector.captured_rows == 7
+        assert collector.captured_rows == 7 * 2  # rows x layers
         await collector.close()
 
     asyncio.run(main())
