@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -94,7 +95,7 @@ def up(
         typer.echo(f"  {name:<10} ready after {time.monotonic() - started:.0f}s")
         if name == "storage":
             what = f"the default model, {DEFAULT_MODEL_NAME}" if is_default(model) else model
-            typer.echo(f"  {'inference':<10} loading {what} (about a minute)")
+            typer.echo(f"  {'inference':<10} loading {what} ({_expected_start()})")
 
     try:
         typer.echo(f"starting storage, inference and gateway; logs in {Path(log_dir).resolve()}")
@@ -131,6 +132,21 @@ def stop_summary(config: StackConfig) -> str:
             f"with CAPTURE_SPOOL_DIR={spool}"
         )
     return "\n".join(lines)
+
+
+def _expected_start() -> str:
+    # The inference service reads ENFORCE_EAGER from the environment we pass it.
+    eager = os.environ.get("ENFORCE_EAGER", "").strip().lower() in {
+        "1",
+        "true",
+        "t",
+        "yes",
+        "y",
+        "on",
+    }
+    if eager:
+        return "about a minute"
+    return "a few minutes: it is compiled, so that capture runs inside the compiled graph"
 
 
 def _capture_line(info: Any) -> str:

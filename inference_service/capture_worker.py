@@ -205,6 +205,16 @@ class _Capture:
             self.static.want({layer for g in step.groups for layer in g.layers})
         return step
 
+    def begin(self) -> None:
+        self.step = self.plan()
+
+    def end(self) -> _Step | None:
+        """The step that just ran; the op copies nothing more until the next plan."""
+        step, self.step = self.step, None
+        if self.static is not None and step is not None:
+            self.static.want_nothing()
+        return step
+
     # -- eager path --------------------------------------------------------------------------
 
     def layer_hook(self, index: int) -> Any:
@@ -322,21 +332,30 @@ class ActivationCaptureExtension:
 
         # Every step passes here (also when vLLM replays a CUDA graph inside the call), with
         # the runner's batch layout already prepared for it.
-        forward = runner._model_forward
+        forward = getattr(runner, "_model_forward", None)
+        if forward is not None:
 
-        def model_forward(*args: Any, **kwargs: Any) -> Any:
-            step = capture.step = capture.plan()
-            try:
-                output = forward(*args, **kwargs)
-            finally:
-                capture.step = None
-                if static is not None and step is not None:
-                    static.want_nothing()
-            if step is not None:
-                capture.flush(step, output)
-            return output
+            def model_forward(*args: Any, **kwargs: Any) -> Any:
+                capture.begin()
+                try:
+                    output = forward(*args, **kwargs)
+                finally:
+                    step = capture.end()
+                if step is not None:
+                    capture.flush(step, output)
+                return output
 
-        runner._model_forward = model_forward
+            runner._model_forward = model_forward
+        else:
+            # A vLLM without that method: hooks on the top-level model, which run each step
+            # outside compiled code (but not within a full CUDA graph's replay).
+            model.register_forward_pre_hook(lambda module, args: capture.begin())
+
+            def after(module: Any, args: Any, output: Any) -> None:
+                if (step := capture.end()) is not None:
+                    capture.flush(step, output)
+
+            model.register_forward_hook(after)
 
         if static is None:
             # Hidden state i is decoder layer i's output; the last one's is replaced by the

@@ -174,8 +174,11 @@ def build(runner: Any, config: dict[str, Any]) -> StaticCapture:
         int(sched.max_num_batched_tokens), int(getattr(comp, "max_cudagraph_capture_size", 0) or 0)
     )
     hidden = int(model.config.hidden_size)
+    # Empty when only the final norm is captured: it is read from the model's output.
     buffer = torch.zeros(
-        (max(len(in_graph), 1), max_tokens, hidden), dtype=parameter.dtype, device=parameter.device
+        (len(in_graph), max_tokens if in_graph else 0, hidden),
+        dtype=parameter.dtype,
+        device=parameter.device,
     )
     _patch_layer_class(cls)
     layers = inner.layers
