@@ -95,7 +95,7 @@ def up(
         typer.echo(f"  {name:<10} ready after {time.monotonic() - started:.0f}s")
         if name == "storage":
             what = f"the default model, {DEFAULT_MODEL_NAME}" if is_default(model) else model
-            typer.echo(f"  {'inference':<10} loading {what} ({_expected_start()})")
+            typer.echo(f"  {'inference':<10} loading {what} ({_expected_start(dtype)})")
 
     try:
         typer.echo(f"starting storage, inference and gateway; logs in {Path(log_dir).resolve()}")
@@ -134,19 +134,13 @@ def stop_summary(config: StackConfig) -> str:
     return "\n".join(lines)
 
 
-def _expected_start() -> str:
-    # The inference service reads ENFORCE_EAGER from the environment we pass it.
-    eager = os.environ.get("ENFORCE_EAGER", "").strip().lower() in {
-        "1",
-        "true",
-        "t",
-        "yes",
-        "y",
-        "on",
-    }
-    if eager:
-        return "about a minute"
-    return "a few minutes: it is compiled, so that capture runs inside the compiled graph"
+def _expected_start(dtype: str) -> str:
+    # As the inference service decides with ENFORCE_EAGER (from the environment we pass it):
+    # auto compiles float32 only, on CPU; a compiled start takes minutes there.
+    mode = os.environ.get("ENFORCE_EAGER", "auto").strip().lower()
+    if mode in {"false", "0", "no", "off"} or (mode == "auto" and dtype == "float32"):
+        return "a few minutes: it is compiled, so that capture runs inside the compiled graph"
+    return "about a minute"
 
 
 def _capture_line(info: Any) -> str:

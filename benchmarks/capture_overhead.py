@@ -128,8 +128,10 @@ async def main(args: argparse.Namespace) -> None:
             **kw,
         )
 
-    compiled = CaptureEngine(settings("compiled", capture_layers_available="all"))
-    eager = CaptureEngine(settings("eager", enforce_eager=True))
+    compiled = CaptureEngine(
+        settings("compiled", enforce_eager="false", capture_layers_available="all")
+    )
+    eager = CaptureEngine(settings("eager", enforce_eager="true"))
     starts = {}
     info, starts["ours, compiled"] = await timed("ours, compiled", compiled.start())
     _, starts["ours, eager"] = await timed("ours, eager", eager.start())

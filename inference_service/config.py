@@ -44,10 +44,11 @@ class InferenceSettings(BaseSettings, GrpcSecurityFields):
     enable_prefix_caching: bool = True
     max_prompt_tokens: int = Field(0, description="longest prompt accepted; 0 = the model's")
     storage_addr: str = STORAGE_ADDR
-    enforce_eager: bool = Field(
-        False,
-        description="run vLLM uncompiled (no torch.compile, no CUDA graphs); capture then "
-        "uses forward hooks and a request may ask for any layer",
+    enforce_eager: Literal["auto", "true", "false"] = Field(
+        "auto",
+        description="true = run vLLM uncompiled (no torch.compile, no CUDA graphs): capture by "
+        "forward hooks, any layer may be asked for; false = compile; auto = compile, except "
+        "16-bit models on CPU, where compiling takes about 10 minutes",
     )
     capture_layers_available: str = Field(
         "last",

@@ -44,6 +44,8 @@ def engine_args(
         default_spec=s.capture_default_layers,
         architectures=list(getattr(hf_config, "architectures", None) or []),
         num_layers=num_layers,
+        is_cpu=is_cpu,
+        dtype=_model_dtype(s.dtype, hf_config),
         cannot_compile="" if not is_cpu or cpu_compiler() else NO_COMPILER,
     )
     kwargs: dict[str, Any] = {
@@ -82,6 +84,14 @@ NO_COMPILER = (
     "no C++ compiler (g++, c++ or clang++, or $CXX) for torch.compile on this CPU host: "
     "install one to capture inside the compiled graph"
 )
+
+
+def _model_dtype(setting: str, hf_config: Any) -> str:
+    """The dtype the engine computes in: DTYPE, or with `auto` the checkpoint's."""
+    if setting != "auto":
+        return setting
+    stored = getattr(hf_config, "dtype", None) or getattr(hf_config, "torch_dtype", None)
+    return str(stored or "float32").removeprefix("torch.")
 
 
 def cpu_compiler() -> str | None:

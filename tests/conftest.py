@@ -13,8 +13,8 @@ from actlog.launcher import Stack, StackConfig
 
 # Two engines may run at once (the float32 session stack and a bf16 one): keep each small.
 # They run eagerly (forward hooks), as they start in a quarter of the time of a compiled
-# engine; the compiled path, the default, has the stress engine (test_capture_under_load)
-# and the new user's stack (test_actlog_up_defaults).
+# engine; the compiled path, the default for float32, has the stress engine
+# (test_capture_under_load).
 ENGINE_ENV = {
     "VLLM_CPU_KVCACHE_SPACE": "1",
     "GPU_MEMORY_UTILIZATION": "0.3",
@@ -22,8 +22,13 @@ ENGINE_ENV = {
     "VLLM_LOGGING_LEVEL": "WARNING",
     "ENFORCE_EAGER": "true",
 }
-# Laid over ENGINE_ENV: the compiled capture path (the default) with every layer available.
-COMPILED_ENV = {"ENFORCE_EAGER": "false", "CAPTURE_LAYERS_AVAILABLE": "all"}
+# Laid over ENGINE_ENV: the default capture path of a float32 engine (ENFORCE_EAGER=auto:
+# compiled), with every layer available but one, so that a refusal can be seen too.
+NOT_COMPILED_IN = 27
+COMPILED_ENV = {
+    "ENFORCE_EAGER": "auto",
+    "CAPTURE_LAYERS_AVAILABLE": ",".join(str(i) for i in range(31) if i != NOT_COMPILED_IN),
+}
 
 
 def stack_config(tmp: Path, dtype: str, env: dict[str, str] | None = None) -> StackConfig:

@@ -1,12 +1,12 @@
 """Capture stays exact under everything vLLM does to a batch, inside the compiled model.
 
-A dedicated engine is started on the default, compiled capture path (every layer available)
-with a small step budget (chunked prefill splits long prompts), a tiny KV cache (requests get
-preempted and recomputed) and prefix caching on. (The session stack runs the same row mapping
-with forward hooks, eagerly: test_capture_exactness.) Requests arrive staggered, finish at
-different steps, ask for different layers (every layer, or no capture), use n > 1 and stop
-strings. Every record must equal a transformers forward pass of its own token ids at every
-position and layer, with exactly prompt length + generated - 1 rows.
+A dedicated engine is started on the default capture path of a float32 model (compiled, every
+layer available but one) with a small step budget (chunked prefill splits long prompts), a
+tiny KV cache (requests get preempted and recomputed) and prefix caching on. (The session
+stack runs the same row mapping with forward hooks, eagerly: test_capture_exactness.) Requests
+arrive staggered, finish at different steps, ask for different layers (all it compiled in, or
+no capture), use n > 1 and stop strings. Every record must equal a transformers forward pass of
+its own token ids at every position and layer, with exactly prompt length + generated - 1 rows.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pytest
 from actlog.launcher import Stack, StackConfig, free_port
 from actlog_common.hashing import prompt_hash
 from actlog_common.v1 import inference_pb2, inference_pb2_grpc
-from tests.conftest import COMPILED_ENV, ENGINE_ENV, stopped_after
+from tests.conftest import COMPILED_ENV, ENGINE_ENV, NOT_COMPILED_IN, stopped_after
 from tests.reference import record_mismatches
 
 pytestmark = pytest.mark.vllm
@@ -35,6 +35,9 @@ SHARED_PREFIX = (
     "know. The following questions come from a quiz about geography, history and science; "
     "each answer should be one short sentence without any extra commentary or preamble. "
 ) * 3
+
+
+COMPILED_IN = [i for i in range(31) if i != NOT_COMPILED_IN]
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +176,7 @@ def mixed_jobs(seed: int = 7) -> list[Job]:
         [3, -3],
         None,
         [1, 2, 3, 4],
-        "all",
+        COMPILED_IN,
     ]
     jobs = []
     for i in range(32):
@@ -246,12 +249,24 @@ def test_prefix_cache_hits_do_not_hide_rows(stress_engine, storage, reference_fp
 
 
 def test_the_rows_came_from_inside_the_compiled_graph(stress_engine):
-    """The engine compiled, the op in the graph wrote the rows, and no layer hook ever fired
-    (a layer that ran outside the graph would have)."""
+    """ENFORCE_EAGER=auto compiled this float32 engine; the op in the graph wrote the rows,
+    and no layer hook ever fired (a layer that ran outside the graph would have)."""
     status = engine_status(stress_engine, worker=True)
     assert status.capture_path == "compiled"
     assert status.compile_mode == "DYNAMO_TRACE_ONCE" and status.compiled_graphs >= 1
-    assert list(status.available_layers) == list(range(31))
+    assert list(status.available_layers) == COMPILED_IN
     worker = status.worker
     assert worker.capture_steps > 0 and worker.frames > 0 and worker.graph_writes > 0
     assert worker.layer_hook_calls == 0, "a layer ran outside the compiled graph"
+
+
+@pytest.mark.parametrize("layers", [[NOT_COMPILED_IN], [0, NOT_COMPILED_IN, -1], "all"])
+def test_a_layer_that_was_not_compiled_in_is_refused(stress_engine, layers):
+    with pytest.raises(grpc.RpcError) as refused:
+        run_jobs(stress_engine, [Job(prompt="Hello there.", layers=layers, max_tokens=2)])
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    message = refused.value.details()
+    assert f"[{NOT_COMPILED_IN}]" in message and "CAPTURE_LAYERS_AVAILABLE" in message
+    # Nothing was generated, and the engine serves the next request.
+    [[ok]] = run_jobs(stress_engine, [Job(prompt="Hello again.", layers=[-1], max_tokens=2)])
+    assert ok.record_id

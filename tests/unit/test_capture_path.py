@@ -17,7 +17,7 @@ LLAMA = ["LlamaForCausalLM"]
 
 def choose(**kw):
     args = {
-        "enforce_eager": False,
+        "enforce_eager": "auto",
         "available_spec": "last",
         "default_spec": "last",
         "architectures": LLAMA,
@@ -33,7 +33,7 @@ def test_a_supported_family_compiles_with_the_last_layer_by_default():
 
 
 def test_enforce_eager_and_unknown_families_use_hooks_and_any_layer():
-    assert choose(enforce_eager=True).name == "eager"
+    assert choose(enforce_eager="true").name == "eager"
     unknown = choose(architectures=["GPT2LMHeadModel"])
     assert unknown.name == "eager" and "GPT2LMHeadModel" in unknown.reason
     assert unknown.unavailable([0, 5, 30]) == []
@@ -65,7 +65,7 @@ def test_default_layers_are_always_available_and_bad_specs_fail_before_the_engin
     with pytest.raises(CaptureConfigError, match="CAPTURE_DEFAULT_LAYERS='middle'"):
         choose(default_spec="middle")
     # Eager engines capture anything: the available set is not even read.
-    assert choose(enforce_eager=True, available_spec="bogus").name == "eager"
+    assert choose(enforce_eager="true", available_spec="bogus").name == "eager"
 
 
 def test_the_compile_cache_key_changes_with_the_capture_configuration():
@@ -94,3 +94,12 @@ def test_a_cpu_host_without_a_compiler_runs_eagerly_and_says_why():
 
     path = choose(cannot_compile=NO_COMPILER)
     assert path.name == "eager" and "C++ compiler" in path.reason
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_auto_leaves_16_bit_models_on_cpu_eager_unless_told_to_compile(dtype):
+    path = choose(is_cpu=True, dtype=dtype)
+    assert path.name == "eager" and "DTYPE=float32" in path.reason
+    assert choose(is_cpu=True, dtype="float32").compiled
+    assert choose(is_cpu=False, dtype=dtype).compiled  # GPUs compile 16-bit models
+    assert choose(is_cpu=True, dtype=dtype, enforce_eager="false").compiled
