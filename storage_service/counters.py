@@ -80,7 +80,8 @@ class Counters:
             txn.delete(key, db=self._db)
         cursor = txn.cursor(db=self._db)
         found = cursor.set_range(MODEL_PREFIX)
-        while found and cursor.key().startswith(MODEL_PREFIX):
+        # Keys are memoryviews in the writer's buffers=True transactions.
+        while found and bytes(cursor.key()).startswith(MODEL_PREFIX):
             found = cursor.delete()
 
     def read(self, txn: lmdb.Transaction) -> Counts:

@@ -78,6 +78,23 @@ def test_an_older_environment_is_upgraded_once(tmp_path: Path) -> None:
     assert not stored.labels  # moved to the labels sub-database
 
 
+def test_an_environment_with_model_counters_is_upgraded_again(tmp_path: Path) -> None:
+    """A layout-2 environment already has per-model counters: the upgrade clears and recounts
+    them (it once crashed reading their keys)."""
+    store = ActivationStore(tmp_path, 1 << 20)
+    for i in range(3):
+        ingest(store, synthetic_record(f"counted {i}", seed=i, model=f"m{i % 2}"))
+    store.close()
+    env = lmdb.open(str(tmp_path), map_size=1 << 20, max_dbs=16)
+    with env.begin(write=True) as txn:
+        txn.put(b"layout", b"2", db=env.open_db(b"meta", txn=txn))
+    env.close()
+
+    store = ActivationStore(tmp_path, 1 << 20)
+    assert {m: c.records for m, c in store.stats().models.items()} == {"m0": 2, "m1": 1}
+    store.close()
+
+
 def record_id_of(requests: list[storage_pb2.IngestRequest]) -> str:
     return requests[0].header.record_id
 
