@@ -194,16 +194,18 @@ class _Capture:
             group.seal(self.device)
         if self.static is None:
             for group in step.groups:
-                group.block = torch.empty(
-                    (len(group.layers), group.n_rows, self.hidden),
-                    dtype=self.dtype,
-                    device=self.device,
-                )
+                group.block = self._new_block(group)
                 for position, layer in enumerate(group.layers):
                     step.wanted.setdefault(layer, []).append((group, position))
         else:
             self.static.want({layer for g in step.groups for layer in g.layers})
         return step
+
+    def _new_block(self, group: _Group) -> torch.Tensor:
+        """Room for the group's rows of its layers: [layers, rows, hidden]."""
+        return torch.empty(
+            (len(group.layers), group.n_rows, self.hidden), dtype=self.dtype, device=self.device
+        )
 
     def begin(self) -> None:
         self.step = self.plan()
@@ -279,9 +281,7 @@ class _Capture:
         static = self.static
         assert static is not None
         in_graph = [layer for layer in group.layers if layer != static.final]
-        block = torch.empty(
-            (len(group.layers), group.n_rows, self.hidden), dtype=self.dtype, device=self.device
-        )
+        block = self._new_block(group)
         if in_graph:
             slots = [static.slot_of[layer] for layer in in_graph]
             first = slots[0]
