@@ -26,8 +26,15 @@ FilterOpt = Annotated[
     typer.Option("--filter", help="only records with label KEY=VALUE (repeatable; all must hold)"),
 ]
 ModelFilterOpt = Annotated[str | None, typer.Option("--model", help="only records of this model")]
-SinceOpt = Annotated[int | None, typer.Option("--since-ms", help="created at or after (Unix ms)")]
-UntilOpt = Annotated[int | None, typer.Option("--until-ms", help="created before (Unix ms)")]
+# Times are unsigned 64-bit on the wire: bounded here so that a typo is a usage error.
+MAX_MS = 2**63 - 1
+SinceOpt = Annotated[
+    int | None,
+    typer.Option("--since-ms", min=0, max=MAX_MS, help="created at or after (Unix ms)"),
+]
+UntilOpt = Annotated[
+    int | None, typer.Option("--until-ms", min=0, max=MAX_MS, help="created before (Unix ms)")
+]
 PoolOpt = Annotated[
     str,
     typer.Option(
@@ -74,6 +81,7 @@ def export(
     rows: Annotated[
         str | None, typer.Option(help="token positions START:END, e.g. 0:5, 12:, :40")
     ] = None,
+    force: Annotated[bool, typer.Option(help="replace an existing file")] = False,
     storage: StorageOpt = defaults.STORAGE_ADDR,
 ) -> None:
     """Write a record's activations (`layer_<i>`), token ids and metadata to safetensors."""
@@ -87,7 +95,7 @@ def export(
     try:
         with StorageClient(storage) as client:
             summary = export_record(
-                client, key, output, parse_layers(layers), model, *_parse_rows(rows)
+                client, key, output, parse_layers(layers), model, *_parse_rows(rows), force=force
             )
     except ActlogError as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -175,9 +183,9 @@ def list_records(
     label: Annotated[
         list[str] | None, typer.Option(help="key=value; repeat to require several")
     ] = None,
-    since_ms: Annotated[int | None, typer.Option(help="created at or after (Unix ms)")] = None,
-    until_ms: Annotated[int | None, typer.Option(help="created before (Unix ms)")] = None,
-    limit: Annotated[int, typer.Option(min=1, help="most records to print")] = 50,
+    since_ms: SinceOpt = None,
+    until_ms: UntilOpt = None,
+    limit: Annotated[int, typer.Option(min=1, max=MAX_MS, help="most records to print")] = 50,
     storage: StorageOpt = defaults.STORAGE_ADDR,
 ) -> None:
     """List stored records, newest first, as JSON lines."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,8 +56,13 @@ def export_record(
     model: str | None = None,
     row_start: int = 0,
     row_end: int | None = None,
+    force: bool = False,
 ) -> ExportSummary:
     """Write one record's activations and metadata to `output_path` (safetensors).
+
+    An existing file at `output_path` is refused (FileExistsError) unless `force`; anything
+    there that is not a regular file (a directory, a device, a symlink) always is. The file
+    appears whole or not at all (written beside it, then renamed).
 
     `key` is a record id (32 hex chars) or a prompt hash (64 hex chars). A prompt hash
     may have several records: the newest COMPLETE one (of `model` when given) is exported
@@ -64,6 +70,7 @@ def export_record(
     `StorageClient.get_activations` (every stored layer, every row by default); the
     metadata says which rows (`row_start`, `row_end`), token ids and strings stay whole.
     """
+    path = check_output_file(output_path, force)
     record, matched, note = _choose_record(client, key, model, layers)
     arrays = client.get_activations(
         record, layers=layers, row_start=row_start, row_end=row_end, as_float32=False
@@ -75,9 +82,14 @@ def export_record(
         tensors[f"layer_{layer}"] = (np.ascontiguousarray(raw), spec_name, tag)
     token_ids = np.asarray(record.token_ids, dtype="<i8")
     tensors["token_ids"] = (token_ids, *_NUMPY_ST_DTYPES[token_ids.dtype])
-    path = Path(output_path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _serialize_file(tensors, path, _metadata(record, sorted(arrays), rows))
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        _serialize_file(tensors, partial, _metadata(record, sorted(arrays), rows))
+        check_output_file(path, force)  # again: something may have appeared meanwhile
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
     return ExportSummary(
         path=path,
         record_id=record.record_id,
@@ -92,6 +104,28 @@ def export_record(
         matched_records=matched,
         note=note,
     )
+
+
+def check_output_file(output_path: str | os.PathLike[str], force: bool = False) -> Path:
+    """`output_path` as a file to write, or OSError saying why not: an empty path, an
+    existing file without `force`, or anything there that is not a regular file."""
+    if not str(output_path).strip():
+        raise FileNotFoundError("the output path is empty: give a file name")
+    path = Path(output_path)
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return path
+    if not stat.S_ISREG(mode):
+        kind = (
+            "a directory" if stat.S_ISDIR(mode)
+            else "a symlink" if stat.S_ISLNK(mode)
+            else "not a regular file"
+        )  # fmt: skip
+        raise FileExistsError(f"{path} is {kind}: give the path of a file to write")
+    if not force:
+        raise FileExistsError(f"{path} exists: pass --force to replace it")
+    return path
 
 
 def _has_layers(record: Record, layers: int | list[int] | None) -> bool:

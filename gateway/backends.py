@@ -71,6 +71,13 @@ class InferenceBackend:
             fields[field.name] = list(value) if _is_repeated(field) else value
         return {"status": "ok", **fields}
 
+    async def check(self, request: inference_pb2.GenerateRequest) -> None:
+        """Raise what generating `request` would be refused for, without generating it."""
+        try:
+            await self._stub.Check(request, timeout=self._timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise from_grpc(exc) from exc
+
     async def stream(
         self, request: inference_pb2.GenerateRequest
     ) -> AsyncIterator[inference_pb2.GenerateResponse]:

@@ -99,7 +99,10 @@ class SamplingFields(OpenAIBaseModel):
     # actlog extensions: whether to record activations, and which layers
     # (indices as transformers' output_hidden_states, negative from the end, or a preset).
     capture: bool | None = None
-    capture_layers: list[Annotated[int, Field(ge=-(2**31), lt=2**31)]] | LayerPreset | None = None
+    # Strict: JSON true is not layer 1.
+    capture_layers: (
+        list[Annotated[int, Field(ge=-(2**31), lt=2**31, strict=True)]] | LayerPreset | None
+    ) = None
     # The original project's per-request token for gated models. This stack serves one model
     # loaded at start-up (HF_TOKEN), so the token is accepted and dropped: never stored, logged
     # or echoed.

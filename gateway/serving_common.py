@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
@@ -18,6 +18,8 @@ from gateway.protocol import (
     CompletionLogprobs,
     SamplingFields,
 )
+
+T = TypeVar("T")
 
 
 async def check_model(backend: InferenceBackend, requested: str) -> inference_pb2.ModelInfo:
@@ -105,6 +107,28 @@ def sse(chunk: BaseModel | str) -> str:
     return f"data: {data}\n\n"
 
 
+async def check_batch(
+    backend: InferenceBackend, messages: list[inference_pb2.GenerateRequest]
+) -> None:
+    """Refuse a batch of several captured prompts as a whole, before any of them runs: a
+    prompt refused after another had finished would leave that one's record stored under a
+    response that was an error."""
+    captured = [m for m in messages if m.capture.enabled or not m.capture.HasField("enabled")]
+    if len(messages) > 1 and captured:
+        await gather_all(*(backend.check(m) for m in messages))
+
+
+async def gather_all(*aws: Awaitable[T]) -> list[T]:
+    """Like asyncio.gather, but the first failure cancels the others (so their generations
+    stop and their captures are dropped) and is raised itself."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(aw) for aw in aws]  # type: ignore[arg-type]
+    except BaseExceptionGroup as group_error:
+        raise group_error.exceptions[0] from None
+    return [t.result() for t in tasks]
+
+
 async def open_streams(
     backend: InferenceBackend, messages: list[inference_pb2.GenerateRequest]
 ) -> AsyncIterator[tuple[int, inference_pb2.GenerateResponse]]:
@@ -113,8 +137,14 @@ async def open_streams(
     The first message of every stream is awaited before this returns, so that bad requests
     fail with a proper HTTP status instead of an error inside a 200 stream.
     """
+    await check_batch(backend, messages)
     streams = [backend.stream(m) for m in messages]
-    firsts = await asyncio.gather(*(anext(s) for s in streams))
+    try:
+        firsts = await gather_all(*(anext(s) for s in streams))
+    except BaseException:
+        for stream in streams:
+            await stream.aclose()
+        raise
     queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
     done = object()
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
@@ -21,8 +20,10 @@ from gateway.protocol import (
     UsageInfo,
 )
 from gateway.serving_common import (
+    check_batch,
     check_model,
     completion_logprobs,
+    gather_all,
     generate_request,
     open_streams,
     sse,
@@ -86,7 +87,8 @@ class OpenAIServingCompletion:
     async def create_completion(self, req: CompletionRequest) -> CompletionResponse:
         info = await check_model(self._backend, req.model)
         messages = self._messages(req)
-        per_prompt = await asyncio.gather(*(self._backend.generate(m) for m in messages))
+        await check_batch(self._backend, messages)
+        per_prompt = await gather_all(*(self._backend.generate(m) for m in messages))
         choices = []
         refs = []
         usage = UsageInfo()

@@ -21,7 +21,7 @@ import numpy as np
 
 from actlog_common.dtypes import BY_CODE, DTYPES
 from inference_service.capture_frames import HEADER, LAYER, MAGIC, SLOT
-from inference_service.errors import CaptureIncomplete
+from inference_service.errors import CaptureFailed, CaptureIncomplete
 from inference_service.spool import Spool, SpoolWriter
 
 logger = logging.getLogger(__name__)
@@ -36,6 +36,8 @@ class PendingCapture:
     writer: SpoolWriter
     masks: dict[int, np.ndarray] = field(default_factory=dict)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    # The first write that failed (a disk error): the capture can no longer be whole.
+    error: OSError | None = None
 
     def put(self, layer: int, position: int, n_rows: int, data: bytes) -> int:
         """File rows; return how many of them were already held (recomputed)."""
@@ -98,12 +100,12 @@ class CaptureCollector:
         hidden_size: int,
         dtype: str,
         max_rows: int = 0,
+        header_bytes: int = 4096,
     ) -> None:
-        """Expect rows for `key`; its spool space (`max_rows` of every layer) is reserved
-        now, or SpoolFull is raised."""
+        """Expect rows for `key`; its spool space (`max_rows` of every layer and a header of
+        up to `header_bytes`) is reserved and allocated now, or SpoolFull is raised."""
         row_bytes = hidden_size * DTYPES[dtype].itemsize
-        reserve = max_rows * row_bytes * len(layers)
-        writer = self._spool.open(record_id, layers, row_bytes, reserve)
+        writer = self._spool.open(record_id, layers, row_bytes, max_rows, header_bytes)
         self._pending[key] = PendingCapture(record_id, layers, dtype, row_bytes, writer)
 
     def discard(self, key: str) -> None:
@@ -115,16 +117,23 @@ class CaptureCollector:
     def pending(self) -> int:
         return len(self._pending)
 
+    def failure(self, key: str) -> OSError | None:
+        """The write error that broke `key`'s capture, if one did."""
+        capture = self._pending.get(key)
+        return capture.error if capture is not None else None
+
     async def wait_complete(self, key: str, n_rows: int, timeout: float) -> SpoolWriter:
         """Wait until every layer of `key` holds rows [0, n_rows); hand over its spool writer.
 
-        Raises CaptureIncomplete (and drops the capture) when rows are still missing at the
-        deadline.
+        Raises CaptureIncomplete when rows are still missing at the deadline, and
+        CaptureFailed when a write failed; either way the capture is dropped.
         """
         capture = self._pending[key]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while missing := capture.missing(n_rows):
+            if capture.error is not None:
+                break
             remaining = deadline - loop.time()
             if remaining <= 0:
                 self.discard(key)
@@ -132,6 +141,13 @@ class CaptureCollector:
             capture.changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(capture.changed.wait(), remaining)
+        if capture.error is not None:
+            self.discard(key)
+            raise CaptureFailed(
+                f"the capture of record {capture.record_id} could not be written to the "
+                f"capture spool ({capture.error.strerror or capture.error}); retry, or send "
+                "capture: false"
+            )
         del self._pending[key]
         return capture.writer
 
@@ -187,9 +203,16 @@ class CaptureCollector:
                 logger.error("capture %s: frame of %d bytes for %d rows", key, len(data), rows)
                 self.dropped_frames["malformed"] += 1
                 continue
-            for i, layer in enumerate(layers):
-                base = (i * rows + start) * row_bytes
-                chunk = data[base : base + n_rows * row_bytes]
-                self.recomputed_rows += capture.put(layer, position, n_rows, chunk)
-            self.captured_rows += n_rows * len(layers)
+            if capture.error is not None:
+                continue
+            try:
+                for i, layer in enumerate(layers):
+                    base = (i * rows + start) * row_bytes
+                    chunk = data[base : base + n_rows * row_bytes]
+                    self.recomputed_rows += capture.put(layer, position, n_rows, chunk)
+            except OSError as exc:
+                logger.error("capture %s: writing its rows failed: %s", key, exc)
+                capture.error = exc
+            else:
+                self.captured_rows += n_rows * len(layers)
             capture.changed.set()

@@ -72,6 +72,11 @@ class InferenceSettings(BaseSettings, GrpcSecurityFields):
         "captures in flight); beyond, captured requests get 503. 0 = 90% of the free space "
         "of its disk at start",
     )
+    capture_spool_fsync: bool = Field(
+        True,
+        description="flush each record's files to disk before its response names it, so a "
+        "crash of the machine loses no promised record; false trusts the page cache",
+    )
     capture_max_attempts: int = Field(
         5,
         ge=1,

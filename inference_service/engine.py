@@ -2,19 +2,21 @@
 
 The engine core runs in its own process; capture hooks live in its worker
 (capture_worker.py) and stream rows back over a Unix socket to the CaptureCollector, which files
-them in the on-disk spool. When a request finishes, its record header is written next to the
-rows and the sink sends it to storage in the background: the caller gets the result without
-waiting for any of that.
+them in the on-disk spool. When a request finishes, its last rows are awaited (they trail the
+last token by a step at most), its record header is written next to them and flushed, and only
+then is the result, which names the record, returned; the sink sends the record to storage in
+the background, so the caller never waits for storage.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +27,12 @@ from actlog_common.dtypes import DTYPES
 from actlog_common.grpc_security import GrpcSecurity
 from actlog_common.ids import new_record_id
 from actlog_common.layers import parse_layer_spec, recommended_layers
-from actlog_common.v1 import storage_pb2
 from inference_service.capture import CaptureCollector
 from inference_service.capture_path import CapturePath
 from inference_service.config import InferenceSettings
 from inference_service.engine_args import engine_args
 from inference_service.errors import (
+    CaptureFailed,
     CaptureIncomplete,
     EngineNotReady,
     InvalidRequest,
@@ -41,7 +43,7 @@ from inference_service.layers import resolve_layers
 from inference_service.prompt import tokenize_prompt
 from inference_service.sampling import sampling_params
 from inference_service.sink import RecordSink
-from inference_service.spool import Spool, SpoolFull
+from inference_service.spool import Spool, SpoolFull, SpoolWriter, header_bound
 from inference_service.types import (
     GenerationRequest,
     GenerationResult,
@@ -55,7 +57,11 @@ logger = logging.getLogger(__name__)
 class CaptureEngine:
     def __init__(self, settings: InferenceSettings) -> None:
         self._settings = settings
-        self.spool = Spool(Path(settings.capture_spool_dir), settings.capture_spool_max_bytes)
+        self.spool = Spool(
+            Path(settings.capture_spool_dir),
+            settings.capture_spool_max_bytes,
+            fsync=settings.capture_spool_fsync,
+        )
         self.sink = RecordSink(
             self.spool,
             settings.storage_addr,
@@ -65,9 +71,10 @@ class CaptureEngine:
             GrpcSecurity.of(settings),
         )
         self.collector = CaptureCollector(self.spool, settings.capture_socket_dir or None)
-        self._background: set[asyncio.Task[None]] = set()
         self._llm: Any = None
         self._tokenizer: Any = None
+        # The longest token of the vocabulary, in characters: bounds a header's size.
+        self._max_token_chars = 0
         self.info: ModelDescription | None = None
         self._chunked_prefill = False
         self._is_cpu = False
@@ -123,6 +130,7 @@ class CaptureEngine:
                 f"capture path {path.name} was planned, the worker runs {shape['path']}"
             )
         self._tokenizer = self._llm.get_tokenizer()
+        self._max_token_chars = await asyncio.to_thread(_longest_token, self._tokenizer)
         num_layers = int(shape["num_layers"])
         default_layers = resolve_layers(*parse_layer_spec(s.capture_default_layers), num_layers)
         logger.info(
@@ -148,8 +156,6 @@ class CaptureEngine:
         return self.info
 
     async def stop(self, grace_s: float) -> None:
-        if self._background:
-            await asyncio.wait(self._background, timeout=grace_s)
         if self._llm is not None:
             self._llm.shutdown()
         await self.collector.close()
@@ -204,7 +210,8 @@ class CaptureEngine:
         self, req: GenerationRequest
     ) -> AsyncIterator[TokenDelta | GenerationResult]:
         """Tokens as vLLM generates them, then one result per choice. A captured choice's
-        record is spooled, then sent to storage, in the background once its rows are in."""
+        record is whole in the spool before its result is yielded; storage gets it in the
+        background."""
         info = self.require_ready()
         prompt_ids, prompt_text = await self._tokenize(req, info)
         req = self._fit_to_context(req, len(prompt_ids), info)
@@ -213,10 +220,23 @@ class CaptureEngine:
         async with contextlib.aclosing(self._stream(run, params)) as deltas:
             async for delta in deltas:
                 yield delta
-        for index, choice in enumerate(run.choices):
-            if choice.key:
-                self._record_when_complete(choice.key, run.record_header(index))
+        await self._spool_records(run)
+        for index in range(len(run.choices)):
             yield run.result(index)
+
+    async def check(self, req: GenerationRequest) -> None:
+        """Everything `generate` refuses a request for before generating, without generating:
+        so that a batch's prompts are all accepted before any of them runs."""
+        info = self.require_ready()
+        prompt_ids, prompt_text = await self._tokenize(req, info)
+        req = self._fit_to_context(req, len(prompt_ids), info)
+        run, _ = self._plan(req, info, prompt_ids, prompt_text)
+        if run.capture_key is not None:
+            row_bytes = info.hidden_size * DTYPES[info.dtype].itemsize
+            reserve = self.spool.reservation(
+                len(run.layers or []), row_bytes, run.max_rows, self._header_bound(run)
+            )
+            self.spool.check_room(reserve * len(run.choices))
 
     async def _tokenize(
         self, req: GenerationRequest, info: ModelDescription
@@ -331,7 +351,13 @@ class CaptureEngine:
                 key = run.capture_key if n == 1 else f"{run.capture_key}:{i}"
                 record_id = run.capture_key if i == 0 else new_record_id()
                 self.collector.register(
-                    key, record_id, run.layers or [], info.hidden_size, info.dtype, run.max_rows
+                    key,
+                    record_id,
+                    run.layers or [],
+                    info.hidden_size,
+                    info.dtype,
+                    run.max_rows,
+                    self._header_bound(run),
                 )
                 c.key, c.record_id = key, record_id
         except SpoolFull:
@@ -342,17 +368,27 @@ class CaptureEngine:
         """Submit the request to vLLM and yield each choice's new tokens as they come; its
         captures are dropped if it fails or is cancelled."""
         final = None
+        keys = [c.key for c in run.choices if c.key]
         try:
-            async for out in self._llm.generate(
-                {"prompt_token_ids": run.prompt_ids}, params, run.request_id
-            ):
-                for output in out.outputs:
-                    delta = run.advance(output)
-                    if delta is not None:
-                        yield delta
-                if out.prompt_logprobs is not None:
-                    run.prompt_logprobs = out.prompt_logprobs
-                final = out
+            async with contextlib.aclosing(
+                self._llm.generate({"prompt_token_ids": run.prompt_ids}, params, run.request_id)
+            ) as outputs:
+                async for out in outputs:
+                    # A capture that can no longer be whole fails its request now, and
+                    # vLLM stops generating it.
+                    for key in keys:
+                        if (error := self.collector.failure(key)) is not None:
+                            raise CaptureFailed(
+                                "the capture could not be written to the capture spool "
+                                f"({error.strerror or error}); retry, or send capture: false"
+                            )
+                    for output in out.outputs:
+                        delta = run.advance(output)
+                        if delta is not None:
+                            yield delta
+                    if out.prompt_logprobs is not None:
+                        run.prompt_logprobs = out.prompt_logprobs
+                    final = out
         except (ValueError, VLLMValidationError) as exc:
             # vLLM validates prompt length and parameters when the request is added.
             self._discard(run)
@@ -367,21 +403,54 @@ class CaptureEngine:
             if c.key:
                 self.collector.discard(c.key)
 
-    def _record_when_complete(self, key: str, header: storage_pb2.RecordHeader) -> None:
-        task = asyncio.create_task(self._finish_capture(key, header))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+    def _header_bound(self, run: Generation) -> int:
+        return header_bound(
+            run.prompt_text + json.dumps(asdict(run.req.sampling)) + run.request_id,
+            run.max_rows + 1,
+            run.req.sampling.max_tokens,
+            self._max_token_chars,
+        )
 
-    async def _finish_capture(self, key: str, header: storage_pb2.RecordHeader) -> None:
-        """Once every row of the capture is in, spool the record under its header and
-        hand it to the sink; an incomplete capture is logged and dropped."""
-        try:
-            writer = await self.collector.wait_complete(
-                key, header.num_positions, self._settings.capture_timeout_s
-            )
-        except CaptureIncomplete:
-            logger.exception("capture of record %s is incomplete; not stored", header.record_id)
+    async def _spool_records(self, run: Generation) -> None:
+        """Once every row of every captured choice is in, write each record's header and
+        flush it; then, all or none, hand the records to the sink. Until this returns no
+        response names a record, so a capture that cannot be spooled whole (rows missing, a
+        disk error) fails the request (UNAVAILABLE) and leaves nothing behind."""
+        captured = [(i, c) for i, c in enumerate(run.choices) if c.key]
+        if not captured:
             return
-        header.token_strings.extend(self._tokenizer.decode([t]) for t in header.token_ids)
-        self.spool.finish(writer, header)
-        self.sink.submit(header.record_id)
+        sealed: list[tuple[SpoolWriter, str]] = []
+        try:
+            for index, choice in captured:
+                header = run.record_header(index)
+                writer = await self.collector.wait_complete(
+                    choice.key, header.num_positions, self._settings.capture_timeout_s
+                )
+                choice.key = ""  # the writer is ours now, not the collector's
+                header.token_strings.extend(self._tokenizer.decode([t]) for t in header.token_ids)
+                await asyncio.to_thread(self.spool.seal, writer, header)
+                sealed.append((writer, header.record_id))
+        except CaptureIncomplete as exc:
+            logger.error("%s; the request fails and nothing is stored", exc)
+            self._abandon(run, sealed)
+            raise CaptureFailed(
+                "the capture did not receive all its rows in time; nothing was stored"
+            ) from exc
+        except BaseException:
+            self._abandon(run, sealed)
+            raise
+        for writer, record_id in sealed:
+            self.spool.commit(writer, record_id)
+            self.sink.submit(record_id)
+
+    def _abandon(self, run: Generation, sealed: list[tuple[SpoolWriter, str]]) -> None:
+        for writer, _ in sealed:
+            self.spool.abandon(writer)
+        self._discard(run)
+
+
+def _longest_token(tokenizer: Any) -> int:
+    """Characters of the vocabulary's longest token string: a token decodes to at most as
+    many (byte-level BPE spells each byte as one character; SentencePiece one per character),
+    special tokens to themselves."""
+    return max((len(token) for token in tokenizer.get_vocab()), default=16)

@@ -19,6 +19,12 @@ class CaptureIncomplete(InferenceError):
     """A capture did not receive all its rows in time (logged; never reaches a client)."""
 
 
+class CaptureFailed(InferenceError):
+    """A capture's rows or header could not be written to the spool (a disk error): the
+    request fails (UNAVAILABLE, so 503 or a stream error) instead of naming a record that
+    would never exist."""
+
+
 class EngineNotReady(InferenceError):
     """The engine is still loading (UNAVAILABLE)."""
 

@@ -10,6 +10,7 @@ import grpc
 
 from actlog_common.error_metadata import ERROR_TYPE_KEY, PARAM_KEY
 from inference_service.errors import (
+    CaptureFailed,
     EngineNotReady,
     InferenceError,
     InvalidRequest,
@@ -26,6 +27,7 @@ _CODES: tuple[tuple[type[InferenceError], grpc.StatusCode], ...] = (
     (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (EngineNotReady, grpc.StatusCode.UNAVAILABLE),
     (SpoolFull, grpc.StatusCode.UNAVAILABLE),
+    (CaptureFailed, grpc.StatusCode.UNAVAILABLE),
 )
 
 

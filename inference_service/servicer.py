@@ -22,6 +22,12 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         async for item in self._engine.generate(req):
             yield item.to_pb()
 
+    async def Check(  # noqa: N802
+        self, request: inference_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> inference_pb2.CheckResponse:
+        await self._engine.check(GenerationRequest.from_pb(request))
+        return inference_pb2.CheckResponse()
+
     async def GetModelInfo(  # noqa: N802
         self, request: inference_pb2.ModelInfoRequest, context: grpc.aio.ServicerContext
     ) -> inference_pb2.ModelInfo:

@@ -50,6 +50,13 @@ class StorageSettings(BaseSettings, GrpcSecurityFields):
         description="Largest record (its activations) Ingest accepts; larger headers get "
         "INVALID_ARGUMENT. 0 = no limit.",
     )
+    storage_max_label_bytes: int = Field(
+        1 * MIB,
+        gt=0,
+        description="Most bytes of labels (keys and values) one record may carry; a SetLabels "
+        "that would go above gets INVALID_ARGUMENT and changes nothing. Keeps every read of a "
+        "record within a gRPC message.",
+    )
     storage_partial_ttl_s: float = Field(
         86400.0,
         ge=0,

@@ -20,9 +20,10 @@ from storage_service import records as rec
 from storage_service.errors import InvalidArgument, PartialRecord, StorageError
 from storage_service.queries import COMPLETE, MAX_PAGE_SIZE, Queries
 
-# Vector bytes per streamed batch, below gRPC's default 4 MiB message limit with room for
-# the records' ids and labels (so a client with default channel options can read them).
+# Encoded bytes per streamed batch (vectors, ids, labels, skipped reasons), below gRPC's
+# default 4 MiB message limit (so a client with default channel options can read them).
 BATCH_BYTES = 3 << 20
+RECORD_OVERHEAD = 16  # a repeated field's tag and length, and the vectors' framing
 BATCH_RECORDS = 4096
 SKIPPED_PER_BATCH = 4096  # skipped records' reasons are sent as they pile up, too
 
@@ -74,15 +75,25 @@ class FeatureQuery:
                     if isinstance(error, PoolingError):
                         raise InvalidArgument(str(error)) from None
                     raise
-                batch.skipped.append(
-                    storage_pb2.SkippedRecord(record_id=record_id, reason=str(error))
-                )
-                if len(batch.skipped) >= SKIPPED_PER_BATCH:
+                skipped = storage_pb2.SkippedRecord(record_id=record_id, reason=str(error))
+                batch.skipped.append(skipped)
+                batch.nbytes += skipped.ByteSize() + RECORD_OVERHEAD
+                if len(batch.skipped) >= SKIPPED_PER_BATCH or batch.nbytes > BATCH_BYTES:
                     yield self._encode(batch)
                     sent = True
                     batch = _Batch()
                 continue
-            size = 4 * self._hidden * len(vectors)
+            record = storage_pb2.FeatureRecord(
+                record_id=header.record_id,
+                prompt_hash=header.prompt_hash,
+                model=header.model,
+                labels=dict(header.labels),
+                created_at_ms=header.created_at_ms,
+                row_start=rows[0],
+                row_end=rows[1],
+            )
+            # The batch's whole encoded size: labels can outweigh the vectors.
+            size = 4 * self._hidden * len(vectors) + record.ByteSize() + RECORD_OVERHEAD
             if batch.records and (
                 batch.nbytes + size > BATCH_BYTES or len(batch.records) >= BATCH_RECORDS
             ):
@@ -93,17 +104,7 @@ class FeatureQuery:
                 batch.vectors = [[] for _ in vectors]
             for column, vector in zip(batch.vectors, vectors, strict=True):
                 column.append(vector)
-            batch.records.append(
-                storage_pb2.FeatureRecord(
-                    record_id=header.record_id,
-                    prompt_hash=header.prompt_hash,
-                    model=header.model,
-                    labels=dict(header.labels),
-                    created_at_ms=header.created_at_ms,
-                    row_start=rows[0],
-                    row_end=rows[1],
-                )
-            )
+            batch.records.append(record)
             batch.nbytes += size
         if batch.records or batch.skipped or not sent:
             yield self._encode(batch)

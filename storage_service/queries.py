@@ -277,6 +277,7 @@ class Queries:
                 yield base
                 continue
             with self._read() as txn:  # one layer is at most a few tens of MiB
+                self._still_there(txn, header.record_id)
                 self._copy_layer(txn, header, layer, start, end, decompress,
                                  target[base : base + selection.layer_bytes])  # fmt: skip
             yield base
@@ -289,9 +290,16 @@ class Queries:
         decompress = codecs.decompressor(codecs.parse(header.compression))
         blocks = [np.empty((end - start) * rec.row_bytes(header), np.uint8) for _ in layers]
         with self._read() as txn:
+            self._still_there(txn, header.record_id)
             for layer, block in zip(layers, blocks, strict=True):
                 self._copy_layer(txn, header, layer, start, end, decompress, block)
         return blocks
+
+    def _still_there(self, txn: lmdb.Transaction, record_id: str) -> None:
+        """NotFound if the record was deleted since its header was read. A long read spans
+        several transactions; within one, a record is there whole or not at all."""
+        if txn.get(rec.record_key(record_id), db=self._records) is None:
+            raise NotFound(f"record {record_id} was deleted while it was being read")
 
     def _copy_layer(
         self,
@@ -356,6 +364,7 @@ class Queries:
         batch: list[bytes] = []
         size = 0
         with self._read() as txn:
+            self._still_there(txn, header.record_id)
             for chunk_start, lo, rows in self._clipped_chunks(
                 txn, prefix, first_key, start, end, width, decompress
             ):

@@ -21,6 +21,9 @@ MAX_MODEL_NAME_BYTES = 256
 # Positions fit the u32 row_start of chunk keys; 2**31 keeps every row index a signed int32.
 MAX_POSITIONS = (1 << 31) - 1
 MAX_LABEL_VALUE_BYTES = 64 << 10
+# All of one record's labels together (STORAGE_MAX_LABEL_BYTES), so that any read of a record
+# fits a gRPC message.
+DEFAULT_MAX_LABEL_BYTES = 1 << 20
 
 
 class ChunkLike(Protocol):
@@ -66,6 +69,11 @@ def layer_prefix(rid: bytes, layer: int) -> bytes:
 def label_key(rid: bytes, key: str) -> bytes:
     """Key of label `key` of record `rid` (16 bytes) in the labels sub-database."""
     return rid + key.encode()
+
+
+def label_bytes(labels: Mapping[str, str]) -> int:
+    """What a record's labels weigh against STORAGE_MAX_LABEL_BYTES: keys and values, UTF-8."""
+    return sum(len(k.encode()) + len(v.encode()) for k, v in labels.items())
 
 
 def validate_labels(record_id: str, labels: Mapping[str, str], remove: Iterable[str] = ()) -> None:

@@ -130,6 +130,7 @@ def create_server(settings: StorageSettings) -> tuple[StorageServer, int]:
         settings.lmdb_map_size,
         Compression(settings.storage_compression),
         settings.storage_max_record_bytes,
+        settings.storage_max_label_bytes,
     )
     options = [
         *message_size_options(settings.grpc_max_message_bytes),

@@ -37,7 +37,7 @@ from actlog_common.v1 import storage_pb2
 from storage_service import compression as codecs
 from storage_service import counters
 from storage_service import records as rec
-from storage_service.errors import FailedPrecondition, NotFound
+from storage_service.errors import FailedPrecondition, InvalidArgument, NotFound
 from storage_service.queries import Queries
 from storage_service.writer import TxnGuard, Writer
 
@@ -84,9 +84,11 @@ class ActivationStore(Queries):
         map_size: int,
         compression: codecs.Compression = codecs.Compression.NONE,
         max_record_bytes: int = 0,
+        max_label_bytes: int = rec.DEFAULT_MAX_LABEL_BYTES,
     ) -> None:
         self.path = Path(path)
         self.max_record_bytes = max_record_bytes
+        self.max_label_bytes = max_label_bytes
         self.path.mkdir(parents=True, exist_ok=True)
         codecs.check_available(compression)
         self.compression = compression
@@ -231,6 +233,14 @@ class ActivationStore(Queries):
                 txn.put(key, value, db=self._labels)
             header = self._load(txn, rid)
             assert header is not None
+            # Checked on the result, inside the transaction: a refusal rolls all of it back.
+            total = rec.label_bytes(header.labels)
+            if total > self.max_label_bytes:
+                raise InvalidArgument(
+                    f"record {record_id}: its labels would take {total} bytes (keys and "
+                    f"values), above the limit of {self.max_label_bytes} per record "
+                    "(STORAGE_MAX_LABEL_BYTES); nothing was changed"
+                )
             return header
 
         return self._writer.run(write)

@@ -78,6 +78,10 @@ class GenerateRequest(_message.Message):
     request_id: str
     def __init__(self, prompt: _Optional[str] = ..., prompt_token_ids: _Optional[_Union[TokenIds, _Mapping]] = ..., chat: _Optional[_Union[ChatMessages, _Mapping]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., capture: _Optional[_Union[CaptureOptions, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
+class CheckResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class TokenIds(_message.Message):
     __slots__ = ("ids",)
     IDS_FIELD_NUMBER: _ClassVar[int]

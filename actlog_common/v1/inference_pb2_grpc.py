@@ -5,7 +5,7 @@ import warnings
 
 from actlog_common.v1 import inference_pb2 as actlog__common_dot_v1_dot_inference__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -39,6 +39,11 @@ class InferenceStub:
                 request_serializer=actlog__common_dot_v1_dot_inference__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=actlog__common_dot_v1_dot_inference__pb2.GenerateResponse.FromString,
                 _registered_method=True)
+        self.Check = channel.unary_unary(
+                '/actlog.v1.Inference/Check',
+                request_serializer=actlog__common_dot_v1_dot_inference__pb2.GenerateRequest.SerializeToString,
+                response_deserializer=actlog__common_dot_v1_dot_inference__pb2.CheckResponse.FromString,
+                _registered_method=True)
         self.GetModelInfo = channel.unary_unary(
                 '/actlog.v1.Inference/GetModelInfo',
                 request_serializer=actlog__common_dot_v1_dot_inference__pb2.ModelInfoRequest.SerializeToString,
@@ -61,6 +66,14 @@ class InferenceServicer:
 
     def Generate(self, request, context):
         """Tokens as they are generated, then one result per choice.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Check(self, request, context):
+        """What Generate would refuse the request for (the same errors), without generating: a
+        batch's prompts are all checked before any runs, so a refused batch stores nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -92,6 +105,11 @@ def add_InferenceServicer_to_server(servicer, server):
                     servicer.Generate,
                     request_deserializer=actlog__common_dot_v1_dot_inference__pb2.GenerateRequest.FromString,
                     response_serializer=actlog__common_dot_v1_dot_inference__pb2.GenerateResponse.SerializeToString,
+            ),
+            'Check': grpc.unary_unary_rpc_method_handler(
+                    servicer.Check,
+                    request_deserializer=actlog__common_dot_v1_dot_inference__pb2.GenerateRequest.FromString,
+                    response_serializer=actlog__common_dot_v1_dot_inference__pb2.CheckResponse.SerializeToString,
             ),
             'GetModelInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModelInfo,
@@ -136,6 +154,33 @@ class Inference:
             '/actlog.v1.Inference/Generate',
             actlog__common_dot_v1_dot_inference__pb2.GenerateRequest.SerializeToString,
             actlog__common_dot_v1_dot_inference__pb2.GenerateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Check(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/actlog.v1.Inference/Check',
+            actlog__common_dot_v1_dot_inference__pb2.GenerateRequest.SerializeToString,
+            actlog__common_dot_v1_dot_inference__pb2.CheckResponse.FromString,
             options,
             channel_credentials,
             insecure,

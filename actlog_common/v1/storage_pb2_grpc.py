@@ -5,7 +5,7 @@ import warnings
 
 from actlog_common.v1 import storage_pb2 as actlog__common_dot_v1_dot_storage__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 

@@ -49,7 +49,7 @@ class OneRecordFails(storage_pb2_grpc.StorageServicer):
 
 def spool_record(spool: Spool, text: str) -> str:
     record_id = new_record_id()
-    writer = spool.open(record_id, [0], ROW_BYTES, reserve=2 * ROW_BYTES)
+    writer = spool.open(record_id, [0], ROW_BYTES, max_rows=2)
     writer.write(0, 0, b"\x01" * 2 * ROW_BYTES)
     header = storage_pb2.RecordHeader(
         record_id=record_id, prompt_hash=prompt_hash(text), prompt=text, token_ids=[1, 2, 3],

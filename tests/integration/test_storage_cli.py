@@ -78,5 +78,5 @@ def test_export_writes_the_chosen_layers_and_rows(storage, tmp_path) -> None:
         assert result.exit_code == 2 and "--rows" in result.output, result.output
     result = actlog(storage, *args, "--layers", "zero")
     assert result.exit_code == 2 and "--layers" in result.output
-    result = actlog(storage, *args, "--rows", "0:13")
+    result = actlog(storage, *args, "--rows", "0:13", "--force")
     assert result.exit_code == 1 and "outside record" in result.output

@@ -52,7 +52,7 @@ def finished_generation(record_ids: list[str]) -> Generation:
 def spool_it(spool: Spool, header: storage_pb2.RecordHeader) -> bytes:
     """File the header's rows (distinct bytes per layer and row) and finish the record."""
     rows = header.num_positions
-    writer = spool.open(header.record_id, list(header.layers), ROW_BYTES, rows * ROW_BYTES * 2)
+    writer = spool.open(header.record_id, list(header.layers), ROW_BYTES, max_rows=rows)
     data = b""
     for layer in header.layers:
         layer_rows = bytes(range(layer * 50, layer * 50 + rows * ROW_BYTES))
@@ -116,7 +116,7 @@ def test_a_header_spooled_in_the_earlier_flat_shape_is_still_delivered(tmp_path:
     """Before, header.json held the header's fields and row_bytes in one object."""
     record_id = new_record_id()
     spool = Spool(tmp_path)
-    writer = spool.open(record_id, [0], ROW_BYTES, 2 * ROW_BYTES)
+    writer = spool.open(record_id, [0], ROW_BYTES, max_rows=2)
     writer.write(0, 0, b"\x01" * 2 * ROW_BYTES)
     writer.close()
     flat = {
