@@ -106,7 +106,7 @@ def test_export_refuses_what_it_must_not_replace(capsys, storage, tmp_path, reco
     target.write_bytes(b"old")
     assert run(capsys, *export, "-o", str(target), "--force")[0] == 0
     with safetensors.safe_open(target, framework="numpy") as f:
-        assert "token_ids" in f.keys()
+        assert "token_ids" in list(f.keys())
     # Never anything that is not a regular file, --force or not.
     link = tmp_path / "link.safetensors"
     link.symlink_to(tmp_path / "elsewhere")
