@@ -26,6 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from actlog_common import defaults
 from actlog_common.grpc_security import GrpcSecurity
 from actlog_common.ids import is_record_id
+from actlog_common.parent import launcher_env
 from actlog_common.v1 import inference_pb2, inference_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -182,7 +183,8 @@ class Stack:
             self._logs.append(out)
         proc = subprocess.Popen(
             [sys.executable, "-m", module],
-            env=self._env(),
+            # The services stop when this process dies, even by SIGKILL (actlog_common.parent).
+            env={**self._env(), **launcher_env()},
             stdout=out,
             stderr=subprocess.STDOUT if out else None,
             # A process group of its own: a Ctrl-C in the terminal reaches the launcher only,

@@ -19,6 +19,7 @@ from actlog_common.defaults import (
     message_size_options,
 )
 from actlog_common.grpc_security import AioTokenInterceptor, GrpcSecurity
+from actlog_common.parent import stop_with_launcher
 from actlog_common.v1 import inference_pb2, inference_pb2_grpc
 from inference_service.config import InferenceSettings
 from inference_service.engine import CaptureEngine
@@ -86,6 +87,7 @@ async def serve(settings: InferenceSettings) -> None:
 def main() -> None:
     settings = InferenceSettings(_cli_parse_args=True)  # type: ignore[call-arg]
     configure_logging(settings.log_level)
+    stop_with_launcher()
     try:
         asyncio.run(serve(settings))
     except StartupError as exc:

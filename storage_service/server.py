@@ -23,6 +23,7 @@ from actlog_common.defaults import (
 )
 from actlog_common.grpc_security import GrpcSecurity, TokenInterceptor
 from actlog_common.local_read import local_socket_path, private_directory, shm_supported
+from actlog_common.parent import stop_with_launcher
 from actlog_common.v1 import storage_pb2, storage_pb2_grpc
 from storage_service.compression import Compression
 from storage_service.config import StorageSettings, load_settings
@@ -200,6 +201,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    stop_with_launcher()
     server.start()
     logger.info(
         "storage listening on %s (lmdb %s, map size %d bytes, compression %s)",

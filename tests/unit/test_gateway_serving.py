@@ -541,3 +541,11 @@ def test_a_failed_generation_gives_its_slot_back(backend, where: str, when: str)
         backend.generate.side_effect = None
         backend.stream.side_effect = streaming(delta(" Paris"), done(result()))
         assert post(client, where).status_code == 200
+
+
+@pytest.mark.parametrize("layers", [[True], [False, 3], [1.0], ["3"]])
+def test_capture_layers_are_integers_not_booleans_or_strings(client, backend, layers) -> None:
+    reply = client.post("/v1/completions", json={**COMPLETION, "capture_layers": layers})
+    error = assert_error(reply, 400, "BadRequestError")
+    assert "capture_layers" in (error["param"] or error["message"])
+    backend.generate.assert_not_called()
