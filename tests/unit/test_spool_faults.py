@@ -55,9 +55,11 @@ def test_the_header_bound_holds_for_the_worst_text(tmp_path) -> None:
 def test_a_disk_without_room_for_the_allocation_refuses_before_generation(tmp_path) -> None:
     spool = Spool(tmp_path)
     no_space = OSError(errno.ENOSPC, "No space left on device")
-    with mock.patch("os.posix_fallocate", side_effect=no_space):
-        with pytest.raises(SpoolFull, match="capture spool cannot take"):
-            spool.open(new_record_id(), [0, 1], ROW_BYTES, max_rows=8)
+    with (
+        mock.patch("os.posix_fallocate", side_effect=no_space),
+        pytest.raises(SpoolFull, match="capture spool cannot take"),
+    ):
+        spool.open(new_record_id(), [0, 1], ROW_BYTES, max_rows=8)
     assert spool.refused == 1
     assert_nothing_left(spool)
 
@@ -68,9 +70,11 @@ def test_a_failed_header_write_abandons_the_capture(tmp_path) -> None:
     writer = spool.open(record_id, [0], ROW_BYTES, max_rows=2)
     writer.write(0, 0, b"\x01" * 2 * ROW_BYTES)
     header = storage_pb2.RecordHeader(record_id=record_id, layers=[0], num_positions=2)
-    with mock.patch("os.fdatasync", side_effect=OSError(errno.EIO, "Input/output error")):
-        with pytest.raises(CaptureFailed, match="Input/output error"):
-            spool.seal(writer, header)
+    with (
+        mock.patch("os.fdatasync", side_effect=OSError(errno.EIO, "Input/output error")),
+        pytest.raises(CaptureFailed, match="Input/output error"),
+    ):
+        spool.seal(writer, header)
     assert_nothing_left(spool)
 
 
