@@ -427,9 +427,16 @@ class CaptureEngine:
                     choice.key, header.num_positions, self._settings.capture_timeout_s
                 )
                 choice.key = ""  # the writer is ours now, not the collector's
-                header.token_strings.extend(self._tokenizer.decode([t]) for t in header.token_ids)
-                await asyncio.to_thread(self.spool.seal, writer, header)
                 sealed.append((writer, header.record_id))
+                header.token_strings.extend(self._tokenizer.decode([t]) for t in header.token_ids)
+                seal = asyncio.ensure_future(asyncio.to_thread(self.spool.seal, writer, header))
+                try:
+                    await asyncio.shield(seal)
+                except asyncio.CancelledError:
+                    # The thread still writes the capture's files: let it finish before
+                    # they are removed (and their descriptors closed).
+                    await asyncio.wait([seal])
+                    raise
         except CaptureIncomplete as exc:
             logger.error("%s; the request fails and nothing is stored", exc)
             self._abandon(run, sealed)
