@@ -70,13 +70,10 @@ class Arena:
     """One mapped shared-memory file; `name` is what the server opens."""
 
     def __init__(self, size: int, directory: Path) -> None:
-        token = secrets.token_hex(16)
-        self.name = segment_name(directory, token)
-        self.path = directory / token
         self.pid = os.getpid()
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        self.path, self._fd = _create_locked(directory)
+        self.name = segment_name(directory, self.path.name)
         try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # "my creator lives"
             os.posix_fallocate(self._fd, 0, size)
             self._mapping = mmap.mmap(self._fd, size, flags=mmap.MAP_SHARED)
         except BaseException:
@@ -97,6 +94,32 @@ class Arena:
             self._mapping.close()
         with contextlib.suppress(OSError):
             os.close(self._fd)
+
+
+CREATE_ATTEMPTS = 8
+
+
+def _create_locked(directory: Path) -> tuple[Path, int]:
+    """A new arena file, flocked ("my creator lives"). Another pool's `remove_orphans` may
+    open a file in the instant between its creation and its lock, take the lock and unlink
+    it: the lock then fails, or succeeds on a file no longer there. Either way, a new name."""
+    for _ in range(CREATE_ATTEMPTS):
+        path = directory / secrets.token_hex(16)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return path, fd
+        except BlockingIOError:
+            pass
+        except FileNotFoundError:
+            pass  # unlinked by a sweeper after our lock was taken
+        except BaseException:
+            path.unlink(missing_ok=True)
+            os.close(fd)
+            raise
+        os.close(fd)
+    raise BlockingIOError(f"no shared-memory arena could be created in {directory}")
 
 
 def remove_orphans(directory: Path) -> list[str]:
