@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 import threading
+import time
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,6 @@ def _watch(parent: int) -> None:
     # Also covers the launcher dying before the prctl above: our parent is then another
     # process already.
     while os.getppid() == parent:
-        threading.Event().wait(POLL_S)
+        time.sleep(POLL_S)
     logger.warning("the launcher (pid %d) is gone: stopping", parent)
     os.kill(os.getpid(), signal.SIGTERM)

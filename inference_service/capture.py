@@ -104,9 +104,23 @@ class CaptureCollector:
     ) -> None:
         """Expect rows for `key`; its spool space (`max_rows` of every layer and a header of
         up to `header_bytes`) is reserved and allocated now, or SpoolFull is raised."""
-        row_bytes = hidden_size * DTYPES[dtype].itemsize
+        row_bytes = _row_bytes(hidden_size, dtype)
         writer = self._spool.open(record_id, layers, row_bytes, max_rows, header_bytes)
         self._pending[key] = PendingCapture(record_id, layers, dtype, row_bytes, writer)
+
+    def check_room(
+        self,
+        captures: int,
+        layers: list[int],
+        hidden_size: int,
+        dtype: str,
+        max_rows: int,
+        header_bytes: int,
+    ) -> None:
+        """SpoolFull unless `captures` captures as `register` takes them would fit now."""
+        row_bytes = _row_bytes(hidden_size, dtype)
+        reserve = self._spool.reservation(len(layers), row_bytes, max_rows, header_bytes)
+        self._spool.check_room(captures * reserve)
 
     def discard(self, key: str) -> None:
         capture = self._pending.pop(key, None)
@@ -143,11 +157,7 @@ class CaptureCollector:
                 await asyncio.wait_for(capture.changed.wait(), remaining)
         if capture.error is not None:
             self.discard(key)
-            raise CaptureFailed(
-                f"the capture of record {capture.record_id} could not be written to the "
-                f"capture spool ({capture.error.strerror or capture.error}); retry, or send "
-                "capture: false"
-            )
+            raise CaptureFailed.writing(capture.record_id, capture.error)
         del self._pending[key]
         return capture.writer
 
@@ -216,3 +226,7 @@ class CaptureCollector:
             else:
                 self.captured_rows += n_rows * len(layers)
             capture.changed.set()
+
+
+def _row_bytes(hidden_size: int, dtype: str) -> int:
+    return hidden_size * DTYPES[dtype].itemsize

@@ -232,11 +232,14 @@ class CaptureEngine:
         req = self._fit_to_context(req, len(prompt_ids), info)
         run, _ = self._plan(req, info, prompt_ids, prompt_text)
         if run.capture_key is not None:
-            row_bytes = info.hidden_size * DTYPES[info.dtype].itemsize
-            reserve = self.spool.reservation(
-                len(run.layers or []), row_bytes, run.max_rows, self._header_bound(run)
+            self.collector.check_room(
+                len(run.choices),
+                run.layers or [],
+                info.hidden_size,
+                info.dtype,
+                run.max_rows,
+                self._header_bound(run),
             )
-            self.spool.check_room(reserve * len(run.choices))
 
     async def _tokenize(
         self, req: GenerationRequest, info: ModelDescription
@@ -345,6 +348,7 @@ class CaptureEngine:
             return
         n = len(run.choices)
         info = run.info
+        header_bytes = self._header_bound(run)
         try:
             for i, c in enumerate(run.choices):
                 # The worker suffixes the key with the child index when n > 1.
@@ -357,7 +361,7 @@ class CaptureEngine:
                     info.hidden_size,
                     info.dtype,
                     run.max_rows,
-                    self._header_bound(run),
+                    header_bytes,
                 )
                 c.key, c.record_id = key, record_id
         except SpoolFull:
@@ -368,7 +372,7 @@ class CaptureEngine:
         """Submit the request to vLLM and yield each choice's new tokens as they come; its
         captures are dropped if it fails or is cancelled."""
         final = None
-        keys = [c.key for c in run.choices if c.key]
+        captures = [(c.key, c.record_id) for c in run.choices if c.key]
         try:
             async with contextlib.aclosing(
                 self._llm.generate({"prompt_token_ids": run.prompt_ids}, params, run.request_id)
@@ -376,12 +380,9 @@ class CaptureEngine:
                 async for out in outputs:
                     # A capture that can no longer be whole fails its request now, and
                     # vLLM stops generating it.
-                    for key in keys:
+                    for key, record_id in captures:
                         if (error := self.collector.failure(key)) is not None:
-                            raise CaptureFailed(
-                                "the capture could not be written to the capture spool "
-                                f"({error.strerror or error}); retry, or send capture: false"
-                            )
+                            raise CaptureFailed.writing(record_id, error)
                     for output in out.outputs:
                         delta = run.advance(output)
                         if delta is not None:

@@ -24,6 +24,13 @@ class CaptureFailed(InferenceError):
     request fails (UNAVAILABLE, so 503 or a stream error) instead of naming a record that
     would never exist."""
 
+    @classmethod
+    def writing(cls, record_id: str, error: OSError) -> CaptureFailed:
+        return cls(
+            f"the capture of record {record_id} could not be written to the capture spool "
+            f"({error.strerror or error}); retry, or send capture: false"
+        )
+
 
 class EngineNotReady(InferenceError):
     """The engine is still loading (UNAVAILABLE)."""

@@ -98,7 +98,6 @@ class SpoolWriter:
     ) -> None:
         self.directory = directory
         self.row_bytes = row_bytes
-        self.max_rows = max_rows
         self.reserved = reserved
         self._fsync = fsync
         self._fds: dict[int, int] = {}
@@ -217,10 +216,19 @@ class Spool:
     def check_room(self, reserve: int) -> None:
         """SpoolFull unless a capture of `reserve` bytes would be taken now."""
         with self._lock:
-            used = self.held_bytes + self.reserved_bytes
-            free_disk = shutil.disk_usage(self.root).free
+            refusal = self._refusal(reserve)
+        if refusal is not None:
+            raise refusal
+
+    def _refusal(self, reserve: int) -> SpoolFull | None:
+        """Why `reserve` more bytes do not fit now: the budget or the disk (under the lock).
+        The space of captures in flight is allocated already, so the disk's free space is
+        what is left beside them."""
+        used = self.held_bytes + self.reserved_bytes
+        free_disk = shutil.disk_usage(self.root).free
         if used + reserve > self.max_bytes or reserve > free_disk:
-            raise self._full(reserve, used, free_disk)
+            return self._full(reserve, used, free_disk)
+        return None
 
     def open(
         self,
@@ -235,13 +243,10 @@ class Spool:
         disk (SpoolFull if not)."""
         reserve = self.reservation(len(layers), row_bytes, max_rows, header_bytes)
         with self._lock:
-            used = self.held_bytes + self.reserved_bytes
-            # The space of captures in flight is allocated already: the disk's free space
-            # is what is left beside them.
-            free_disk = shutil.disk_usage(self.root).free
-            if used + reserve > self.max_bytes or reserve > free_disk:
+            refusal = self._refusal(reserve)
+            if refusal is not None:
                 self.refused += 1
-                raise self._full(reserve, used, free_disk)
+                raise refusal
             self.reserved_bytes += reserve
         try:
             return SpoolWriter(
@@ -258,6 +263,7 @@ class Spool:
                 self.reserved_bytes -= reserve
                 self.refused += 1
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                used = self.held_bytes + self.reserved_bytes
                 raise self._full(reserve, used, shutil.disk_usage(self.root).free) from exc
             raise SpoolFull(f"the capture spool cannot take this request's capture: {exc}") from exc
 
@@ -277,10 +283,7 @@ class Spool:
             writer.seal(header)
         except OSError as exc:
             self.abandon(writer)
-            raise CaptureFailed(
-                f"the capture of record {header.record_id} could not be written to the "
-                f"capture spool ({exc.strerror or exc}); retry, or send capture: false"
-            ) from exc
+            raise CaptureFailed.writing(header.record_id, exc) from exc
 
     def commit(self, writer: SpoolWriter, record_id: str) -> None:
         """Make a sealed capture a finished record, visible to the sender."""

@@ -6,8 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
+from actlog_common.v1 import storage_pb2_grpc
 from tests.integration.storage_process import StorageProcess
 
 
@@ -37,3 +39,10 @@ def storage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StorageProcess
     code = process.stop()
     assert code == 0, f"storage exited with {code}:\n{process.log()}"
     assert "Traceback" not in process.log(), "unexpected server error:\n" + process.log()
+
+
+@pytest.fixture(scope="module")
+def stub(storage: StorageProcess) -> Iterator[storage_pb2_grpc.StorageStub]:
+    """A raw gRPC stub of the module's storage, with default channel options."""
+    with grpc.insecure_channel(storage.address) as channel:
+        yield storage_pb2_grpc.StorageStub(channel)

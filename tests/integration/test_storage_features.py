@@ -15,6 +15,7 @@ from actlog.errors import FailedPreconditionError, InvalidArgumentError, NotFoun
 from actlog_common.ids import new_record_id
 from actlog_common.v1 import storage_pb2, storage_pb2_grpc
 from storage_service.testing import SyntheticRecord, synthetic_record
+from tests.integration.helpers import ingest
 
 DTYPES = ("bfloat16", "float16", "float32")
 
@@ -35,21 +36,9 @@ def reference(acts: np.ndarray, pooling: str, prompt_length: int, position: int 
 
 
 @pytest.fixture(scope="module")
-def stub(storage) -> Iterator[storage_pb2_grpc.StorageStub]:
-    with grpc.insecure_channel(storage.address) as channel:
-        yield storage_pb2_grpc.StorageStub(channel)
-
-
-@pytest.fixture(scope="module")
 def client(storage) -> Iterator[StorageClient]:
     with StorageClient(storage.address, timeout=60) as client:
         yield client
-
-
-def ingest(stub, record: SyntheticRecord, rows_per_chunk: int = 5) -> SyntheticRecord:
-    reply = stub.Ingest(iter(record.requests(rows_per_chunk)), timeout=30)
-    assert reply.status == storage_pb2.RECORD_STATUS_COMPLETE
-    return record
 
 
 def unique(name: str) -> str:

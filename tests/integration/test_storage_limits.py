@@ -9,33 +9,21 @@ import threading
 import time
 from collections.abc import Iterator
 
-import grpc
 import numpy as np
 import pytest
 
 from actlog.client import StorageClient
 from actlog.errors import InvalidArgumentError, NotFoundError
 from actlog_common.ids import new_record_id
-from actlog_common.v1 import storage_pb2, storage_pb2_grpc
-from storage_service.testing import SyntheticRecord, synthetic_record
-
-
-@pytest.fixture(scope="module")
-def stub(storage) -> Iterator[storage_pb2_grpc.StorageStub]:
-    with grpc.insecure_channel(storage.address) as channel:
-        yield storage_pb2_grpc.StorageStub(channel)
+from actlog_common.v1 import storage_pb2
+from storage_service.testing import synthetic_record
+from tests.integration.helpers import ingest
 
 
 @pytest.fixture(scope="module")
 def client(storage) -> Iterator[StorageClient]:
     with StorageClient(storage.address, timeout=120) as client:
         yield client
-
-
-def ingest(stub, record: SyntheticRecord, rows_per_chunk: int = 256) -> SyntheticRecord:
-    reply = stub.Ingest(iter(record.requests(rows_per_chunk)), timeout=120)
-    assert reply.status == storage_pb2.RECORD_STATUS_COMPLETE
-    return record
 
 
 def test_a_records_labels_are_bounded_in_total_and_a_refused_call_changes_nothing(stub, client):
@@ -108,6 +96,7 @@ def delete_under_readers(stub, storage, transport: str, delay: float) -> list[st
         stub,
         synthetic_record(f"deleted under its readers {new_record_id()}", dtype="float32",
                          layers=(0, 1), num_layers=1, num_positions=2048, hidden_size=4096),
+        rows_per_chunk=256,
     )  # fmt: skip
     record_id = record.header.record_id
     outcomes: list[str] = []

@@ -12,8 +12,9 @@ from actlog.client import StorageClient
 from actlog.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from actlog_common.hashing import prompt_hash
 from actlog_common.ids import new_record_id
-from actlog_common.v1 import storage_pb2, storage_pb2_grpc
+from actlog_common.v1 import storage_pb2_grpc
 from storage_service.testing import SyntheticRecord, synthetic_record
+from tests.integration.helpers import ingest
 
 RECORD_BYTES = 3 * 12 * 16 * 2  # synthetic_record's default: 3 layers x 12 rows x 16 x bf16
 
@@ -29,11 +30,6 @@ def stub(storage) -> Iterator[storage_pb2_grpc.StorageStub]:
 def client(storage) -> Iterator[StorageClient]:
     with StorageClient(storage.address, timeout=30) as client:
         yield client
-
-
-def ingest(stub, record: SyntheticRecord, rows_per_chunk: int = 5) -> None:
-    reply = stub.Ingest(iter(record.requests(rows_per_chunk)), timeout=30)
-    assert reply.status == storage_pb2.RECORD_STATUS_COMPLETE
 
 
 def unique(name: str) -> str:

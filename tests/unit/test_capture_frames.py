@@ -5,30 +5,12 @@ request's rows of each layer at its positions, and counts what it cannot file.""
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import numpy as np
 
 from inference_service.capture import CaptureCollector
-from inference_service.capture_frames import encode_frame_header
 from inference_service.spool import Spool, layer_file
-
-HIDDEN = 4
-
-
-def frame(slots, layers, block: np.ndarray) -> bytes:
-    payload = block.astype(np.float32).tobytes()
-    return encode_frame_header(slots, layers, HIDDEN, "float32", len(payload)) + payload
-
-
-async def send(path: str, *frames: bytes) -> None:
-    def blocking():
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.connect(path)
-            for f in frames:
-                sock.sendall(f)
-
-    await asyncio.to_thread(blocking)
+from tests.unit.frames import HIDDEN, frame, send
 
 
 def rows_of(writer, layer: int, n: int) -> np.ndarray:

@@ -18,7 +18,7 @@ from actlog_common.v1 import storage_pb2
 from inference_service.capture import CaptureCollector
 from inference_service.errors import CaptureFailed
 from inference_service.spool import Spool, SpoolFull, header_bound
-from tests.unit.test_capture_frames import HIDDEN, frame, send
+from tests.unit.frames import HIDDEN, frame, send
 
 ROW_BYTES = HIDDEN * 4
 
