@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install model up test lint protos clean
+.PHONY: install model up test test-unit test-integration test-e2e docs lint protos clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,9 +26,26 @@ model: install
 up: model
 	$(VENV)/bin/actlog up
 
+# The whole suite, fastest tier first (what CI runs). The tiers on their own:
 test: model
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
+
+# No processes: pure functions, in-process servers and fakes (under 2 minutes on 2 CPUs).
+test-unit: install
+	$(PY) -m pytest tests/unit
+
+# Real storage service processes, LMDB files and gRPC on loopback; no vLLM.
+test-integration: install
+	$(PY) -m pytest tests/integration
+
+# Real vLLM engines behind the whole stack, and the research workflows on top of them.
+test-e2e: model
+	$(PY) -m pytest tests/e2e tests/research
+
+# The documentation site (docs/, mkdocs.yml) into site/, failing on any broken link.
+docs: install
+	$(VENV)/bin/mkdocs build --strict
 
 lint: install
 	$(VENV)/bin/ruff check .

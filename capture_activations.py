@@ -5,19 +5,19 @@
 
     from capture_activations import load_model, capture_activations
 
-Everything lives in the `representation_engineering` package; `actlog capture` is the same
+Everything lives in the `actlog.repe` package; `actlog capture` is the same
 command. Add `--server http://127.0.0.1:8000` (or `server=` in the API) to capture through
 the running stack instead of in this process.
 """
 
-from representation_engineering.capture import (
+from actlog.repe.capture import (
     capture_activations,
     capture_contrastive_activations,
     capture_from_concept,
     load_model,
 )
-from representation_engineering.saving import save_activations
-from representation_engineering.stats import compute_activation_stats, compute_contrastive_diff
+from actlog.repe.saving import save_activations
+from actlog.repe.stats import compute_activation_stats, compute_contrastive_diff
 
 __all__ = [
     "capture_activations",
@@ -30,6 +30,6 @@ __all__ = [
 ]
 
 if __name__ == "__main__":
-    from representation_engineering.cli import capture_main
+    from actlog.cli.repe import capture_main
 
     capture_main()

@@ -22,17 +22,19 @@ from typing import Any, Literal
 
 import numpy as np
 
-from actlog.activation_reads import ActivationReads, Transport
 from actlog.connection import Connection, ProcessConnection, call, stream
-from actlog.errors import NotFoundError, WaitTimeoutError
+from actlog.errors import InvalidArgumentError, NotFoundError, WaitTimeoutError
 from actlog.features import Features, collect, features_request
+from actlog.filters import RecordFilter
+from actlog.reads.plan import ReadPlan
+from actlog.reads.shm import MAX_ARENA_BYTES
+from actlog.reads.stream import ActivationReads, Transport
 from actlog.records import DeletedRecord, ModelStats, Record, StorageStats, resolve_record_layers
-from actlog.selection import Selection
-from actlog.shm import MAX_ARENA_BYTES
 from actlog_common.defaults import STORAGE_ADDR
 from actlog_common.dtypes import bf16_bits_to_float32, to_float32
 from actlog_common.grpc_security import GrpcSecurity
 from actlog_common.hashing import prompt_hash as hash_prompt
+from actlog_common.layers import LayerChoice, LayerSpec
 from actlog_common.v1 import storage_pb2, storage_pb2_grpc
 
 __all__ = [
@@ -191,6 +193,8 @@ class StorageClient:
 
     def list_records(
         self,
+        where: RecordFilter | None = None,
+        *,
         model: str | None = None,
         labels: Mapping[str, str] | None = None,
         since_ms: int | None = None,
@@ -198,7 +202,8 @@ class StorageClient:
         page_size: int = 100,
         page_token: str = "",
     ) -> tuple[list[Record], str]:
-        """One page of the records matching every filter given, newest first.
+        """One page of the records `where` selects (a `RecordFilter`, or its conditions as
+        keywords), newest first.
 
         `labels`: every key must be present with exactly this value. Times are Unix ms
         on `created_at_ms`, `since_ms` included, `until_ms` excluded. Returns the page
@@ -206,29 +211,28 @@ class StorageClient:
         shorter than `page_size`, even empty, with a token: keep paging, or use
         `iter_records`.
         """
+        where = _filter(where, model, labels, since_ms, until_ms)
         request = storage_pb2.ListRecordsRequest(
-            model=model or "",
-            labels=dict(labels or {}),
-            since_ms=since_ms or 0,
-            until_ms=until_ms or 0,
-            page_size=page_size,
-            page_token=page_token,
+            **where.request_fields(), page_size=page_size, page_token=page_token
         )
         response = self._call(self._stub.ListRecords, request)
         return [Record.from_pb(h) for h in response.records], response.next_page_token
 
     def iter_records(
         self,
+        where: RecordFilter | None = None,
+        *,
         model: str | None = None,
         labels: Mapping[str, str] | None = None,
         since_ms: int | None = None,
         until_ms: int | None = None,
         page_size: int = 100,
     ) -> Iterator[Record]:
-        """Every record matching the filters (as `list_records`), newest first, page by page."""
+        """Every record `where` selects (as `list_records`), newest first, page by page."""
+        where = _filter(where, model, labels, since_ms, until_ms)
         token = ""
         while True:
-            page, token = self.list_records(model, labels, since_ms, until_ms, page_size, token)
+            page, token = self.list_records(where, page_size=page_size, page_token=token)
             yield from page
             if not token:
                 return
@@ -261,7 +265,7 @@ class StorageClient:
     def get_activations(
         self,
         record: str | Record,
-        layers: int | Sequence[int] | None = None,
+        layers: LayerChoice = None,
         row_start: int = 0,
         row_end: int | None = None,
         as_float32: bool = True,
@@ -269,7 +273,8 @@ class StorageClient:
         """Activations of one complete record: {layer: array of (rows, hidden_size)}.
 
         `layers`: stored layer numbers (0 = embeddings ... num_layers = final-normed
-        output); negative counts from the end (-1 = num_layers); None = every stored
+        output); negative counts from the end (-1 = num_layers); a preset (`last`,
+        `recommended`: those of them the record stores); None or `all` = every stored
         layer. Keys of the result are the non-negative layer numbers. Rows are
         [row_start, row_end), row_end None (or 0) = to the end.
 
@@ -287,19 +292,18 @@ class StorageClient:
         """
         if not isinstance(record, Record):
             record = self.get_record(record)
-        requested = [layers] if isinstance(layers, int) else list(layers or [])
-        selection = Selection(
-            record, requested, resolve_record_layers(record, requested), row_start, row_end or 0
-        )
+        chosen = resolve_record_layers(record, layers)
+        selection = ReadPlan(record, chosen, chosen, row_start, row_end or 0)
         return self._reads.read(selection, as_float32)
 
     def features(
         self,
         record_ids: Sequence[str] | None = None,
         *,
-        layers: int | Sequence[int] | None = None,
+        layers: LayerChoice = None,
         pooling: str = "last_prompt",
         position: int = 0,
+        where: RecordFilter | None = None,
         model: str | None = None,
         labels: Mapping[str, str] | None = None,
         since_ms: int | None = None,
@@ -309,9 +313,10 @@ class StorageClient:
     ) -> Features:
         """One pooled float32 vector per record and layer, computed in storage.
 
-        Records: `record_ids` in that order, or every record matching the filters (as
-        `iter_records`: `model`, `labels`, times; newest first). `layers` as in
-        `get_activations` (None: every layer of the first record). `pooling`:
+        Records: `record_ids` in that order, or every record `where` selects (a
+        `RecordFilter` or its conditions as keywords, as `iter_records`; newest first).
+        `layers` as in `get_activations`, resolved against the first record (None or
+        `all`: every layer it stores). `pooling`:
         "last_prompt" (the row that predicted the first response token), "mean_prompt",
         "mean_response", "last_response" or "position" (row `position`, negative from
         the end); `actlog_common.pooling` defines each. Only the vectors travel.
@@ -320,13 +325,50 @@ class StorageClient:
         fails the call, or with `skip_unusable` is left out and listed in `skipped`.
         `timeout` bounds the whole call (default: the client's).
         """
-        request = features_request(
-            record_ids, layers, pooling, position, model, labels, since_ms, until_ms, skip_unusable
-        )
+        where = _filter(where, model, labels, since_ms, until_ms)
+        if record_ids and not where.empty:
+            raise InvalidArgumentError("give record ids or a filter, not both")
+        chosen = self._feature_layers(LayerSpec.parse(layers), record_ids, where)
+        request = features_request(record_ids, chosen, pooling, position, where, skip_unusable)
         batches = stream(self._stub.Features, request, timeout or self.timeout)
         return collect(request.pooling, batches)
+
+    def _feature_layers(
+        self, spec: LayerSpec, record_ids: Sequence[str] | None, where: RecordFilter
+    ) -> list[int]:
+        """The Features call's layers: storage resolves indices against each record (empty =
+        every layer of the first); a `last` or `recommended` preset is resolved here."""
+        if spec.preset == "all":
+            return []
+        if spec.preset == "last":
+            return [-1]
+        if not spec.preset:
+            return list(spec.indices)
+        first = (
+            self.get_record(record_ids[0])
+            if record_ids
+            else next(iter(self.iter_records(where, page_size=1)), None)
+        )
+        if first is None:
+            return []  # nothing selected: the call says so
+        return resolve_record_layers(first, spec)
 
     # -- plumbing -------------------------------------------------------------------
 
     def _call(self, method: Any, request: Any) -> Any:
         return call(method, request, self.timeout)
+
+
+def _filter(
+    where: RecordFilter | None,
+    model: str | None,
+    labels: Mapping[str, str] | None,
+    since_ms: int | None,
+    until_ms: int | None,
+) -> RecordFilter:
+    try:
+        return RecordFilter.of(
+            where, model=model, labels=labels, since_ms=since_ms, until_ms=until_ms
+        )
+    except ValueError as error:
+        raise InvalidArgumentError(str(error)) from None

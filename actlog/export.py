@@ -27,6 +27,7 @@ from actlog.errors import InvalidArgumentError, NotFoundError
 from actlog_common.dtypes import DTYPES
 from actlog_common.hashing import is_prompt_hash
 from actlog_common.ids import is_record_id
+from actlog_common.layers import LayerChoice, LayerSpec
 
 _NUMPY_ST_DTYPES = {np.dtype("<i8"): ("int64", "I64")}
 
@@ -52,7 +53,7 @@ def export_record(
     client: StorageClient,
     key: str,
     output_path: str | os.PathLike[str],
-    layers: int | list[int] | None = None,
+    layers: LayerChoice = None,
     model: str | None = None,
     row_start: int = 0,
     row_end: int | None = None,
@@ -128,20 +129,19 @@ def check_output_file(output_path: str | os.PathLike[str], force: bool = False) 
     return path
 
 
-def _has_layers(record: Record, layers: int | list[int] | None) -> bool:
+def _has_layers(record: Record, layers: LayerChoice) -> bool:
     """Whether `record` stores every requested layer (negative ones count from its end)."""
     if layers is None:
         return True
-    wanted = [layers] if isinstance(layers, int) else list(layers)
     try:
-        resolve_record_layers(record, wanted)
+        resolve_record_layers(record, layers)
     except InvalidArgumentError:
         return False
     return True
 
 
 def _choose_record(
-    client: StorageClient, key: str, model: str | None, layers: int | list[int] | None = None
+    client: StorageClient, key: str, model: str | None, layers: LayerChoice = None
 ) -> tuple[Record, int, str]:
     if is_record_id(key):
         return client.get_record(key), 1, ""
@@ -155,16 +155,18 @@ def _choose_record(
         of_model = f" of model {model!r}" if model else ""
         raise NotFoundError(f"no complete record{of_model} with prompt hash {key}")
     having = [r for r in complete if _has_layers(r, layers)]
+    spec = LayerSpec.parse(layers)
+    wanted = spec.preset or list(spec.indices)
     if not having:
         stored = "; ".join(f"{r.record_id}: {list(r.layers)}" for r in complete[:10])
         raise InvalidArgumentError(
-            f"no complete record with prompt hash {key} stores layers {layers}; records and "
+            f"no complete record with prompt hash {key} stores layers {wanted}; records and "
             f"their layers: {stored}"
         )
     newest = having[0]
     note = ""
     if len(complete) > 1:
-        which = "the newest" if newest is complete[0] else f"the newest with layers {layers}"
+        which = "the newest" if newest is complete[0] else f"the newest with layers {wanted}"
         note = (
             f"{len(complete)} complete records share prompt hash {key}; exported {which}, "
             f"{newest.record_id} ({newest.model})"

@@ -10,12 +10,13 @@ The poolings and the rows they read are defined in `actlog_common.pooling`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from actlog.errors import InvalidArgumentError
+from actlog.filters import RecordFilter
 from actlog_common.pooling import POOLING_NAMES, PoolingError, pooling_value
 from actlog_common.v1 import storage_pb2
 
@@ -67,13 +68,10 @@ class Features:
 
 def features_request(
     record_ids: Sequence[str] | None,
-    layers: int | Sequence[int] | None,
+    layers: Sequence[int],
     pooling: str,
     position: int,
-    model: str | None,
-    labels: Mapping[str, str] | None,
-    since_ms: int | None,
-    until_ms: int | None,
+    where: RecordFilter,
     skip_unusable: bool,
 ) -> storage_pb2.FeaturesRequest:
     try:
@@ -82,11 +80,8 @@ def features_request(
         raise InvalidArgumentError(str(error)) from None
     return storage_pb2.FeaturesRequest(
         record_ids=list(record_ids or []),
-        model=model or "",
-        labels=dict(labels or {}),
-        since_ms=since_ms or 0,
-        until_ms=until_ms or 0,
-        layers=[layers] if isinstance(layers, int) else list(layers or []),
+        **where.request_fields(),
+        layers=list(layers),
         pooling=value,
         position=position,
         skip_unusable=skip_unusable,

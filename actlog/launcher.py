@@ -16,7 +16,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -32,25 +32,48 @@ from actlog_common.v1 import inference_pb2, inference_pb2_grpc
 logger = logging.getLogger(__name__)
 
 
+def setting(default: Any, help: str, env: str | None = None) -> Any:
+    """A StackConfig field: its default, its help, and the environment variable that sets it
+    (for `actlog up`) and that the launcher passes to the services (default: the field's
+    name in capitals, the name the services' settings read)."""
+    return field(default=default, metadata={"help": help, "env": env})
+
+
+def env_name(f: Field[Any]) -> str:
+    return f.metadata.get("env") or f.name.upper()
+
+
 @dataclass
 class StackConfig:
-    gateway_host: str = "127.0.0.1"
-    gateway_port: int = defaults.GATEWAY_PORT
-    inference_host: str = "127.0.0.1"
-    inference_port: int = defaults.INFERENCE_PORT
-    inference_metrics_port: int = defaults.INFERENCE_METRICS_PORT
-    storage_host: str = "127.0.0.1"
-    storage_port: int = defaults.STORAGE_PORT
-    storage_metrics_port: int = defaults.STORAGE_METRICS_PORT
-    activation_lmdb_path: str = "lmdb_data/activations.lmdb"
-    capture_spool_dir: str = "capture_spool"
-    model: str = "default"
-    dtype: str = "auto"
+    """What `actlog up` takes (each field is an option and an environment variable of the same
+    name) and what the launcher passes down to the services."""
+
+    gateway_host: str = setting("127.0.0.1", "address the gateway binds")
+    gateway_port: int = setting(defaults.GATEWAY_PORT, "the gateway's HTTP port")
+    inference_host: str = setting("127.0.0.1", "address the inference service binds")
+    inference_port: int = setting(defaults.INFERENCE_PORT, "the inference service's gRPC port")
+    inference_metrics_port: int = setting(
+        defaults.INFERENCE_METRICS_PORT, "the inference service's Prometheus port"
+    )
+    storage_host: str = setting("127.0.0.1", "address the storage service binds")
+    storage_port: int = setting(defaults.STORAGE_PORT, "the storage service's gRPC port")
+    storage_metrics_port: int = setting(
+        defaults.STORAGE_METRICS_PORT, "the storage service's Prometheus port"
+    )
+    activation_lmdb_path: str = setting(defaults.ACTIVATION_LMDB_PATH, "the records' LMDB")
+    capture_spool_dir: str = setting(defaults.CAPTURE_SPOOL_DIR, "captures waiting for storage")
+    model: str = setting("default", "`default`, a local HF directory or a hub id")
+    dtype: str = setting("auto", "the model's dtype: auto, bfloat16, float16 or float32")
     # Each service's log goes to <log_dir>/<service>.log; None = this process's terminal.
-    log_dir: str | None = "logs"
+    log_dir: str | None = setting("logs", "each service logs to <dir>/<name>.log", "ACTLOG_LOG_DIR")
     # Further variables for the services (e.g. MAX_MODEL_LEN, VLLM_CPU_KVCACHE_SPACE);
     # an empty value removes the variable.
     extra_env: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def options(cls) -> list[Field[Any]]:
+        """The fields `actlog up` takes as options (all but extra_env)."""
+        return [f for f in fields(cls) if "help" in f.metadata]
 
     @classmethod
     def on_free_ports(cls, directory: Path, **settings: Any) -> StackConfig:
@@ -141,21 +164,12 @@ class Stack:
     def _env(self) -> dict[str, str]:
         c = self.config
         env = dict(os.environ)
+        for f in StackConfig.options():
+            if f.name != "log_dir":  # the launcher's own: it opens the services' logs
+                env[env_name(f)] = str(getattr(c, f.name))
         env.update(
             {
-                "STORAGE_HOST": c.storage_host,
-                "STORAGE_PORT": str(c.storage_port),
-                "STORAGE_METRICS_PORT": str(c.storage_metrics_port),
-                "ACTIVATION_LMDB_PATH": c.activation_lmdb_path,
-                "INFERENCE_HOST": c.inference_host,
-                "INFERENCE_PORT": str(c.inference_port),
-                "INFERENCE_METRICS_PORT": str(c.inference_metrics_port),
                 "STORAGE_ADDR": c.storage_addr,
-                "CAPTURE_SPOOL_DIR": c.capture_spool_dir,
-                "MODEL": c.model,
-                "DTYPE": c.dtype,
-                "GATEWAY_HOST": c.gateway_host,
-                "GATEWAY_PORT": str(c.gateway_port),
                 "INFERENCE_ADDR": c.inference_addr,
                 # vLLM's own log noise (Triton, LD_PRELOAD hints) drowns ours otherwise.
                 "VLLM_LOGGING_LEVEL": env.get("VLLM_LOGGING_LEVEL", "WARNING"),

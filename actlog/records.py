@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from actlog.errors import InvalidArgumentError
-from actlog_common.layers import LayerError, resolve_stored_layers
+from actlog_common.layers import LayerChoice, LayerError, LayerSpec
 from actlog_common.v1 import storage_pb2
 
 
@@ -123,10 +123,11 @@ class DeletedRecord:
     stored_bytes: int
 
 
-def resolve_record_layers(record: Record, requested: list[int]) -> list[int]:
-    """The stored layers a read of `record` gets (`actlog_common.layers`); the error the
-    server would give, without asking it."""
+def resolve_record_layers(record: Record, requested: LayerChoice) -> list[int]:
+    """The stored layers a read of `record` gets (`actlog_common.layers.LayerSpec`; None or
+    `all`: every stored layer); the error the server would give, without asking it."""
     try:
-        return resolve_stored_layers(requested, record.layers, record.num_layers, record.record_id)
+        spec = LayerSpec.parse(requested)
+        return spec.of_stored(record.layers, record.num_layers, record.record_id)
     except LayerError as error:
         raise InvalidArgumentError(str(error)) from None

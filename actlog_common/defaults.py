@@ -18,6 +18,11 @@ STORAGE_METRICS_PORT = 9052
 INFERENCE_ADDR = f"127.0.0.1:{INFERENCE_PORT}"
 STORAGE_ADDR = f"127.0.0.1:{STORAGE_PORT}"
 
+# Where the records and the capture spool live, relative to the working directory, unless
+# ACTIVATION_LMDB_PATH / CAPTURE_SPOOL_DIR say otherwise (the images set absolute paths).
+ACTIVATION_LMDB_PATH = "lmdb_data/activations.lmdb"
+CAPTURE_SPOOL_DIR = "capture_spool"
+
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 # Shutdown, in seconds. The gateway lets requests in flight finish; inference gives its

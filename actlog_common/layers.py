@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 PRESETS = ("last", "all", "recommended")
 
@@ -21,16 +22,73 @@ def recommended_layers(num_layers: int) -> list[int]:
     return list(range(first, last + 1))
 
 
-def parse_layer_spec(spec: str) -> tuple[list[int], str]:
-    """`last`, `all`, `recommended` or comma-separated indices -> (indices, preset)."""
-    spec = spec.strip()
-    if spec in PRESETS:
-        return [], spec
-    return [int(part) for part in spec.split(",") if part.strip()], ""
-
-
 class LayerError(ValueError):
     """A requested layer that does not name a stored one; the message says which."""
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """A choice of layers as every entry point takes it: a preset or hidden-state indices.
+
+    Written `last`, `all`, `recommended` or comma-separated indices (`0,15,-1`; negative
+    count from the end). The one parser of a layer choice: the CLI's --layers, the capture
+    API, the settings CAPTURE_LAYERS_AVAILABLE / CAPTURE_DEFAULT_LAYERS and the HalluLens
+    script's --capture_layers all read it here. Resolve it against a model (`choose`) or
+    against the layers a record stores (`of_stored`).
+    """
+
+    indices: tuple[int, ...] = ()
+    preset: str = ""
+
+    @classmethod
+    def parse(cls, spec: LayerChoice, default: str = "all") -> LayerSpec:
+        """A spec from its text, an index, indices, or None / "" (= the `default` preset)."""
+        if isinstance(spec, LayerSpec):
+            return spec
+        if spec is None or (isinstance(spec, str) and not spec.strip()):
+            return cls(preset=default)
+        if isinstance(spec, str):
+            text = spec.strip()
+            if text in PRESETS:
+                return cls(preset=text)
+            try:
+                return cls(tuple(int(part) for part in text.split(",") if part.strip()))
+            except ValueError:
+                raise LayerError(
+                    f"{spec!r} is neither comma-separated layer numbers nor one of "
+                    f"{', '.join(PRESETS)}"
+                ) from None
+        items = [spec] if isinstance(spec, int) else list(spec)
+        if any(isinstance(i, bool) or not isinstance(i, int) for i in items):
+            raise LayerError(f"layers must be integers or one of {', '.join(PRESETS)}: {spec!r}")
+        return cls(tuple(items))
+
+    def __str__(self) -> str:
+        return self.preset or ",".join(str(i) for i in self.indices)
+
+    def choose(self, num_layers: int) -> list[int]:
+        """The layers of a model with `num_layers` decoder layers (`choose_layers`)."""
+        return choose_layers(self.indices, self.preset, num_layers)
+
+    def of_stored(self, stored: Sequence[int], num_layers: int, record_id: str) -> list[int]:
+        """The stored layers this spec names in a record (`resolve_stored_layers`); a preset
+        keeps the stored layers it covers (`all`: every one)."""
+        if self.preset == "all":
+            return list(stored)
+        if not self.preset:
+            return resolve_stored_layers(self.indices, stored, num_layers, record_id)
+        wanted = [num_layers] if self.preset == "last" else recommended_layers(num_layers)
+        chosen = [layer for layer in wanted if layer in stored]
+        if not chosen:
+            raise LayerError(
+                f"record {record_id} stores layers {list(stored)}, none of the "
+                f"{self.preset} layers {wanted}"
+            )
+        return chosen
+
+
+# What a layer choice may be given as, wherever one is taken.
+LayerChoice = LayerSpec | str | int | Iterable[int] | None
 
 
 def resolve_stored_layers(

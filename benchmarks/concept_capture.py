@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 
 from actlog.launcher import Stack, StackConfig
-from representation_engineering.capture import capture_from_concept
-from representation_engineering.inprocess import load_model
-from representation_engineering.served import ServedStack
+from actlog.repe.capture import capture_from_concept
+from actlog.repe.inprocess import load_model
+from actlog.repe.served import ServedStack
 
 
 def main(args: argparse.Namespace) -> None:

@@ -7,7 +7,12 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from actlog_common.defaults import INFERENCE_METRICS_PORT, INFERENCE_PORT, STORAGE_ADDR
+from actlog_common.defaults import (
+    CAPTURE_SPOOL_DIR,
+    INFERENCE_METRICS_PORT,
+    INFERENCE_PORT,
+    STORAGE_ADDR,
+)
 from actlog_common.grpc_security import GrpcSecurityFields
 
 
@@ -64,7 +69,7 @@ class InferenceSettings(BaseSettings, GrpcSecurityFields):
         2 << 30, description="per-request cap on captured bytes (all layers, all choices)"
     )
     capture_spool_dir: str = Field(
-        "capture_spool", description="on-disk spool of captures not yet stored"
+        CAPTURE_SPOOL_DIR, description="on-disk spool of captures not yet stored"
     )
     capture_spool_max_bytes: int = Field(
         0,

@@ -1,7 +1,7 @@
 """A vLLM AsyncLLM engine with per-request hidden-state capture.
 
 The engine core runs in its own process; capture hooks live in its worker
-(capture_worker.py) and stream rows back over a Unix socket to the CaptureCollector, which files
+(capture/worker.py) and stream rows back over a Unix socket to the CaptureCollector, which files
 them in the on-disk spool. When a request finishes, its last rows are awaited (they trail the
 last token by a step at most), its record header is written next to them and flushed, and only
 then is the result, which names the record, returned; the sink sends the record to storage in
@@ -26,9 +26,11 @@ from actlog_common.default_model import DEFAULT_MODEL_NAME, resolve_model
 from actlog_common.dtypes import DTYPES
 from actlog_common.grpc_security import GrpcSecurity
 from actlog_common.ids import new_record_id
-from actlog_common.layers import parse_layer_spec, recommended_layers
-from inference_service.capture import CaptureCollector
-from inference_service.capture_path import CapturePath
+from actlog_common.layers import LayerSpec, recommended_layers
+from inference_service.capture.collector import CaptureCollector
+from inference_service.capture.path import CapturePath
+from inference_service.capture.sink import RecordSink
+from inference_service.capture.spool import Spool, SpoolFull, SpoolWriter, header_bound
 from inference_service.config import InferenceSettings
 from inference_service.engine_args import engine_args
 from inference_service.errors import (
@@ -42,8 +44,6 @@ from inference_service.generation import Generation
 from inference_service.layers import resolve_layers
 from inference_service.prompt import tokenize_prompt
 from inference_service.sampling import sampling_params
-from inference_service.sink import RecordSink
-from inference_service.spool import Spool, SpoolFull, SpoolWriter, header_bound
 from inference_service.types import (
     GenerationRequest,
     GenerationResult,
@@ -132,7 +132,8 @@ class CaptureEngine:
         self._tokenizer = self._llm.get_tokenizer()
         self._max_token_chars = await asyncio.to_thread(_longest_token, self._tokenizer)
         num_layers = int(shape["num_layers"])
-        default_layers = resolve_layers(*parse_layer_spec(s.capture_default_layers), num_layers)
+        default = LayerSpec.parse(s.capture_default_layers, default="last")
+        default_layers = resolve_layers(default.indices, default.preset, num_layers)
         logger.info(
             "vLLM engine up in %.0f s (%s, compile mode %s, %d graph(s) compiled)",
             asyncio.get_running_loop().time() - started,

@@ -1,4 +1,4 @@
-"""vLLM's engine arguments from the service's settings: the capture path (capture_path.py), and on
+"""vLLM's engine arguments from the service's settings: the capture path (capture/path.py), and on
 a CPU host the KV cache sized to what the engine needs (memory.py), with a one-line failure when
 the engine cannot fit."""
 
@@ -11,13 +11,13 @@ import shutil
 from typing import Any
 
 from inference_service import memory
-from inference_service.capture_path import CapturePath, choose_capture_path
+from inference_service.capture.path import CapturePath, choose_capture_path
 from inference_service.config import InferenceSettings
 
 logger = logging.getLogger(__name__)
 
 # Named, not imported: importing it patches vLLM's model runner, which only the worker needs.
-WORKER_EXTENSION = "inference_service.capture_worker.ActivationCaptureExtension"
+WORKER_EXTENSION = "inference_service.capture.worker.ActivationCaptureExtension"
 
 
 def engine_args(
@@ -33,7 +33,7 @@ def engine_args(
     from transformers import AutoConfig
     from vllm.engine.arg_utils import AsyncEngineArgs
 
-    from inference_service.compiled_capture import CODE_VERSION
+    from inference_service.capture.compiled import CODE_VERSION
 
     s = settings
     hf_config = AutoConfig.from_pretrained(model_path)

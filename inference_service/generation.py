@@ -4,7 +4,7 @@ per captured choice, its record header.
 The header is storage's own RecordHeader message (protos/actlog_common/v1/storage.proto), the
 one definition of its fields: built here when the request finishes, completed with
 token_strings once the capture's rows are in (off the response path), spooled with the rows
-(spool.py) and sent to storage as it is (sink.py).
+(capture/spool.py) and sent to storage as it is (capture/sink.py).
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from typing import Any
 import grpc
 
 from actlog_common.error_metadata import ERROR_TYPE_KEY, PARAM_KEY
+from inference_service.capture.spool import SpoolFull
 from inference_service.errors import (
     CaptureFailed,
     EngineNotReady,
@@ -16,7 +17,6 @@ from inference_service.errors import (
     InvalidRequest,
     PromptTooLong,
 )
-from inference_service.spool import SpoolFull
 
 logger = logging.getLogger(__name__)
 

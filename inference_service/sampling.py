@@ -1,11 +1,11 @@
 """A request's sampling options as vLLM's SamplingParams, checked, with its capture options
-riding along in `extra_args` for the worker (capture_worker.py) to read."""
+riding along in `extra_args` for the worker (capture/worker.py) to read."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from inference_service import capture_worker
+from inference_service.capture import worker as capture_worker
 from inference_service.errors import InvalidRequest
 from inference_service.types import Sampling
 

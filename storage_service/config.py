@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from actlog_common.defaults import STORAGE_METRICS_PORT, STORAGE_PORT
+from actlog_common.defaults import ACTIVATION_LMDB_PATH, STORAGE_METRICS_PORT, STORAGE_PORT
 from actlog_common.grpc_security import GrpcSecurityFields
 
 MIB = 1 << 20
@@ -32,7 +32,7 @@ class StorageSettings(BaseSettings, GrpcSecurityFields):
     )
 
     activation_lmdb_path: str = Field(
-        "lmdb_data/activations.lmdb", description="LMDB environment directory (created if absent)."
+        ACTIVATION_LMDB_PATH, description="LMDB environment directory (created if absent)."
     )
     storage_host: str = Field("127.0.0.1", description="Address the gRPC server binds.")
     storage_port: int = Field(

@@ -9,7 +9,7 @@ out of reach.
 
 The socket lives in the owner's private directory next to the segments, so only that
 user connects. Its path, framing and messages are the same-host read protocol's
-(actlog_common/local_read.py, and `LocalReadReply` in storage.proto): a
+(actlog_common/same_host.py, and `LocalReadReply` in storage.proto): a
 `StreamActivationsRequest` with `shm_name` set in, one `LocalReadReply` out, with the
 chunks or the gRPC status the same request gets over gRPC.
 """
@@ -27,7 +27,7 @@ from pathlib import Path
 
 from google.protobuf.message import DecodeError
 
-from actlog_common.local_read import (
+from actlog_common.same_host import (
     MAX_REQUEST_BYTES,
     chunks_reply,
     failure_reply,

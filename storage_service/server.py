@@ -22,8 +22,8 @@ from actlog_common.defaults import (
     message_size_options,
 )
 from actlog_common.grpc_security import GrpcSecurity, TokenInterceptor
-from actlog_common.local_read import local_socket_path, private_directory, shm_supported
 from actlog_common.parent import stop_with_launcher
+from actlog_common.same_host import local_socket_path, private_directory, shm_supported
 from actlog_common.v1 import storage_pb2, storage_pb2_grpc
 from storage_service.compression import Compression
 from storage_service.config import StorageSettings, load_settings

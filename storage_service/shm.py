@@ -32,7 +32,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from actlog_common.local_read import (
+from actlog_common.same_host import (
     SEGMENT_NAME,
     SEGMENT_NAME_RULE,
     SHM_DIR,

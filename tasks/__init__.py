@@ -1,1 +1,4 @@
-"""Benchmarks of the original kind: re-implementations of published tasks (HalluLens' first)."""
+"""HalluLens' task layout, kept so that its command lines run from a checkout unchanged.
+
+Not installed: the benchmarks themselves are `actlog.hallulens`.
+"""

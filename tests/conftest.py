@@ -1,8 +1,15 @@
-"""Shared fixtures: one real stack (storage, vLLM inference, gateway) per test session."""
+"""Shared fixtures: one real stack (storage, vLLM inference, gateway) per test session.
+
+The tiers run fastest first (unit, integration, research, e2e), and when the session needs
+the shared stack it is started as soon as collection ends, so that vLLM loads while the
+fast tiers run.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -10,6 +17,11 @@ from pathlib import Path
 import pytest
 
 from actlog.launcher import Stack, StackConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+TIERS = ("unit", "integration", "research", "e2e")
+# The shared stack, started early by pytest_collection_finish (with its directory).
+_early: dict[str, tuple[Stack, Path]] = {}
 
 # Two engines may run at once (the float32 session stack and a bf16 one): keep each small.
 # They run eagerly (forward hooks), as they start in a quarter of the time of a compiled
@@ -55,16 +67,27 @@ def model_dir() -> str:
     return str(prepare_default_model())
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory, model_dir: str) -> Iterator[Stack]:
-    """The whole stack on the default model, in float32 (exact comparisons; 3x faster on CPU),
-    capturing eagerly."""
-    tmp = tmp_path_factory.mktemp("stack")
+def _start_shared_stack() -> tuple[Stack, Path]:
+    from actlog_common.default_model import prepare_default_model
+
+    prepare_default_model()
+    tmp = Path(tempfile.mkdtemp(prefix="actlog-stack-"))
     running = Stack(stack_config(tmp, "float32"))
     running.start()
-    with stopped_after(running, tmp / "logs"):
-        running.wait_healthy(timeout=900)
-        yield running
+    return running, tmp
+
+
+@pytest.fixture(scope="session")
+def stack(model_dir: str) -> Iterator[Stack]:
+    """The whole stack on the default model, in float32 (exact comparisons; 3x faster on CPU),
+    capturing eagerly. Started when collection ended if the session needs it."""
+    running, tmp = _early.pop("stack", None) or _start_shared_stack()
+    try:
+        with stopped_after(running, tmp / "logs"):
+            running.wait_healthy(timeout=900)
+            yield running
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -99,3 +122,31 @@ def reference_fp32(model_dir: str):
 
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _tier(item: pytest.Item) -> int:
+    try:
+        name = Path(str(item.path)).relative_to(ROOT / "tests").parts[0]
+    except ValueError:
+        return len(TIERS)
+    return TIERS.index(name) if name in TIERS else len(TIERS)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=_tier)  # stable: the order within a tier stays the files' own
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    config = session.config
+    if config.option.collectonly or not any("stack" in i.fixturenames for i in session.items):
+        return
+    if _tier(session.items[0]) < TIERS.index("e2e"):  # there is something to overlap
+        _early["stack"] = _start_shared_stack()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    # Never used (the tests that wanted it were deselected or failed first): stop it.
+    early = _early.pop("stack", None)
+    if early is not None:
+        early[0].stop()
+        shutil.rmtree(early[1], ignore_errors=True)

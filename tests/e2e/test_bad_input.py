@@ -191,7 +191,7 @@ def test_small_things(stack, served_model, tmp_path) -> None:
     # `actlog find` with no match says so and exits 1.
     found = subprocess.run(
         [sys.executable, "-m", "actlog.cli", "find", "--prompt", "never sent to the stack",
-         "--storage", stack.config.storage_addr],
+         "--storage-addr", stack.config.storage_addr],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert found.returncode == 1 and "no records for prompt hash" in found.stderr
@@ -210,7 +210,7 @@ def test_a_second_inference_service_on_the_same_port_fails_to_start(stack) -> No
 def test_actlog_dead_letters_lists_and_retries(stack, tmp_path) -> None:
     """A record storage refuses lands in the dead-letter area; `actlog dead-letters` lists it
     with the reason, and --retry-all sends it again (refused again here: its header is bad)."""
-    from inference_service.spool import Spool
+    from inference_service.capture.spool import Spool
     from tests.integration.test_dead_letters import spool_record
 
     spool = Spool(Path(stack.config.capture_spool_dir))
@@ -219,7 +219,7 @@ def test_actlog_dead_letters_lists_and_retries(stack, tmp_path) -> None:
     spooled["header"]["dtype"] = "float8"  # storage holds bf16, fp16 and fp32 only
     (spool.root / record_id / "header.json").write_text(json.dumps(spooled))
     spool.dead_letter(record_id, "put aside by the test")
-    cli = [sys.executable, "-m", "actlog.cli", "dead-letters", "--inference",
+    cli = [sys.executable, "-m", "actlog.cli", "dead-letters", "--inference-addr",
            stack.config.inference_addr]  # fmt: skip
 
     listed = subprocess.run(cli, capture_output=True, text=True, timeout=60)

@@ -25,7 +25,7 @@ LABEL_KEYS = {"benchmark", "exp", "entity_type", "name", "judge", "refused", "ha
 
 def run(stack, tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--server", stack.config.gateway_url, "--storage",
+        [sys.executable, str(SCRIPT), "--server", stack.config.gateway_url, "--storage-addr",
          stack.config.storage_addr, "--output_base_dir", str(tmp / "output"), "--threads", "8",
          *args],
         capture_output=True, text=True, timeout=900, cwd=tmp,

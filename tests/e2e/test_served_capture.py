@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def served(stack):
-    from representation_engineering.served import ServedStack
+    from actlog.repe.served import ServedStack
 
     with ServedStack(stack.config.gateway_url, stack.config.storage_addr) as served_stack:
         yield served_stack
@@ -78,7 +78,7 @@ def test_served_and_in_process_captures_of_a_concept_agree(served, in_process) -
 def test_the_command_line_captures_through_the_stack(stack, tmp_path) -> None:
     result = subprocess.run(
         [sys.executable, str(ROOT / "capture_activations.py"), "--server",
-         stack.config.gateway_url, "--storage", stack.config.storage_addr, "--concept",
+         stack.config.gateway_url, "--storage-addr", stack.config.storage_addr, "--concept",
          "empathy", "--max-samples", "2", "--layers", "recommended", "--output", "empathy"],
         capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )  # fmt: skip
@@ -97,7 +97,7 @@ def test_the_command_line_captures_through_the_stack(stack, tmp_path) -> None:
 def test_a_control_vector_through_the_stack_names_the_records_it_came_from(served, stack):
     import json
 
-    from representation_engineering.concept_vectors import train_concept_vector
+    from actlog.repe.training import train_concept_vector
 
     result = train_concept_vector(None, None, "enthusiasm", [10, 20], "mean_diff", served,
                                   max_samples=8)  # fmt: skip

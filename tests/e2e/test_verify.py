@@ -27,7 +27,7 @@ def spooled(stack) -> int:
 def run_script(stack, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, str(ROOT / "activation_logging" / "test_lmdb_logging.py"),
-         "--server", stack.config.gateway_url, "--storage", stack.config.storage_addr, *extra],
+         "--server", stack.config.gateway_url, "--storage-addr", stack.config.storage_addr, *extra],
         capture_output=True, text=True, timeout=300, cwd=ROOT,
     )  # fmt: skip
 
@@ -43,7 +43,7 @@ def test_the_script_finds_its_record_and_prints_what_was_logged(stack, served_mo
 
 def test_actlog_verify_is_the_same_check(stack) -> None:
     result = subprocess.run(
-        [str(ACTLOG), "verify", "--server", stack.config.gateway_url, "--storage",
+        [str(ACTLOG), "verify", "--server", stack.config.gateway_url, "--storage-addr",
          stack.config.storage_addr],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip

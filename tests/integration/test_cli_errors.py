@@ -72,16 +72,16 @@ def test_every_numeric_option_of_every_command_is_checked(capsys) -> None:
 
 def test_times_beyond_64_bits_and_unknown_commands_are_usage_errors(capsys, storage) -> None:
     for args in (
-        ("list", "--since-ms", "99999999999999999999", "--storage", storage.address),
-        ("list", "--until-ms", "-1", "--storage", storage.address),
-        ("list", "--limit", "0", "--storage", storage.address),
+        ("list", "--since-ms", "99999999999999999999", "--storage-addr", storage.address),
+        ("list", "--until-ms", "-1", "--storage-addr", storage.address),
+        ("list", "--limit", "0", "--storage-addr", storage.address),
         ("no-such-command",),
         ("list", "--no-such-option"),
-        ("list", "--label", "no-equals-sign", "--storage", storage.address),
-        ("export", "-o", "x.safetensors", "--record-id", "0" * 32, "--layers", "zero"),
-        ("export", "-o", "x.safetensors", "--record-id", "0" * 32, "--rows", "9:2"),
-        ("probe", "--label", "y", "--layers", "zero", "--storage", storage.address),
-        ("dataset", "export", "-o", "x", "--layers", "zero", "--storage", storage.address),
+        ("list", "--filter", "no-equals-sign", "--storage-addr", storage.address),
+        ("export-record", "-o", "x.safetensors", "--record-id", "0" * 32, "--layers", "zero"),
+        ("export-record", "-o", "x.safetensors", "--record-id", "0" * 32, "--rows", "9:2"),
+        ("probe", "--label", "y", "--layers", "zero", "--storage-addr", storage.address),
+        ("dataset", "export", "-o", "x", "--layers", "zero", "--storage-addr", storage.address),
     ):
         assert_one_line_error(*run(capsys, *args), args)
 
@@ -95,7 +95,7 @@ def record_id(storage) -> str:
 
 
 def test_export_refuses_what_it_must_not_replace(capsys, storage, tmp_path, record_id) -> None:
-    export = ("export", "--record-id", record_id, "--storage", storage.address)
+    export = ("export-record", "--record-id", record_id, "--storage-addr", storage.address)
     target = tmp_path / "a.safetensors"
     assert run(capsys, *export, "-o", str(target))[0] == 0
     written = target.read_bytes()
@@ -113,7 +113,7 @@ def test_export_refuses_what_it_must_not_replace(capsys, storage, tmp_path, reco
     for output in ("", str(tmp_path), "/dev/null", str(link)):
         for force in ((), ("--force",)):
             code, err = run(capsys, *export, "-o", output, *force)
-            assert_one_line_error(code, err, ("export", "-o", output, *force))
+            assert_one_line_error(code, err, ("export-record", "-o", output, *force))
     assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
     assert link.is_symlink() and not (tmp_path / "elsewhere").exists()
     assert not list(tmp_path.glob(".*.partial"))

@@ -19,8 +19,8 @@ import pytest
 from actlog_common.hashing import prompt_hash
 from actlog_common.ids import new_record_id
 from actlog_common.v1 import storage_pb2, storage_pb2_grpc
-from inference_service.sink import RecordSink
-from inference_service.spool import Spool
+from inference_service.capture.sink import RecordSink
+from inference_service.capture.spool import Spool
 
 HIDDEN = 4
 ROW_BYTES = HIDDEN * 2

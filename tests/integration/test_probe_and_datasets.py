@@ -79,7 +79,8 @@ def test_the_probe_finds_the_layer_that_carries_the_label(storage, planted, tmp_
     out = tmp_path / "probe"
     result = run("probe", "--label", "hallucinated", "--positive", "true", "--pool", "last_prompt",
                  "--filter", f"benchmark={planted['model']}", "--bootstrap", "100", "--folds", "4",
-                 "--storage", storage.address, "--output-dir", str(out))  # fmt: skip
+                 "--storage-addr",
+                 storage.address, "--output-dir", str(out))  # fmt: skip
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     assert (out / "auroc_by_layer.png").read_bytes()[:4] == b"\x89PNG"
@@ -115,7 +116,8 @@ def test_the_probe_finds_the_layer_that_carries_the_label(storage, planted, tmp_
     # The same records pooled over the response: the signal was planted in one prompt row.
     result = run("probe", "--label", "hallucinated", "--pool", "mean_prompt", "--layers", "2",
                  "--filter", f"benchmark={planted['model']}", "--no-control", "--bootstrap", "0",
-                 "--storage", storage.address, "--output-dir", str(tmp_path / "mean"))  # fmt: skip
+                 "--storage-addr",
+                 storage.address, "--output-dir", str(tmp_path / "mean"))  # fmt: skip
     assert result.exit_code == 0, result.output
     mean_report = json.loads((tmp_path / "mean" / "report.json").read_text())
     assert 0.5 < mean_report["layers"][0]["auroc"] < by_layer[SIGNAL_LAYER]["auroc"]
@@ -123,24 +125,28 @@ def test_the_probe_finds_the_layer_that_carries_the_label(storage, planted, tmp_
 
 def test_a_class_with_too_few_records_is_a_clear_error(storage, planted, tmp_path) -> None:
     result = run("probe", "--label", "hallucinated", "--positive", "unparsed", "--negative",
-                 "false", "--filter", f"benchmark={planted['model']}", "--storage",
+                 "false", "--filter", f"benchmark={planted['model']}", "--storage-addr",
                  storage.address, "--output-dir", str(tmp_path / "x"))  # fmt: skip
     # "unparsed" is no verdict: nothing is positive.
     assert result.exit_code == 2
     assert "positive class has 0 record(s)" in result.output
     result = run("probe", "--label", "nope", "--filter", f"benchmark={planted['model']}",
-                 "--storage", storage.address, "--output-dir", str(tmp_path / "y"))  # fmt: skip
+                 "--storage-addr",
+                 storage.address, "--output-dir", str(tmp_path / "y"))  # fmt: skip
     assert result.exit_code == 2 and "0 record(s)" in result.output
-    result = run("probe", "--label", "hallucinated", "--pool", "max", "--storage", storage.address)
+    result = run("probe", "--label", "hallucinated", "--pool", "max", "--storage-addr",
+                 storage.address)
     assert result.exit_code == 2 and "'max' is not one of" in result.output
     benchmark = f"benchmark={planted['model']}"
     result = run("probe", "--label", "hallucinated", "--layers", "9", "--filter", benchmark,
-                 "--storage", storage.address)  # fmt: skip
+                 "--storage-addr",
+                 storage.address)  # fmt: skip
     assert result.exit_code == 2
     assert f"none of the {N_RECORDS} selected records" in result.output
     assert "layer 9" in result.output
     result = run("probe", "--label", "hallucinated", "--filter", "benchmark=nobody",
-                 "--storage", storage.address)  # fmt: skip
+                 "--storage-addr",
+                 storage.address)  # fmt: skip
     assert result.exit_code == 2 and "no records match the filters" in result.output
 
 
@@ -150,7 +156,8 @@ def test_per_record_parquet_reads_back_through_pyarrow_and_datasets(
     out = tmp_path / "records"
     result = run("dataset", "export", "--output", str(out), "--per", "record", "--layers", "2,-1",
                  "--pool", "mean_response", "--filter", f"benchmark={planted['model']}",
-                 "--shard-size", "8KB", "--storage", storage.address)  # fmt: skip
+                 "--shard-size", "8KB", "--storage-addr",
+                 storage.address)  # fmt: skip
     assert result.exit_code == 0, result.output
     shards = sorted(out.glob("part-*.parquet"))
     assert len(shards) > 1  # 8 KB of data per shard
@@ -201,7 +208,8 @@ def test_per_token_parquet_holds_every_row_with_its_tokens(
     ids = planted["ids"][:7]
     out = tmp_path / "tokens"
     args = ["dataset", "export", "-o", str(out), "--per", "token", "--layers", "0,2",
-            "--storage", storage.address]  # fmt: skip
+            "--storage-addr",
+                 storage.address]  # fmt: skip
     for record_id in ids:
         args += ["--record-id", record_id]
     result = run(*args)
@@ -236,7 +244,8 @@ def test_per_token_parquet_holds_every_row_with_its_tokens(
 
     response = tmp_path / "response"
     result = run("dataset", "export", "-o", str(response), "--per", "token", "--rows", "response",
-                 "--layers", "2", "--record-id", ids[0], "--storage", storage.address)  # fmt: skip
+                 "--layers", "2", "--record-id", ids[0], "--storage-addr",
+                 storage.address)  # fmt: skip
     assert result.exit_code == 0, result.output
     h = records[0].header
     assert pq.read_table(response).column("position").to_pylist() == list(
@@ -244,13 +253,14 @@ def test_per_token_parquet_holds_every_row_with_its_tokens(
     )
     # A second export into the same folder is refused: shards are never mixed.
     result = run("dataset", "export", "-o", str(response), "--per", "token", "--layers", "2",
-                 "--record-id", ids[0], "--storage", storage.address)  # fmt: skip
+                 "--record-id", ids[0], "--storage-addr",
+                 storage.address)  # fmt: skip
     assert result.exit_code == 2 and "already holds Parquet shards" in result.output
 
 
 def test_export_streams_without_holding_the_collection(monkeypatch, storage, planted, tmp_path):
     """Pages of features and row groups of tokens: each write holds a bounded slice."""
-    from activation_datasets import parquet
+    from actlog.datasets import parquet
 
     monkeypatch.setattr(parquet, "PAGE_RECORDS", 16)
     monkeypatch.setattr(parquet, "ROW_GROUP_BYTES", 4096)

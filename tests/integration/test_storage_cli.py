@@ -17,7 +17,7 @@ runner = CliRunner()
 
 
 def actlog(storage, *args: str):
-    return runner.invoke(app, [*args, "--storage", storage.address])
+    return runner.invoke(app, [*args, "--storage-addr", storage.address])
 
 
 def test_list_label_delete_stats(storage) -> None:
@@ -44,9 +44,9 @@ def test_list_label_delete_stats(storage) -> None:
     assert labels == {"source": "synthetic", "hallucinated": "true", "judge": "a=b"}
     result = actlog(storage, "label", middle, "--remove", "judge", "--remove", "source")
     assert json.loads(result.output)["labels"] == {"hallucinated": "true"}
-    result = actlog(storage, "list", "--label", "hallucinated=true", "--model", model)
+    result = actlog(storage, "list", "--filter", "hallucinated=true", "--model", model)
     assert [json.loads(line)["record_id"] for line in result.output.splitlines()] == [middle]
-    result = actlog(storage, "list", "--label", "hallucinated")
+    result = actlog(storage, "list", "--filter", "hallucinated")
     assert result.exit_code != 0 and "key=value" in result.output
 
     stats = json.loads(actlog(storage, "stats").output)
@@ -65,7 +65,7 @@ def test_export_writes_the_chosen_layers_and_rows(storage, tmp_path) -> None:
     with grpc.insecure_channel(storage.address) as channel:
         storage_pb2_grpc.StorageStub(channel).Ingest(iter(record.requests(5)), timeout=30)
     out = tmp_path / "rows.safetensors"
-    args = ["export", "-o", str(out), "--record-id", record.header.record_id]
+    args = ["export-record", "-o", str(out), "--record-id", record.header.record_id]
     result = actlog(storage, *args, "--layers", "-1,0", "--rows", "2:9")
     assert result.exit_code == 0, result.output
     assert "layers [0, 4], rows 2:9 of 12 positions" in result.output

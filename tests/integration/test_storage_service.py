@@ -20,7 +20,7 @@ from actlog.errors import (
 from actlog_common.dtypes import bf16_bits_to_float32
 from actlog_common.hashing import prompt_hash
 from actlog_common.ids import new_record_id
-from actlog_common.local_read import shm_supported
+from actlog_common.same_host import shm_supported
 from actlog_common.v1 import storage_pb2, storage_pb2_grpc
 from storage_service.config import StorageSettings
 from storage_service.server import create_server

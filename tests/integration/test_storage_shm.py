@@ -32,9 +32,9 @@ from actlog.errors import (
     InvalidArgumentError,
     UnavailableError,
 )
-from actlog.shm import Arena
+from actlog.reads.shm import Arena
 from actlog_common.ids import new_record_id
-from actlog_common.local_read import SHM_DIR, local_socket_path, private_directory
+from actlog_common.same_host import SHM_DIR, local_socket_path, private_directory
 from actlog_common.v1 import storage_pb2, storage_pb2_grpc
 from storage_service.testing import SyntheticRecord, synthetic_record
 

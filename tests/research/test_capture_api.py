@@ -92,8 +92,8 @@ def test_contrastive_capture_pairs_positives_with_negatives(loaded) -> None:
 
 
 def test_a_concept_capture_takes_the_first_max_samples_pairs(loaded, tmp_path) -> None:
+    from actlog.repe.pairs import load_concept
     from capture_activations import capture_from_concept
-    from representation_engineering.datasets import load_concept
 
     model, tokenizer = loaded
     data = capture_from_concept(model, tokenizer, concept="honesty", layers=[14, 15, 16],

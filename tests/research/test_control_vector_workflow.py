@@ -12,7 +12,7 @@ import gguf
 import numpy as np
 import pytest
 
-from representation_engineering.control_vectors import ControlVector, import_gguf
+from actlog.repe.control_vector import ControlVector, import_gguf
 
 ROOT = Path(__file__).resolve().parents[2]
 ACTLOG = Path(sys.executable).parent / "actlog"
@@ -20,15 +20,15 @@ ACTLOG = Path(sys.executable).parent / "actlog"
 
 @pytest.fixture(scope="module")
 def loaded():
-    from representation_engineering.inprocess import load_model
+    from actlog.repe.inprocess import load_model
 
     return load_model("default")
 
 
 @pytest.fixture(scope="module")
 def honesty(loaded):
-    from representation_engineering.capture import capture_from_concept
-    from representation_engineering.concept_vectors import last_token_hiddens
+    from actlog.repe.capture import capture_from_concept
+    from actlog.repe.training import last_token_hiddens
 
     model, tokenizer = loaded
     data = capture_from_concept(model, tokenizer, "honesty", [1, 12, 20, 30], max_samples=24)
@@ -51,7 +51,7 @@ def numpy_pca_first_component(x: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("method", ["mean_diff", "pca_diff", "pca_center"])
 def test_on_real_states_each_method_matches_its_reference_definition(honesty, method) -> None:
     """repe's cluster mean and repeng's pca_diff / pca_center, written out in numpy."""
-    from representation_engineering.control_vectors import train_directions
+    from actlog.repe.control_vector import train_directions
 
     _, hiddens = honesty
     ours = train_directions(hiddens, method)
@@ -87,7 +87,7 @@ def test_the_command_writes_the_vector_the_gguf_and_the_report(tmp_path) -> None
     assert meta["model"] == "SmolLM2-135M-Instruct" and meta["model_type"] == "llama"
     assert meta["dataset_name"] == "honesty" and meta["method"] == "mean_diff"
     assert meta["position"] == "last token" and json.loads(meta["layers"]) == [1, 12, 20, 30]
-    from representation_engineering.datasets import load_concept
+    from actlog.repe.pairs import load_concept
 
     assert meta["dataset_sha256"] == load_concept("honesty").sha256
     for direction in vector.directions.values():

@@ -7,7 +7,7 @@ import socket
 
 import numpy as np
 
-from inference_service.capture_frames import encode_frame_header
+from inference_service.capture.frames import encode_frame_header
 
 HIDDEN = 4
 

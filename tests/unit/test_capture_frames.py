@@ -8,8 +8,8 @@ import asyncio
 
 import numpy as np
 
-from inference_service.capture import CaptureCollector
-from inference_service.spool import Spool, layer_file
+from inference_service.capture.collector import CaptureCollector
+from inference_service.capture.spool import Spool, layer_file
 from tests.unit.frames import HIDDEN, frame, send
 
 

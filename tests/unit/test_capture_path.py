@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from inference_service.capture_path import (
+from inference_service.capture.path import (
     ADDITIONAL_CONFIG_KEY,
     CaptureConfigError,
     choose_capture_path,

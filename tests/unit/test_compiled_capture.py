@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from inference_service import compiled_capture
+from inference_service.capture import compiled as compiled_capture
 
 HIDDEN, LAYERS, MAX_TOKENS = 16, 3, 32
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from representation_engineering.concepts import build
-from representation_engineering.datasets import CONCEPTS
+from actlog.repe.concepts import build
+from actlog.repe.pairs import CONCEPTS
 
 # The original tool's guide: "Available concepts: ...".
 GUIDE = "honesty, creativity, confidence, helpfulness, formality, verbosity, enthusiasm, empathy"

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from safetensors import safe_open
 
-from representation_engineering.control_vectors import (
+from actlog.repe.control_vector import (
     METHODS,
     ControlVector,
     import_gguf,

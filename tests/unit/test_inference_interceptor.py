@@ -21,6 +21,7 @@ import pytest
 
 from actlog_common.error_metadata import ERROR_TYPE_KEY, PARAM_KEY
 from actlog_common.v1 import inference_pb2, inference_pb2_grpc
+from inference_service.capture.spool import SpoolFull
 from inference_service.errors import (
     CaptureIncomplete,
     EngineNotReady,
@@ -29,7 +30,6 @@ from inference_service.errors import (
     PromptTooLong,
 )
 from inference_service.interceptors import ErrorMappingInterceptor
-from inference_service.spool import SpoolFull
 
 # Each domain error a client can act on, and the status it must end the call with.
 DOMAIN_ERRORS = [

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from probing.logistic import ProbeDataError, check_classes, score_layer
+from actlog.probes.logistic import ProbeDataError, check_classes, score_layer
 
 
 def separable(n: int = 160, hidden: int = 24, shift: float = 4.0, seed: int = 0):

@@ -13,9 +13,9 @@ from google.protobuf import json_format
 from actlog_common.hashing import prompt_hash
 from actlog_common.ids import new_record_id
 from actlog_common.v1 import storage_pb2
+from inference_service.capture.sink import ingest_messages
+from inference_service.capture.spool import Spool
 from inference_service.generation import Generation
-from inference_service.sink import ingest_messages
-from inference_service.spool import Spool
 from inference_service.types import CaptureRequest, GenerationRequest, ModelDescription, Sampling
 
 HIDDEN = 4

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.refusal_test import entities
-from tasks.refusal_test.entities import (
+from actlog.hallulens import entities
+from actlog.hallulens.entities import (
     DESCRIBE_PROMPTS,
     ENTITY_TYPES,
     EXPERIMENTS,
@@ -240,7 +240,7 @@ def test_the_same_seed_gives_the_same_rows_and_another_seed_others():
 
 def test_the_rows_do_not_depend_on_the_hash_seed():
     code = (
-        "import json; from tasks.refusal_test.entities import generate_prompts; "
+        "import json; from actlog.hallulens.entities import generate_prompts; "
         "print(json.dumps(generate_prompts('nonsense_all', n=40, seed=3)))"
     )
     outputs = []

@@ -19,8 +19,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tasks.refusal_test.entities import DESCRIBE_PROMPTS, ENTITY_TYPES, generate_prompts
-from tasks.refusal_test.judges import (
+from actlog.hallulens.entities import DESCRIBE_PROMPTS, ENTITY_TYPES, generate_prompts
+from actlog.hallulens.judges import (
     DEFAULT_JUDGE_MODEL,
     EVAL_RESULTS_FILE,
     RAW_EVAL_FILE,
@@ -37,7 +37,7 @@ from tasks.refusal_test.judges import (
     parse_does_believe,
     write_eval_outputs,
 )
-from tasks.refusal_test.prompts import (
+from actlog.hallulens.prompts import (
     ABSTAIN_PROMPT_ANIMAL_NONSENSE,
     ABSTAIN_PROMPT_NONSENSE_MEDICINE,
 )

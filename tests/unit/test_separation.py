@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from representation_engineering.control_vectors import METHODS
-from representation_engineering.separation import (
+from actlog.repe.control_vector import METHODS
+from actlog.repe.separation import (
     RECOMMENDATION_RULE,
     LayerSeparation,
     SeparationReport,

@@ -20,7 +20,7 @@ from actlog.errors import (
     NotFoundError,
     from_status,
 )
-from actlog.shm import MIN_ARENA_BYTES, ArenaError, ArenaPool, is_local_address
+from actlog.reads.shm import MIN_ARENA_BYTES, ArenaError, ArenaPool, is_local_address
 from storage_service.errors import InvalidArgument
 from storage_service.shm import SegmentCache, SharedMemoryUnavailable
 
@@ -104,7 +104,7 @@ def test_an_unsafe_private_directory_is_refused(root) -> None:
 KILLED = """
 import os, signal, sys
 from pathlib import Path
-from actlog.shm import ArenaPool
+from actlog.reads.shm import ArenaPool
 arena = ArenaPool(Path(sys.argv[1])).acquire(10)
 print(arena.name, flush=True)
 os.kill(os.getpid(), signal.SIGKILL)

@@ -15,9 +15,9 @@ import pytest
 
 from actlog_common.ids import new_record_id
 from actlog_common.v1 import storage_pb2
-from inference_service.capture import CaptureCollector
+from inference_service.capture.collector import CaptureCollector
+from inference_service.capture.spool import Spool, SpoolFull, header_bound
 from inference_service.errors import CaptureFailed
-from inference_service.spool import Spool, SpoolFull, header_bound
 from tests.unit.frames import HIDDEN, frame, send
 
 ROW_BYTES = HIDDEN * 4
@@ -47,7 +47,7 @@ def test_the_header_bound_holds_for_the_worst_text(tmp_path) -> None:
         record_id=new_record_id(), prompt=worst * 50, response="".join(tokens[:5]),
         token_ids=[2**31] * 10, token_strings=tokens, layers=[0], num_positions=9,
     )  # fmt: skip
-    from inference_service.spool import encode_header
+    from inference_service.capture.spool import encode_header
 
     assert len(encode_header(header, ROW_BYTES).encode()) <= header_bound(worst * 50, 10, 5, 16)
 

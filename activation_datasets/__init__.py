@@ -1,2 +1,0 @@
-"""Datasets for analysis past one machine: stored records as Parquet shards
-(`actlog dataset export`)."""

@@ -1,0 +1,3 @@
+from actlog.cli import main
+
+main()
