@@ -58,7 +58,10 @@ class LayerSpec:
                     f"{spec!r} is neither comma-separated layer numbers nor one of "
                     f"{', '.join(PRESETS)}"
                 ) from None
-        items = [spec] if isinstance(spec, int) else list(spec)
+        try:
+            items = [spec] if isinstance(spec, int) else list(spec)
+        except TypeError:
+            items = [spec]
         if any(isinstance(i, bool) or not isinstance(i, int) for i in items):
             raise LayerError(f"layers must be integers or one of {', '.join(PRESETS)}: {spec!r}")
         return cls(tuple(items))

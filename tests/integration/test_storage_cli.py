@@ -80,3 +80,54 @@ def test_export_writes_the_chosen_layers_and_rows(storage, tmp_path) -> None:
     assert result.exit_code == 2 and "--layers" in result.output
     result = actlog(storage, *args, "--rows", "0:13", "--force")
     assert result.exit_code == 1 and "outside record" in result.output
+
+
+def test_export_record_takes_the_layer_presets_probe_takes(storage, tmp_path) -> None:
+    """`--layers recommended` (and `last`, `all`) mean the same in every command: here, the
+    stored layers among those of 45%-85% of depth (4 layers: 2 and 3)."""
+    record = synthetic_record(f"cli presets {new_record_id()}", layers=(0, 2, 4), num_layers=4,
+                              num_positions=6, hidden_size=8, seed=8)  # fmt: skip
+    with grpc.insecure_channel(storage.address) as channel:
+        storage_pb2_grpc.StorageStub(channel).Ingest(iter(record.requests(5)), timeout=30)
+    base = ["--record-id", record.header.record_id]
+    for preset, keys in [("recommended", {"layer_2"}), ("last", {"layer_4"}),
+                         ("all", {"layer_0", "layer_2", "layer_4"})]:  # fmt: skip
+        out = tmp_path / f"{preset}.safetensors"
+        result = actlog(storage, "export-record", *base, "-o", str(out), "--layers", preset)
+        assert result.exit_code == 0, result.output
+        with safetensors.safe_open(out, framework="numpy") as f:
+            assert set(f.keys()) - {"token_ids"} == keys
+    # The name it had before `dataset export` existed still works, hidden from --help.
+    result = actlog(storage, "export", *base, "-o", str(tmp_path / "old.safetensors"))
+    assert result.exit_code == 0, result.output
+    assert " export " not in runner.invoke(app, ["--help"]).output
+
+
+def test_the_same_option_has_the_same_name_in_every_command() -> None:
+    """The one grammar: what names a service, a record filter or layers is spelled the same
+    wherever a command takes it, and no command spells it another way."""
+    import typer.main
+
+    same = {"--storage-addr": "STORAGE_ADDR", "--inference-addr": "INFERENCE_ADDR"}
+    retired = {"--storage", "--inference", "--label-filter"}
+    seen: dict[str, set[str]] = {}
+
+    def walk(group, prefix: str = "") -> None:
+        for name, command in group.commands.items():
+            if hasattr(command, "commands"):  # a group (typer has its own copy of click)
+                walk(command, f"{prefix}{name} ")
+                continue
+            for param in command.params:
+                for opt in param.opts:
+                    seen.setdefault(opt, set()).add(prefix + name)
+                    assert opt not in retired, f"{prefix}{name} still takes {opt}"
+                    if opt in same:
+                        assert param.envvar == same[opt], f"{prefix}{name} {opt}"
+
+    walk(typer.main.get_command(app))
+    for command in seen["--filter"]:
+        assert command in seen["--since-ms"] and command in seen["--model"], command
+    # `probe --label` is the label to predict; no command filters by --label.
+    assert seen["--label"] == {"probe"}
+    assert {"list", "probe", "dataset export"} <= seen["--filter"]
+    assert {"export-record", "probe", "dataset export", "capture"} <= seen["--layers"]
