@@ -1,7 +1,7 @@
 """The original project's check that activation logging works, against this stack:
 
     python activation_logging/test_lmdb_logging.py [--model M] [--auth_token T]
-        [--server URL] [--storage HOST:PORT]
+        [--server URL] [--storage-addr HOST:PORT]
 
 Sends a completion to the running gateway, finds its record in storage and prints what was
 logged (prompt, response, model, layers, shapes); exits 1 with the reason when nothing was.
@@ -26,10 +26,13 @@ def main() -> int:
     parser.add_argument("--model", help="model name (default: the one the gateway serves)")
     parser.add_argument("--auth_token", help="accepted for the original's gated models")
     parser.add_argument("--server", default=f"http://127.0.0.1:{GATEWAY_PORT}")
-    parser.add_argument("--storage", default=os.environ.get("STORAGE_ADDR", STORAGE_ADDR))
+    parser.add_argument(
+        "--storage-addr", "--storage", dest="storage_addr",
+        default=os.environ.get("STORAGE_ADDR", STORAGE_ADDR),
+    )  # fmt: skip
     args = parser.parse_args()
     try:
-        verified = verify(args.server, args.storage, args.model, args.auth_token)
+        verified = verify(args.server, args.storage_addr, args.model, args.auth_token)
     except VerificationFailed as error:
         print(f"FAILED: {error}", file=sys.stderr)
         return 1

@@ -55,7 +55,7 @@ class LayerSpec:
                 return cls(tuple(int(part) for part in text.split(",") if part.strip()))
             except ValueError:
                 raise LayerError(
-                    f"{spec!r} is neither comma-separated layer numbers nor one of "
+                    f"{spec!r} is neither comma-separated integers nor one of "
                     f"{', '.join(PRESETS)}"
                 ) from None
         try:

@@ -73,7 +73,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--server", default=f"http://127.0.0.1:{GATEWAY_PORT}",
                         help="the gateway's base URL")  # fmt: skip
-    parser.add_argument("--storage-addr", default=STORAGE_ADDR, help="storage host:port (labels)")
+    parser.add_argument(
+        "--storage-addr", "--storage", dest="storage_addr", default=STORAGE_ADDR,
+        help="storage host:port (labels)",
+    )  # fmt: skip
     parser.add_argument("--capture_layers", default="",
                         help="layers to capture: last, all, recommended or e.g. 0,6,12,-1 "
                              "(default: the server's CAPTURE_DEFAULT_LAYERS)")  # fmt: skip
@@ -169,7 +172,7 @@ def run_eval(run: Run) -> dict[str, Any]:
         for g, item in zip(generations, result.items, strict=True)
     ]  # fmt: skip
     summary = result.to_json()
-    summary["labelled_records"] = label_records(run.args.storage, labelled)
+    summary["labelled_records"] = label_records(run.args.storage_addr, labelled)
     if not run.args.skip_factual and run.factual_generations.exists():
         summary["factual"] = eval_factual(run)
     report(run, result, summary)
@@ -194,7 +197,7 @@ def eval_factual(run: Run) -> dict[str, Any]:
         "n": len(rows),
         "accuracy": sum(r["correct"] for r in rows) / len(rows) if rows else None,
         "refusal_rate": sum(r["refused"] for r in rows) / len(rows) if rows else None,
-        "labelled_records": label_records(run.args.storage, labelled, "labels (factual)"),
+        "labelled_records": label_records(run.args.storage_addr, labelled, "labels (factual)"),
         "items": rows,
     }
     run.factual_results.write_text(json.dumps(summary, indent=4) + "\n")
