@@ -13,7 +13,7 @@ from collections.abc import Callable
 from enum import StrEnum
 from typing import Any
 
-from storage_service.errors import InvalidArgument
+from storage_service.errors import InvalidRequest
 
 Codec = Callable[[bytes | memoryview], bytes]
 
@@ -73,7 +73,7 @@ def parse(name: str) -> Compression:
     try:
         return Compression(name or Compression.NONE.value)
     except ValueError:
-        raise InvalidArgument(
+        raise InvalidRequest(
             f"unknown compression {name!r}: expected one of {[c.value for c in Compression]}"
         ) from None
 

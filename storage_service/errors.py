@@ -7,23 +7,24 @@ class StorageError(Exception):
     """Base class of every error the storage service reports to a caller."""
 
 
-class InvalidArgument(StorageError):
+class InvalidRequest(StorageError):
     """The request is malformed or inconsistent (bad id, bad chunk, bad checksum...)."""
 
 
-class NotFound(StorageError):
+class RecordNotFound(StorageError):
     """No record with this id."""
 
 
-class FailedPrecondition(StorageError):
-    """The request is well-formed but the record is not in a state that allows it."""
+class ConflictingState(StorageError):
+    """The request is well-formed, but the record (or the service) is not in a state that
+    allows it now: a partial record, shared memory this host cannot offer."""
 
 
-class PartialRecord(FailedPrecondition):
+class PartialRecord(ConflictingState):
     """The record's activations have not all arrived (or the ingest was cut)."""
 
 
-class ResourceExhausted(StorageError):
+class OutOfResources(StorageError):
     """A resource ran out for this request (file descriptors, memory); retrying may help."""
 
 
@@ -41,7 +42,7 @@ def explain_lmdb_error(error: Exception, lmdb_path: str) -> StorageError | None:
     import lmdb
 
     if isinstance(error, lmdb.BadValsizeError):
-        return InvalidArgument(f"a key or value is too large for LMDB: {error}")
+        return InvalidRequest(f"a key or value is too large for LMDB: {error}")
     if not isinstance(error, lmdb.Error | OSError):
         return None
     try:
@@ -50,5 +51,5 @@ def explain_lmdb_error(error: Exception, lmdb_path: str) -> StorageError | None:
         return None
     no_space = getattr(error, "errno", None) == errno.ENOSPC or "No space" in str(error)
     if no_space or free < DISK_FULL_BYTES:
-        return ResourceExhausted(f"storage disk full ({free} bytes free)")
+        return OutOfResources(f"storage disk full ({free} bytes free)")
     return None

@@ -17,7 +17,7 @@ from actlog_common.dtypes import DTYPES, to_float32
 from actlog_common.pooling import POOLING_NAMES, PoolingError, pool, pooled_rows
 from actlog_common.v1 import storage_pb2
 from storage_service import records as rec
-from storage_service.errors import InvalidArgument, PartialRecord, StorageError
+from storage_service.errors import InvalidRequest, PartialRecord, StorageError
 from storage_service.queries import COMPLETE, MAX_PAGE_SIZE, Queries
 
 # Encoded bytes per streamed batch (vectors, ids, labels, skipped reasons), below gRPC's
@@ -41,15 +41,15 @@ class FeatureQuery:
 
     def __init__(self, store: Queries, request: storage_pb2.FeaturesRequest) -> None:
         if request.pooling not in POOLING_NAMES:
-            raise InvalidArgument(
+            raise InvalidRequest(
                 f"pooling {request.pooling} is not one of "
                 + ", ".join(f"{value} ({name})" for value, name in POOLING_NAMES.items())
             )
         filtered = request.model or request.labels or request.since_ms or request.until_ms
         if request.record_ids and filtered:
-            raise InvalidArgument("give record_ids or filters (model, labels, times), not both")
+            raise InvalidRequest("give record_ids or filters (model, labels, times), not both")
         if request.position and request.pooling != storage_pb2.POOLING_POSITION:
-            raise InvalidArgument(
+            raise InvalidRequest(
                 f"position {request.position} is only for pooling position, not "
                 f"{POOLING_NAMES[request.pooling]}"
             )
@@ -68,12 +68,12 @@ class FeatureQuery:
         for record_id, header in self._selection():
             try:
                 if header is None:
-                    header = self._store.get(record_id)  # NotFound when unknown
+                    header = self._store.get(record_id)  # RecordNotFound when unknown
                 rows, vectors = self._pool(header)
             except (StorageError, PoolingError) as error:
                 if not self._request.skip_unusable:
                     if isinstance(error, PoolingError):
-                        raise InvalidArgument(str(error)) from None
+                        raise InvalidRequest(str(error)) from None
                     raise
                 skipped = storage_pb2.SkippedRecord(record_id=record_id, reason=str(error))
                 batch.skipped.append(skipped)
@@ -143,12 +143,12 @@ class FeatureQuery:
         if self._layers is None:
             self._layers, self._hidden = layers, header.hidden_size
         elif layers != self._layers:
-            raise InvalidArgument(
+            raise InvalidRequest(
                 f"record {record_id}: layers {self._requested} are its layers {layers}, but "
                 f"{self._layers} for the call's earlier records (another model? filter by model)"
             )
         if header.hidden_size != self._hidden:
-            raise InvalidArgument(
+            raise InvalidRequest(
                 f"record {record_id} has hidden size {header.hidden_size}, the call's earlier "
                 f"records {self._hidden} (another model? filter by model)"
             )

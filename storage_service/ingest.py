@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from actlog_common.v1 import storage_pb2
 from storage_service import records as rec
-from storage_service.errors import InvalidArgument
+from storage_service.errors import InvalidRequest
 from storage_service.store import ActivationStore, IngestTicket
 from storage_service.wire import ChunkView
 
@@ -57,7 +57,7 @@ class IngestSession:
     def add(self, request: storage_pb2.IngestRequest | ChunkView) -> None:
         """Handle one message of the stream (a chunk may come as a zero-copy view)."""
         if self._result is not None:
-            raise InvalidArgument(
+            raise InvalidRequest(
                 f"message after the commit of record {self._result.record_id}: "
                 "one Ingest stream carries one record"
             )
@@ -72,17 +72,17 @@ class IngestSession:
         elif kind == "commit":
             self._on_commit(request.commit)
         else:
-            raise InvalidArgument("empty IngestRequest: set header, chunk or commit")
+            raise InvalidRequest("empty IngestRequest: set header, chunk or commit")
 
     def finish(self) -> IngestResult:
-        """The outcome once the stream has ended; InvalidArgument without a commit."""
+        """The outcome once the stream has ended; InvalidRequest without a commit."""
         if self._result is not None:
             return self._result
         if self._replay and self._header is not None:
             return IngestResult(self._header.record_id, storage_pb2.RECORD_STATUS_COMPLETE, 0)
         if self._header is None:
-            raise InvalidArgument("empty Ingest stream: expected a header, chunks, a commit")
-        raise InvalidArgument(
+            raise InvalidRequest("empty Ingest stream: expected a header, chunks, a commit")
+        raise InvalidRequest(
             f"Ingest stream of record {self._header.record_id} ended without a commit "
             f"after {self._next_sequence} chunks; the record stays partial"
         )
@@ -94,7 +94,7 @@ class IngestSession:
 
     def _on_header(self, header: storage_pb2.RecordHeader) -> None:
         if self._header is not None:
-            raise InvalidArgument(
+            raise InvalidRequest(
                 f"second header in the Ingest stream of record {self._header.record_id}: "
                 "one Ingest stream carries one record"
             )
@@ -111,12 +111,12 @@ class IngestSession:
     def _on_chunk(self, chunk: storage_pb2.ActivationChunk | ChunkView) -> None:
         header = self._header
         if header is None:
-            raise InvalidArgument(
+            raise InvalidRequest(
                 f"chunk {chunk.sequence} of record {chunk.record_id!r} arrived before the "
                 "record's header: send the header first"
             )
         if chunk.sequence != self._next_sequence:
-            raise InvalidArgument(
+            raise InvalidRequest(
                 f"record {header.record_id}: chunk sequence {chunk.sequence} out of order, "
                 f"expected {self._next_sequence}"
             )
@@ -135,20 +135,20 @@ class IngestSession:
     def _on_commit(self, commit: storage_pb2.IngestCommit) -> None:
         header = self._header
         if header is None:
-            raise InvalidArgument(f"commit of record {commit.record_id!r} before its header")
+            raise InvalidRequest(f"commit of record {commit.record_id!r} before its header")
         rid = header.record_id
         if commit.record_id != rid:
-            raise InvalidArgument(
+            raise InvalidRequest(
                 f"commit is for record {commit.record_id!r}, but this stream ingests {rid}"
             )
         if commit.num_chunks != self._next_sequence:
-            raise InvalidArgument(
+            raise InvalidRequest(
                 f"record {rid}: commit announces {commit.num_chunks} chunks, "
                 f"{self._next_sequence} arrived; the record stays partial"
             )
         digest = self._sha.hexdigest()
         if commit.sha256 != digest:
-            raise InvalidArgument(
+            raise InvalidRequest(
                 f"record {rid}: checksum mismatch (commit says {commit.sha256!r}, the chunks "
                 f"hash to {digest}); the record stays partial"
             )
@@ -169,7 +169,7 @@ class IngestSession:
                     break
                 covered += row_count
             if covered != header.num_positions:
-                raise InvalidArgument(
+                raise InvalidRequest(
                     f"record {header.record_id}: layer {layer} rows are not covered exactly "
                     f"once from 0 to {header.num_positions} (contiguous up to row {covered}); "
                     "the record stays partial"

@@ -11,20 +11,20 @@ import grpc
 
 from actlog_common.error_metadata import ERROR_TYPE_KEY
 from storage_service.errors import (
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    ResourceExhausted,
+    ConflictingState,
+    InvalidRequest,
+    OutOfResources,
+    RecordNotFound,
     StorageError,
 )
 
 logger = logging.getLogger(__name__)
 
 _CODES: tuple[tuple[type[StorageError], grpc.StatusCode], ...] = (
-    (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
-    (NotFound, grpc.StatusCode.NOT_FOUND),
-    (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
-    (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
+    (RecordNotFound, grpc.StatusCode.NOT_FOUND),
+    (ConflictingState, grpc.StatusCode.FAILED_PRECONDITION),
+    (OutOfResources, grpc.StatusCode.RESOURCE_EXHAUSTED),
 )
 
 

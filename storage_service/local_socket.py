@@ -35,7 +35,7 @@ from actlog_common.same_host import (
     send_message,
 )
 from actlog_common.v1 import storage_pb2
-from storage_service.errors import InvalidArgument, StorageError
+from storage_service.errors import InvalidRequest, StorageError
 from storage_service.interceptors import public_error_type, status_code
 
 logger = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ class LocalReadServer:
         try:
             request = storage_pb2.StreamActivationsRequest.FromString(body)
             if not request.shm_name:
-                raise InvalidArgument("the local read socket serves shared-memory reads only")
+                raise InvalidRequest("the local read socket serves shared-memory reads only")
             return chunks_reply(list(self._read(request)))
         except DecodeError:
             return failure_reply("INVALID_ARGUMENT", "malformed StreamActivationsRequest")

@@ -20,7 +20,7 @@ from actlog_common.v1 import storage_pb2
 from storage_service import compression as codecs
 from storage_service import records as rec
 from storage_service.counters import Counters, ModelCounts
-from storage_service.errors import InvalidArgument, NotFound, PartialRecord
+from storage_service.errors import InvalidRequest, PartialRecord, RecordNotFound
 from storage_service.wire import encode_chunk
 from storage_service.writer import TxnGuard
 
@@ -115,12 +115,12 @@ class Queries:
     # -- records --------------------------------------------------------------------
 
     def get(self, record_id: str) -> storage_pb2.RecordHeader:
-        """The header of one record (PARTIAL or COMPLETE); NotFound when unknown."""
+        """The header of one record (PARTIAL or COMPLETE); RecordNotFound when unknown."""
         rid = rec.record_key(record_id)
         with self._read() as txn:
             header = self._load(txn, rid)
         if header is None:
-            raise NotFound(f"no record with id {record_id}")
+            raise RecordNotFound(f"no record with id {record_id}")
         return header
 
     def find_by_prompt_hash(
@@ -161,18 +161,18 @@ class Queries:
         LIST_PAGE_BYTES of headers gathered; the token is empty once no records are left.
         """
         if since_ms < 0 or until_ms < 0:
-            raise InvalidArgument("since_ms and until_ms must be >= 0 (0 = unbounded)")
+            raise InvalidRequest("since_ms and until_ms must be >= 0 (0 = unbounded)")
         if since_ms and until_ms and since_ms >= until_ms:
-            raise InvalidArgument(f"empty time range: since_ms {since_ms} >= until_ms {until_ms}")
+            raise InvalidRequest(f"empty time range: since_ms {since_ms} >= until_ms {until_ms}")
         size = page_size or DEFAULT_PAGE_SIZE
         if not 0 < size <= MAX_PAGE_SIZE:
-            raise InvalidArgument(f"page_size {page_size} outside 1..{MAX_PAGE_SIZE}")
+            raise InvalidRequest(f"page_size {page_size} outside 1..{MAX_PAGE_SIZE}")
         start: bytes | None = None
         if page_token:
             try:
                 start = rec.record_key(page_token)
-            except InvalidArgument:
-                raise InvalidArgument(f"malformed page token {page_token!r}") from None
+            except InvalidRequest:
+                raise InvalidRequest(f"malformed page token {page_token!r}") from None
         wanted = [(k.encode(), v.encode()) for k, v in (labels or {}).items()]
         page: list[storage_pb2.RecordHeader] = []
         page_bytes = 0
@@ -244,7 +244,7 @@ class Queries:
         # An empty range of a record that has rows is a mistake (`--rows 12:` of 12 rows).
         empty = row_start == end and header.num_positions > 0
         if not row_start <= end <= header.num_positions or empty:
-            raise InvalidArgument(
+            raise InvalidRequest(
                 f"rows [{row_start}, {row_end or 'end'}) outside record {record_id}, "
                 f"which has {header.num_positions} positions"
             )
@@ -296,10 +296,10 @@ class Queries:
         return blocks
 
     def _still_there(self, txn: lmdb.Transaction, record_id: str) -> None:
-        """NotFound if the record was deleted since its header was read. A long read spans
+        """RecordNotFound if the record was deleted since its header was read. A long read spans
         several transactions; within one, a record is there whole or not at all."""
         if txn.get(rec.record_key(record_id), db=self._records) is None:
-            raise NotFound(f"record {record_id} was deleted while it was being read")
+            raise RecordNotFound(f"record {record_id} was deleted while it was being read")
 
     def _copy_layer(
         self,

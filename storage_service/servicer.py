@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import grpc
 
 from actlog_common.v1 import storage_pb2, storage_pb2_grpc
-from storage_service.errors import InvalidArgument
+from storage_service.errors import InvalidRequest
 from storage_service.features import FeatureQuery
 from storage_service.ingest import IngestSession
 from storage_service.metrics import StorageMetrics
@@ -100,7 +100,7 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
         )
         segment = self._segments.open(request.shm_name, request.shm_size)
         if selection.nbytes > request.shm_size:
-            raise InvalidArgument(
+            raise InvalidRequest(
                 f"the selection holds {selection.nbytes} bytes, more than shm_size "
                 f"{request.shm_size}"
             )

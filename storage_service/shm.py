@@ -38,7 +38,7 @@ from actlog_common.same_host import (
     SHM_DIR,
     private_directory_name,
 )
-from storage_service.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from storage_service.errors import ConflictingState, InvalidRequest, OutOfResources
 
 logger = logging.getLogger(__name__)
 
@@ -49,11 +49,11 @@ SWEEP_INTERVAL_S = 5.0
 _UNREACHABLE = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.ELOOP, errno.ENOTDIR}
 
 
-class SharedMemoryUnavailable(FailedPrecondition):
+class SharedMemoryUnavailable(ConflictingState):
     """The named segment cannot be opened here: the reader should use the byte stream."""
 
 
-class SharedMemoryBusy(ResourceExhausted):
+class SharedMemoryBusy(OutOfResources):
     """The segment could not be used this time (out of file descriptors, memory...)."""
 
 
@@ -77,12 +77,12 @@ class Segment:
         """Raise unless the file still spans the mapping, fully allocated, and holds `size`."""
         info = os.fstat(self.fd)
         if info.st_size < max(size, 1):
-            raise InvalidArgument(
+            raise InvalidRequest(
                 f"shared-memory segment {name} holds {info.st_size} bytes, fewer than "
                 f"shm_size {size}"
             )
         if info.st_size < self.size or info.st_blocks * 512 < info.st_size:
-            raise InvalidArgument(
+            raise InvalidRequest(
                 f"shared-memory segment {name} shrank or is sparse: allocate it in full "
                 "(posix_fallocate) and never shrink it"
             )
@@ -106,13 +106,13 @@ class SegmentCache:
     def open(self, name: str, size: int) -> Segment:
         """The segment `name`, mapped, checked to hold at least `size` bytes.
 
-        Raises InvalidArgument for a malformed name or an unfit file,
+        Raises InvalidRequest for a malformed name or an unfit file,
         SharedMemoryUnavailable when shared-memory reads are off or the file cannot be
         reached from here, SharedMemoryBusy when it cannot be opened this time.
         """
         match = SEGMENT_NAME.fullmatch(name)
         if not match:
-            raise InvalidArgument(f"shm_name {name!r} is not {SEGMENT_NAME_RULE}")
+            raise InvalidRequest(f"shm_name {name!r} is not {SEGMENT_NAME_RULE}")
         if not self.enabled:
             raise SharedMemoryUnavailable(
                 "shared-memory reads are turned off on this storage service (STORAGE_SHM_READS)"
@@ -164,13 +164,13 @@ class SegmentCache:
             dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
             dir_info = os.fstat(dir_fd)
             if dir_info.st_uid != uid or dir_info.st_mode & 0o077:
-                raise InvalidArgument(
+                raise InvalidRequest(
                     f"{directory} must belong to uid {uid} and be private (mode 0700)"
                 )
             fd = os.open(file, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode) or info.st_uid != uid:
-                raise InvalidArgument(
+                raise InvalidRequest(
                     f"shared-memory segment {name} is not a regular file of uid {uid}"
                 )
             segment = Segment(fd, info.st_dev, info.st_ino, _mmap(name, fd, info.st_size))
@@ -212,7 +212,7 @@ class SegmentCache:
 
 def _mmap(name: str, fd: int, size: int) -> mmap.mmap:
     if size == 0:
-        raise InvalidArgument(f"shared-memory segment {name} is empty")
+        raise InvalidRequest(f"shared-memory segment {name} is empty")
     try:
         return mmap.mmap(fd, size, flags=mmap.MAP_SHARED)
     except (OSError, ValueError) as error:

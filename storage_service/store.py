@@ -37,7 +37,7 @@ from actlog_common.v1 import storage_pb2
 from storage_service import compression as codecs
 from storage_service import counters
 from storage_service import records as rec
-from storage_service.errors import FailedPrecondition, InvalidArgument, NotFound
+from storage_service.errors import ConflictingState, InvalidRequest, RecordNotFound
 from storage_service.queries import Queries
 from storage_service.writer import TxnGuard, Writer
 
@@ -114,7 +114,7 @@ class ActivationStore(Queries):
         with new ones, and the record is PARTIAL until the new commit. Labels already
         attached to the record are kept (those in `header` are set on top). A COMPLETE
         record is never rewritten (`replaying_complete` says when to acknowledge instead);
-        if one completes meanwhile, the write fails with FailedPrecondition.
+        if one completes meanwhile, the write fails with ConflictingState.
         """
         rec.validate_header(header, self.max_record_bytes)
         sent = storage_pb2.RecordHeader()
@@ -135,7 +135,7 @@ class ActivationStore(Queries):
         def write(txn: lmdb.Transaction) -> None:
             old = self._load(txn, rid, labels=False)
             if old is not None and old.status == COMPLETE:
-                raise FailedPrecondition(
+                raise ConflictingState(
                     f"record {sent.record_id} was completed by another call meanwhile"
                 )
             if old is not None:
@@ -167,7 +167,7 @@ class ActivationStore(Queries):
         The data is compressed here, in the caller's thread. With `complete`, the same
         transaction flips the record to COMPLETE, so it becomes visible as complete
         exactly when its last rows are durable. If the record was re-ingested or deleted
-        meanwhile, nothing is written and the future raises FailedPrecondition. The
+        meanwhile, nothing is written and the future raises ConflictingState. The
         future's result is the number of bytes stored.
         """
         rid, token, compress = ticket.rid, ticket.token, ticket.compress
@@ -180,7 +180,7 @@ class ActivationStore(Queries):
         def write(txn: lmdb.Transaction) -> int:
             entry = txn.get(rid, db=self._ingesting)
             if entry is None or _ingesting(entry)[0] != token:
-                raise FailedPrecondition(
+                raise ConflictingState(
                     f"record {ticket.header.record_id} was re-ingested or deleted by another "
                     "call meanwhile"
                 )
@@ -226,7 +226,7 @@ class ActivationStore(Queries):
 
         def write(txn: lmdb.Transaction) -> storage_pb2.RecordHeader:
             if txn.get(rid, db=self._records) is None:
-                raise NotFound(f"no record with id {record_id}")
+                raise RecordNotFound(f"no record with id {record_id}")
             for key in deletes:
                 txn.delete(key, db=self._labels)
             for key, value in puts:
@@ -236,7 +236,7 @@ class ActivationStore(Queries):
             # Checked on the result, inside the transaction: a refusal rolls all of it back.
             total = rec.label_bytes(header.labels)
             if total > self.max_label_bytes:
-                raise InvalidArgument(
+                raise InvalidRequest(
                     f"record {record_id}: its labels would take {total} bytes (keys and "
                     f"values), above the limit of {self.max_label_bytes} per record "
                     "(STORAGE_MAX_LABEL_BYTES); nothing was changed"
@@ -252,7 +252,7 @@ class ActivationStore(Queries):
         def write(txn: lmdb.Transaction) -> storage_pb2.RecordHeader:
             header = self._delete_record(txn, rid)
             if header is None:
-                raise NotFound(f"no record with id {record_id}")
+                raise RecordNotFound(f"no record with id {record_id}")
             return header
 
         return self._writer.run(write)

@@ -325,7 +325,7 @@ def test_storage_serves_shared_memory_reads_on_a_private_local_socket(storage, s
             record_id=new_record_id(), shm_name=arena.name, shm_size=arena.size
         )
         unknown = local_request(path, missing.SerializeToString())
-        assert (unknown.failure.code, unknown.failure.error_type) == ("NOT_FOUND", "NotFound")
+        assert (unknown.failure.code, unknown.failure.error_type) == ("NOT_FOUND", "RecordNotFound")
         assert not unknown.chunks
         bad_layer = storage_pb2.StreamActivationsRequest(
             record_id=record.header.record_id, layers=[3], shm_name=arena.name, shm_size=10

@@ -21,7 +21,7 @@ from actlog.errors import (
     from_status,
 )
 from actlog.reads.shm import MIN_ARENA_BYTES, ArenaError, ArenaPool, is_local_address
-from storage_service.errors import InvalidArgument
+from storage_service.errors import InvalidRequest
 from storage_service.shm import SegmentCache, SharedMemoryUnavailable
 
 UID = os.getuid()
@@ -176,7 +176,7 @@ def test_a_segment_that_shrank_is_refused_before_any_write(root) -> None:
     arena = pool.acquire(100)
     cache.open(arena.name, 100)
     os.truncate(root / arena.name, 4096)  # writing past the end now would be a SIGBUS
-    with pytest.raises(InvalidArgument, match="shrank or is sparse"):
+    with pytest.raises(InvalidRequest, match="shrank or is sparse"):
         cache.open(arena.name, 100)
     pool.discard(arena)
     pool.close()
@@ -195,7 +195,7 @@ def test_a_segment_that_shrank_is_refused_before_any_write(root) -> None:
     ],
 )
 def test_names_outside_the_pattern_are_invalid(root, name: str) -> None:
-    with pytest.raises(InvalidArgument, match="32 lowercase hex"):
+    with pytest.raises(InvalidRequest, match="32 lowercase hex"):
         SegmentCache(directory=root).open(name, 10)
 
 
@@ -216,9 +216,9 @@ def test_missing_short_sparse_linked_or_disabled_segments_are_refused(root) -> N
                 file.truncate(sparse)  # a hole: written on a full /dev/shm, a SIGBUS
         return f"actlog-u{UID}/{digit * 32}"
 
-    with pytest.raises(InvalidArgument, match="fewer than shm_size 11"):
+    with pytest.raises(InvalidRequest, match="fewer than shm_size 11"):
         cache.open(segment("1"), 11)
-    with pytest.raises(InvalidArgument, match="shrank or is sparse"):
+    with pytest.raises(InvalidRequest, match="shrank or is sparse"):
         cache.open(segment("2", b"", sparse=1 << 20), 10)
     target = root / "target"
     target.write_bytes(b"\0" * 100)
@@ -228,7 +228,7 @@ def test_missing_short_sparse_linked_or_disabled_segments_are_refused(root) -> N
     with pytest.raises(SharedMemoryUnavailable, match="turned off"):
         SegmentCache(enabled=False, directory=root).open(segment("4"), 10)
     os.chmod(private(root), 0o755)
-    with pytest.raises(InvalidArgument, match="private"):
+    with pytest.raises(InvalidRequest, match="private"):
         cache.open(segment("5"), 10)
     assert len(cache) == 0
 

@@ -8,7 +8,7 @@ import lmdb
 import pytest
 
 from actlog_common.v1 import storage_pb2
-from storage_service.errors import FailedPrecondition, NotFound
+from storage_service.errors import ConflictingState, RecordNotFound
 from storage_service.ingest import IngestSession
 from storage_service.store import ActivationStore
 from storage_service.testing import synthetic_record
@@ -110,7 +110,7 @@ def test_a_stale_stream_cannot_mix_rows_into_a_replay_or_a_deleted_record(tmp_pa
     for request in requests[1:]:
         second.add(request)
     assert second.finish().status == storage_pb2.RECORD_STATUS_COMPLETE
-    with pytest.raises(FailedPrecondition, match="re-ingested or deleted"):
+    with pytest.raises(ConflictingState, match="re-ingested or deleted"):
         for request in requests[2:]:
             first.add(request)
     first.settle()
@@ -124,7 +124,7 @@ def test_a_stale_stream_cannot_mix_rows_into_a_replay_or_a_deleted_record(tmp_pa
     for request in requests[1:]:
         replay.add(request)
     replay.settle()
-    with pytest.raises(NotFound):
+    with pytest.raises(RecordNotFound):
         store.get(record.header.record_id)
 
     other = synthetic_record(num_positions=12, seed=1).requests(4)
@@ -132,11 +132,11 @@ def test_a_stale_stream_cannot_mix_rows_into_a_replay_or_a_deleted_record(tmp_pa
     third.add(other[0])
     third.settle()
     store.delete(record_id_of(other))
-    with pytest.raises(FailedPrecondition):
+    with pytest.raises(ConflictingState):
         for request in other[1:]:
             third.add(request)
     third.settle()
-    with pytest.raises(NotFound):
+    with pytest.raises(RecordNotFound):
         store.get(record_id_of(other))
     stats = store.stats()
     assert (stats.records, stats.stored_bytes, stats.prompt_hashes) == (0, 0, 0)
