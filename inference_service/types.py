@@ -1,7 +1,7 @@
 """Domain types of the inference service and their protobuf conversions.
 
 A type sent as a message names its fields exactly as the message does, so `_as_pb` converts
-it field by field without listing them again; tests/unit/test_inference_types.py holds each
+it field by field without listing them again; tests/unit/inference_service/test_types.py holds each
 pair of field lists equal.
 """
 

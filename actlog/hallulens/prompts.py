@@ -5,7 +5,7 @@ Sources (facebookresearch/HalluLens at commit 80307ac6bc9fd396a38b7a0de4196b9316
 `DESCRIBE_PROMPTS` from tasks/refusal_test/entities_generation.py; the two judge prompts from
 tasks/refusal_test/prompt.py. Their typos ("fasle", "belive", "descirbe") and escapes are
 kept on purpose: the judge model must see exactly what HalluLens' judge saw for the refusal
-rates to compare with the paper's (arXiv 2504.17550). tests/unit/test_refusal_judges.py
+rates to compare with the paper's (arXiv 2504.17550). tests/unit/actlog/hallulens/test_judges.py
 pins each text to the SHA-256 of the upstream value.
 """
 

@@ -5,7 +5,7 @@ Two ways to read the hidden states, both numbered as transformers' `output_hidde
 - `output_hidden_states=True`: the model returns every layer; the chosen ones are kept.
 - forward hooks (`use_hooks`) on the embeddings, the chosen decoder layers and the final
   norm: only the chosen layers are ever held, and the forward stops short of the LM head.
-Both give the same tensors (tests/unit/test_inprocess_capture.py).
+Both give the same tensors (tests/research/test_capture_api.py).
 """
 
 from __future__ import annotations

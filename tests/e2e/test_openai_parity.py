@@ -235,7 +235,7 @@ def test_concurrency_and_body_limits(stack, served_model, tmp_path):
     has started (its first token read), and the stream then still has 1,500 tokens to
     generate past end-of-sequence, unread until the 429 is back: seconds of engine work
     against the milliseconds a refusal takes. (The mock-backed check of the limiter, where the
-    slots are held on an event, is in tests/unit/test_gateway_serving.py.)"""
+    slots are held on an event, is in tests/unit/gateway/test_serving.py.)"""
     gateway = extra_gateway(stack, tmp_path, MAX_CONCURRENT_REQUESTS="1", MAX_BODY_BYTES="2000")
     url = gateway.config.gateway_url
     try:

@@ -10,7 +10,7 @@ import numpy as np
 
 from inference_service.capture.collector import CaptureCollector
 from inference_service.capture.spool import Spool, layer_file
-from tests.unit.frames import HIDDEN, frame, send
+from tests.unit.inference_service.capture.frames import HIDDEN, frame, send
 
 
 def rows_of(writer, layer: int, n: int) -> np.ndarray:

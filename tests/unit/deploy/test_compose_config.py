@@ -30,7 +30,7 @@ from storage_service.config import StorageSettings
 
 yaml = pytest.importorskip("yaml")
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 DOCKER = ROOT / "docker"
 GPU_FILES = ("docker-compose.yml",)
 CPU_FILES = ("docker-compose.yml", "docker-compose.cpu.yml")

@@ -18,7 +18,7 @@ from actlog_common.v1 import storage_pb2
 from inference_service.capture.collector import CaptureCollector
 from inference_service.capture.spool import Spool, SpoolFull, header_bound
 from inference_service.errors import CaptureFailed
-from tests.unit.frames import HIDDEN, frame, send
+from tests.unit.inference_service.capture.frames import HIDDEN, frame, send
 
 ROW_BYTES = HIDDEN * 4
 

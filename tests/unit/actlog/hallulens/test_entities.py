@@ -38,7 +38,7 @@ from actlog.hallulens.entities import (
     task_name,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[4]
 KINGDOMS = ("animal", "plant", "bacteria")
 # sha256 of "\n".join(DESCRIBE_PROMPTS) in HalluLens' entities_generation.py (commit 80307ac).
 UPSTREAM_TEMPLATES_SHA256 = "f5c7255701e7f6ed15dcb0bf359c94abfeb4346beef96cfff984a6331746ad46"
