@@ -55,8 +55,7 @@ class LayerSpec:
                 return cls(tuple(int(part) for part in text.split(",") if part.strip()))
             except ValueError:
                 raise LayerError(
-                    f"{spec!r} is neither comma-separated integers nor one of "
-                    f"{', '.join(PRESETS)}"
+                    f"{spec!r} is neither comma-separated integers nor one of {', '.join(PRESETS)}"
                 ) from None
         try:
             items = [spec] if isinstance(spec, int) else list(spec)

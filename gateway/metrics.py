@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from actlog_common.metrics import MetricSpec
 
 ENDPOINTS = ("/v1/completions", "/v1/chat/completions", "/v1/models")
 # Statuses that mean "refused before any work": auth, size, concurrency, inference down.
@@ -20,41 +22,52 @@ LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320, 64
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80)
 
 
+GATEWAY_METRICS = (
+    REQUESTS := MetricSpec(
+        "actlog_gateway_requests", "counter",
+        "HTTP requests answered, by endpoint and status code (499: the client went away)",
+        ("endpoint", "status"),
+    ),
+    LATENCY := MetricSpec(
+        "actlog_gateway_request_duration_seconds", "histogram",
+        "Time from request to the last byte of the response (streams included)",
+        ("endpoint",), LATENCY_BUCKETS,
+    ),
+    TTFT := MetricSpec(
+        "actlog_gateway_time_to_first_token_seconds", "histogram",
+        "Time from sending a prompt to inference to its first generated token",
+        buckets=TTFT_BUCKETS,
+    ),
+    PROMPT_TOKENS := MetricSpec(
+        "actlog_gateway_prompt_tokens", "counter", "Prompt tokens processed"
+    ),
+    GENERATION_TOKENS := MetricSpec(
+        "actlog_gateway_generation_tokens", "counter", "Tokens generated"
+    ),
+    IN_FLIGHT := MetricSpec(
+        "actlog_gateway_requests_in_flight", "gauge",
+        "Generations (responses or streams) in progress",
+    ),
+    REJECTED := MetricSpec(
+        "actlog_gateway_rejected_requests", "counter",
+        "Requests refused: 401 unauthorized, 413 too large, 429 too many, 503 unavailable",
+        ("status", "reason"),
+    ),
+)  # fmt: skip
+
+
 class GatewayMetrics:
     """One registry per app, so several gateways in one process never share counters."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        r = self.registry
-        self.requests = Counter(
-            "actlog_gateway_requests", "HTTP requests answered, by endpoint and status code",
-            ["endpoint", "status"], registry=r,
-        )  # fmt: skip
-        self.latency = Histogram(
-            "actlog_gateway_request_duration_seconds",
-            "Time from request to the last byte of the response (streams included)",
-            ["endpoint"], buckets=LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.ttft = Histogram(
-            "actlog_gateway_time_to_first_token_seconds",
-            "Time from sending a prompt to inference to its first generated token",
-            buckets=TTFT_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.prompt_tokens = Counter(
-            "actlog_gateway_prompt_tokens", "Prompt tokens processed", registry=r
-        )
-        self.generation_tokens = Counter(
-            "actlog_gateway_generation_tokens", "Tokens generated", registry=r
-        )
-        self.in_flight = Gauge(
-            "actlog_gateway_requests_in_flight",
-            "Generations (responses or streams) in progress", registry=r,
-        )  # fmt: skip
-        self.rejections = Counter(
-            "actlog_gateway_rejected_requests",
-            "Requests refused: 401 unauthorized, 413 too large, 429 too many, 503 unavailable",
-            ["status", "reason"], registry=r,
-        )  # fmt: skip
+        self.registry = r = CollectorRegistry()
+        self.requests = REQUESTS.register(r)
+        self.latency = LATENCY.register(r)
+        self.ttft = TTFT.register(r)
+        self.prompt_tokens = PROMPT_TOKENS.register(r)
+        self.generation_tokens = GENERATION_TOKENS.register(r)
+        self.in_flight = IN_FLIGHT.register(r)
+        self.rejections = REJECTED.register(r)
         for status, reason in REJECTIONS.items():
             self.rejections.labels(str(status), reason)
 

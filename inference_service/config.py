@@ -21,8 +21,8 @@ class InferenceSettings(BaseSettings, GrpcSecurityFields):
         cli_kebab_case=True, cli_implicit_flags=True, protected_namespaces=()
     )
 
-    inference_host: str = "127.0.0.1"
-    inference_port: int = INFERENCE_PORT
+    inference_host: str = Field("127.0.0.1", description="address the gRPC server binds")
+    inference_port: int = Field(INFERENCE_PORT, description="gRPC port")
     inference_metrics_port: int = Field(
         INFERENCE_METRICS_PORT,
         description="port of Prometheus metrics (/metrics, on INFERENCE_HOST); 0 = off",
@@ -36,8 +36,10 @@ class InferenceSettings(BaseSettings, GrpcSecurityFields):
     model_cache_dir: str = Field("", description="where the default model is prepared")
     dtype: str = Field("auto", description="auto, bfloat16, float16 or float32")
     max_model_len: int = Field(0, description="0 = the model's own limit")
-    max_num_seqs: int = 0
-    max_num_batched_tokens: int = 0
+    max_num_seqs: int = Field(0, description="sequences in one batch; 0 = vLLM's default")
+    max_num_batched_tokens: int = Field(
+        0, description="tokens in one engine step; 0 = vLLM's default"
+    )
     gpu_memory_utilization: float = Field(
         0.0, description="vLLM's share of memory to reserve; 0 = vLLM's default"
     )
@@ -46,9 +48,13 @@ class InferenceSettings(BaseSettings, GrpcSecurityFields):
         description="auto = off on CPU, where a per-request seed on a split prompt kills the "
         "engine; on elsewhere",
     )
-    enable_prefix_caching: bool = True
+    enable_prefix_caching: bool = Field(
+        True,
+        description="vLLM's prefix cache; captured requests never read it, so every row is "
+        "computed",
+    )
     max_prompt_tokens: int = Field(0, description="longest prompt accepted; 0 = the model's")
-    storage_addr: str = STORAGE_ADDR
+    storage_addr: str = Field(STORAGE_ADDR, description="the storage service records go to")
     enforce_eager: Literal["auto", "true", "false"] = Field(
         "auto",
         description="true = run vLLM uncompiled (no torch.compile, no CUDA graphs): capture by "
@@ -64,7 +70,9 @@ class InferenceSettings(BaseSettings, GrpcSecurityFields):
     capture_default_layers: str = Field(
         "last", description="last, all, recommended or comma-separated indices"
     )
-    capture_timeout_s: float = 60.0
+    capture_timeout_s: float = Field(
+        60.0, description="how long a finished request waits for its rows from the worker"
+    )
     capture_max_bytes: int = Field(
         2 << 30, description="per-request cap on captured bytes (all layers, all choices)"
     )
@@ -95,5 +103,7 @@ class InferenceSettings(BaseSettings, GrpcSecurityFields):
         "(at most 2 GiB), on GPU vLLM's share of GPU memory",
     )
     capture_socket_dir: str = Field("", description="directory for the worker's capture socket")
-    grpc_max_message_bytes: int = 64 * 1024 * 1024
-    log_level: str = "INFO"
+    grpc_max_message_bytes: int = Field(
+        64 * 1024 * 1024, description="largest gRPC message sent or received"
+    )
+    log_level: str = Field("INFO", description="Python logging level")

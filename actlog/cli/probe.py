@@ -49,7 +49,9 @@ def probe(
     control: Annotated[
         bool, typer.Option("--control/--no-control", help="shuffled-label control per layer")
     ] = True,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    seed: Annotated[
+        int, typer.Option("--seed", help="of the folds, the bootstrap and the control")
+    ] = 0,
     balanced: Annotated[
         bool,
         typer.Option(

@@ -47,7 +47,7 @@ def _parse_rows(rows: str | None) -> tuple[int, int | None]:
 def export_record(
     output: Annotated[Path, typer.Option("--output", "-o", help="file.safetensors")],
     prompt_hash: Annotated[str | None, typer.Option(help="SHA-256 of the prompt")] = None,
-    record_id: Annotated[str | None, typer.Option()] = None,
+    record_id: Annotated[str | None, typer.Option(help="the record to export")] = None,
     layers: Annotated[LayerSpec | None, layers_option("every stored layer")] = None,
     model: ModelFilterOpt = None,
     rows: Annotated[
@@ -84,7 +84,7 @@ def export_record(
 
 def find(
     prompt: Annotated[str | None, typer.Option(help="the prompt text (hashed for you)")] = None,
-    prompt_hash: Annotated[str | None, typer.Option()] = None,
+    prompt_hash: Annotated[str | None, typer.Option(help="SHA-256 of the prompt")] = None,
     model: ModelFilterOpt = None,
     storage_addr: StorageAddrOpt = defaults.STORAGE_ADDR,
 ) -> None:

@@ -135,8 +135,10 @@ def stack_summary(stack: Stack, elapsed_s: float) -> str:
 
 
 def prepare_model(
-    model_cache_dir: Annotated[str, typer.Option(envvar="MODEL_CACHE_DIR")] = "",
-    force: bool = False,
+    model_cache_dir: Annotated[
+        str, typer.Option(envvar="MODEL_CACHE_DIR", help="default: ~/.cache/actlog/models")
+    ] = "",
+    force: Annotated[bool, typer.Option(help="convert again even if prepared")] = False,
 ) -> None:
     """Convert the packaged SmolLM2-135M-Instruct GGUF into a Hugging Face directory (once)."""
     from actlog_common.default_model import prepare_default_model
@@ -181,7 +183,9 @@ def verify(
     server: ServerOpt = GATEWAY_URL,
     storage_addr: StorageAddrOpt = defaults.STORAGE_ADDR,
     model: Annotated[str | None, typer.Option("--model", help="default: the served one")] = None,
-    auth_token: Annotated[str | None, typer.Option("--auth-token")] = None,
+    auth_token: Annotated[
+        str | None, typer.Option("--auth-token", help="accepted as the original; never stored")
+    ] = None,
 ) -> None:
     """Check that activation logging works: one completion, its record found in storage."""
     from actlog.verify import VerificationFailed

@@ -18,8 +18,7 @@ import openai
 import pytest
 
 from actlog_common.ids import new_record_id
-from tests.e2e.test_metrics import scrape, total
-from tests.e2e.test_openai_parity import extra_gateway
+from tests.e2e.helpers import extra_gateway, scrape, total
 
 pytestmark = pytest.mark.vllm
 
@@ -211,7 +210,7 @@ def test_actlog_dead_letters_lists_and_retries(stack, tmp_path) -> None:
     """A record storage refuses lands in the dead-letter area; `actlog dead-letters` lists it
     with the reason, and --retry-all sends it again (refused again here: its header is bad)."""
     from inference_service.capture.spool import Spool
-    from tests.integration.test_dead_letters import spool_record
+    from tests.integration.helpers import spool_record
 
     spool = Spool(Path(stack.config.capture_spool_dir))
     record_id = spool_record(spool, "a record storage refuses")

@@ -12,7 +12,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 
-from tests.e2e.test_openai_parity import extra_gateway
+from tests.e2e.helpers import extra_gateway
 
 pytestmark = pytest.mark.vllm
 

@@ -16,7 +16,7 @@ from actlog_common.grpc_security import GrpcSecurity
 from actlog_common.hashing import prompt_hash
 from actlog_common.v1 import inference_pb2, inference_pb2_grpc
 from tests.conftest import ENGINE_ENV, stopped_after
-from tests.integration.test_grpc_security import TOKEN, make_pki
+from tests.integration.helpers import TOKEN, make_pki
 
 pytestmark = pytest.mark.vllm
 

@@ -66,6 +66,7 @@ def probe_features_of_the_run(stack, nonsense: list[str], factual: list[str]) ->
             assert np.array_equal(means[30][i], mean)
 
 
+@pytest.mark.slow
 def test_a_small_run_labels_every_answers_record(stack, served_model, tmp_path) -> None:
     before = stored_records(stack)
     out = run(stack, tmp_path, "--do_inference", "--do_eval", "--N", "2", "--seed", "0",

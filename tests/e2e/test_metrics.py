@@ -7,30 +7,11 @@ from __future__ import annotations
 import httpx
 import openai
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from actlog_common.hashing import prompt_hash
-from tests.e2e.test_openai_parity import extra_gateway
+from tests.e2e.helpers import extra_gateway, scrape, total
 
 pytestmark = pytest.mark.vllm
-
-
-def scrape(url: str) -> dict[tuple[str, frozenset], float]:
-    """Every sample of a /metrics page by (name, labels)."""
-    reply = httpx.get(url, timeout=10)
-    assert reply.status_code == 200
-    assert reply.headers["content-type"].startswith("text/plain")
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(reply.text)
-        for s in family.samples
-    }
-
-
-def total(samples: dict[tuple[str, frozenset], float], name: str, **labels: str) -> float:
-    """Sum of the samples of `name` whose labels include `labels`."""
-    want = set(labels.items())
-    return sum(v for (n, lbl), v in samples.items() if n == name and want <= lbl)
 
 
 def metrics_urls(stack) -> dict[str, str]:

@@ -13,26 +13,12 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from actlog.launcher import Stack, StackConfig, free_port
 from actlog_common.hashing import prompt_hash
+from tests.e2e.helpers import extra_gateway
 
 pytestmark = pytest.mark.vllm
 
 SECRET = "tok-NEVER-STORE-7f3a9c"
-
-
-def extra_gateway(stack: Stack, tmp: Path, **env: str) -> Stack:
-    """Another gateway process on the session's inference service, with its own settings."""
-    config = StackConfig(
-        gateway_port=free_port(),
-        inference_port=stack.config.inference_port,
-        log_dir=str(tmp),
-        extra_env=env,
-    )
-    gateway = Stack(config)
-    gateway.start_service("gateway")
-    gateway.wait_healthy(timeout=60, names=("gateway",))
-    return gateway
 
 
 @pytest.fixture

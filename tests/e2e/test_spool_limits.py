@@ -15,7 +15,7 @@ from actlog.client import StorageClient
 from actlog.launcher import Stack, StackConfig, free_port
 from actlog_common.hashing import prompt_hash
 from tests.conftest import ENGINE_ENV, stopped_after
-from tests.e2e.test_metrics import scrape, total
+from tests.e2e.helpers import scrape, total
 
 pytestmark = pytest.mark.vllm
 

@@ -16,14 +16,11 @@ from pathlib import Path
 import grpc
 import pytest
 
-from actlog_common.hashing import prompt_hash
 from actlog_common.ids import new_record_id
 from actlog_common.v1 import storage_pb2, storage_pb2_grpc
 from inference_service.capture.sink import RecordSink
 from inference_service.capture.spool import Spool
-
-HIDDEN = 4
-ROW_BYTES = HIDDEN * 2
+from tests.integration.helpers import ROW_BYTES, spool_record
 
 
 class OneRecordFails(storage_pb2_grpc.StorageServicer):
@@ -45,19 +42,6 @@ class OneRecordFails(storage_pb2_grpc.StorageServicer):
         return storage_pb2.IngestResponse(
             record_id=header.record_id, status=storage_pb2.RECORD_STATUS_COMPLETE
         )
-
-
-def spool_record(spool: Spool, text: str) -> str:
-    record_id = new_record_id()
-    writer = spool.open(record_id, [0], ROW_BYTES, max_rows=2)
-    writer.write(0, 0, b"\x01" * 2 * ROW_BYTES)
-    header = storage_pb2.RecordHeader(
-        record_id=record_id, prompt_hash=prompt_hash(text), prompt=text, token_ids=[1, 2, 3],
-        token_strings=["a", "b", "c"], prompt_length=2, layers=[0], num_positions=2,
-        hidden_size=HIDDEN, dtype="bfloat16", num_layers=1, created_at_ms=0, choice_index=0,
-    )  # fmt: skip
-    spool.finish(writer, header)
-    return record_id
 
 
 async def until(condition, timeout: float = 30.0) -> None:

@@ -134,8 +134,9 @@ def test_a_class_with_too_few_records_is_a_clear_error(storage, planted, tmp_pat
                  "--storage-addr",
                  storage.address, "--output-dir", str(tmp_path / "y"))  # fmt: skip
     assert result.exit_code == 2 and "0 record(s)" in result.output
-    result = run("probe", "--label", "hallucinated", "--pool", "max", "--storage-addr",
-                 storage.address)
+    result = run(
+        "probe", "--label", "hallucinated", "--pool", "max", "--storage-addr", storage.address
+    )
     assert result.exit_code == 2 and "'max' is not one of" in result.output
     benchmark = f"benchmark={planted['model']}"
     result = run("probe", "--label", "hallucinated", "--layers", "9", "--filter", benchmark,

@@ -186,6 +186,7 @@ def run_tool(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_the_guides_command_lines_work_as_written(tmp_path) -> None:
     story = run_tool("--prompt", "Tell me a story", "--output", "my_activations", cwd=tmp_path)
     assert story.returncode == 0, story.stderr

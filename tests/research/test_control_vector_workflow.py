@@ -71,6 +71,7 @@ def test_on_real_states_each_method_matches_its_reference_definition(honesty, me
         assert np.mean(pos64 @ ours[layer] > neg64 @ ours[layer]) >= 0.5
 
 
+@pytest.mark.slow
 def test_the_command_writes_the_vector_the_gguf_and_the_report(tmp_path) -> None:
     result = subprocess.run(
         [str(ACTLOG), "control-vector", "--concept", "honesty", "--layers", "1,12,20,30",

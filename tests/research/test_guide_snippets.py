@@ -103,6 +103,7 @@ SNIPPETS = {
 }
 
 
+@pytest.mark.slow
 def test_the_guides_snippets_run_in_order_as_written(tmp_path: Path) -> None:
     namespace: dict[str, object] = {}
     printed = io.StringIO()
