@@ -63,7 +63,20 @@ class StackConfig:
     activation_lmdb_path: str = setting(defaults.ACTIVATION_LMDB_PATH, "the records' LMDB")
     capture_spool_dir: str = setting(defaults.CAPTURE_SPOOL_DIR, "captures waiting for storage")
     model: str = setting("default", "`default`, a local HF directory or a hub id")
-    dtype: str = setting("auto", "the model's dtype: auto, bfloat16, float16 or float32")
+    dtype: str = setting(
+        "auto",
+        "the dtype the engine computes in: auto (CPU: float32, or bfloat16 where the CPU "
+        "computes it natively; CUDA: the checkpoint's), bfloat16, float16 or float32",
+    )
+    enforce_eager: str = setting(
+        "auto", "true: eager, any layer; false: compiled; auto: eager on CPU, compiled on CUDA"
+    )
+    capture_layers_available: str = setting(
+        "last", "what a compiled engine can capture (all, recommended, indices), fixed at start"
+    )
+    capture_dtype: str = setting(
+        "auto", "the dtype rows are stored in: auto (as computed), float32, float16, bfloat16"
+    )
     # Each service's log goes to <log_dir>/<service>.log; None = this process's terminal.
     log_dir: str | None = setting("logs", "each service logs to <dir>/<name>.log", "ACTLOG_LOG_DIR")
     # Further variables for the services (e.g. MAX_MODEL_LEN, VLLM_CPU_KVCACHE_SPACE);

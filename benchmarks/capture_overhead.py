@@ -85,9 +85,9 @@ async def start_plain(settings: InferenceSettings):
     from inference_service.engine_args import engine_args
 
     model = resolve_model("default")
-    args, _, _ = engine_args(
+    args = engine_args(
         settings, model, "plain", chunked_prefill=False, is_cpu=current_platform.is_cpu()
-    )
+    ).args
     args.worker_extension_cls = ""
     args.additional_config = {}
     args.enforce_eager = False

@@ -103,6 +103,8 @@ class SamplingFields(OpenAIBaseModel):
     capture_layers: (
         list[Annotated[int, Field(ge=-(2**31), lt=2**31, strict=True)]] | LayerPreset | None
     ) = None
+    # The dtype this request's rows are stored in (default: the server's CAPTURE_DTYPE).
+    capture_dtype: Literal["float32", "float16", "bfloat16"] | None = None
     # The original project's per-request token for gated models. This stack serves one model
     # loaded at start-up (HF_TOKEN), so the token is accepted and dropped: never stored, logged
     # or echoed.

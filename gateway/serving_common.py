@@ -54,7 +54,7 @@ def generate_request(
         sampling.logprobs = logprobs
     if prompt_logprobs is not None:
         sampling.prompt_logprobs = prompt_logprobs
-    capture = inference_pb2.CaptureOptions()
+    capture = inference_pb2.CaptureOptions(dtype=req.capture_dtype or "")
     if req.capture is not None:
         capture.enabled = req.capture
     if isinstance(req.capture_layers, str):

@@ -34,7 +34,18 @@ class InferenceSettings(BaseSettings, GrpcSecurityFields):
     )
     served_model_name: str = Field("", description="name clients use; defaults to the model's")
     model_cache_dir: str = Field("", description="where the default model is prepared")
-    dtype: str = Field("auto", description="auto, bfloat16, float16 or float32")
+    dtype: str = Field(
+        "auto",
+        description="the dtype the engine computes in: auto, bfloat16, float16 or float32. "
+        "auto = on CPU float32, or bfloat16 where the CPU computes it natively (AVX512_BF16, "
+        "AMX-BF16, BF16); on CUDA the checkpoint's",
+    )
+    capture_dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto",
+        description="the dtype captured rows are stored in, converted in the worker before "
+        "they leave it (float16 or bfloat16 halve a float32 engine's records); auto = the "
+        "compute dtype. A request's capture_dtype wins",
+    )
     max_model_len: int = Field(0, description="0 = the model's own limit")
     max_num_seqs: int = Field(0, description="sequences in one batch; 0 = vLLM's default")
     max_num_batched_tokens: int = Field(
@@ -58,8 +69,9 @@ class InferenceSettings(BaseSettings, GrpcSecurityFields):
     enforce_eager: Literal["auto", "true", "false"] = Field(
         "auto",
         description="true = run vLLM uncompiled (no torch.compile, no CUDA graphs): capture by "
-        "forward hooks, any layer may be asked for; false = compile; auto = compile, except "
-        "16-bit models on CPU, where compiling takes about 10 minutes",
+        "forward hooks, any layer may be asked for; false = compile, capture inside the graph "
+        "(CAPTURE_LAYERS_AVAILABLE); auto = eager on CPU, where compiling gains a few percent "
+        "for minutes of start-up, compiled with CUDA graphs on CUDA",
     )
     capture_layers_available: str = Field(
         "last",

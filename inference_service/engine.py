@@ -79,6 +79,7 @@ class CaptureEngine:
         self._chunked_prefill = False
         self._is_cpu = False
         self.capture_path: CapturePath | None = None
+        self.dtype_reason = ""
         # What the worker reported when capture was installed (compile mode, graphs).
         self._worker_info: dict[str, Any] = {}
         # Bytes of KV cache the engine was given (0: vLLM's own sizing, e.g. on GPU).
@@ -104,7 +105,7 @@ class CaptureEngine:
         )
         await self.sink.start()
         await self.collector.start()
-        args, self.kv_cache_bytes, path = await asyncio.to_thread(
+        plan = await asyncio.to_thread(
             engine_args,
             s,
             model_path,
@@ -112,11 +113,16 @@ class CaptureEngine:
             chunked_prefill=self._chunked_prefill,
             is_cpu=self._is_cpu,
         )
+        args, self.kv_cache_bytes, path = plan.args, plan.kv_cache_bytes, plan.path
         self.capture_path = path
+        self.dtype_reason = plan.dtype.reason
         logger.info(
-            "starting vLLM engine for %s (chunked prefill %s); capture path: %s (%s)%s",
+            "starting vLLM engine for %s (chunked prefill %s); dtype %s (%s); capture path: "
+            "%s (%s)%s",
             model_path,
             self._chunked_prefill,
+            plan.dtype.value,
+            plan.dtype.reason,
             path.name,
             path.reason,
             f", layers {list(path.available)}" if path.compiled else "",
@@ -152,6 +158,9 @@ class CaptureEngine:
             kv_cache_bytes=self.kv_cache_bytes,
             capture_path=path.name,
             available_layers=path.available,
+            dtype_reason=plan.dtype.reason,
+            capture_path_reason=path.reason,
+            capture_dtype=(str(shape["dtype"]) if s.capture_dtype == "auto" else s.capture_dtype),
         )
         logger.info("engine ready: %s", self.info)
         return self.info
@@ -176,7 +185,11 @@ class CaptureEngine:
     def status(self) -> dict[str, Any]:
         records, size = self.spool.usage()
         path = self.capture_path
+        info = self.info
         return {
+            "dtype": info.dtype if info else "",
+            "dtype_reason": self.dtype_reason,
+            "capture_dtype": info.capture_dtype if info else "",
             "capture_path": path.name if path else "",
             "capture_path_reason": path.reason if path else "",
             "available_layers": list(path.available) if path else [],
@@ -237,7 +250,7 @@ class CaptureEngine:
                 len(run.choices),
                 run.layers or [],
                 info.hidden_size,
-                info.dtype,
+                run.capture_dtype,
                 run.max_rows,
                 self._header_bound(run),
             )
@@ -287,12 +300,19 @@ class CaptureEngine:
         """What the request captures, and its SamplingParams for vLLM, both checked."""
         layers = self._capture_layers(req, info)
         capture_key = new_record_id() if layers is not None else None
+        capture_dtype = req.capture.dtype or info.capture_dtype or info.dtype
+        if capture_dtype not in DTYPES:
+            raise InvalidRequest(
+                f"capture_dtype {capture_dtype!r} is not one of {', '.join(DTYPES)}",
+                param="capture_dtype",
+            )
         params = sampling_params(
             req.sampling,
             capture_key=capture_key,
             layers=layers or [],
             sink=self.collector.path,
             cpu_chunked_prefill=self._is_cpu and self._chunked_prefill,
+            dtype=capture_dtype,
         )
         run = Generation(
             req=req,
@@ -303,6 +323,7 @@ class CaptureEngine:
             layers=layers,
             capture_key=capture_key,
             decode=self._tokenizer.decode,
+            capture_dtype=capture_dtype,
         )
         if layers is not None:
             self._check_capture_size(run, layers)
@@ -328,7 +349,8 @@ class CaptureEngine:
     def _check_capture_size(self, run: Generation, layers: list[int]) -> None:
         """Refuse a capture whose worst case is above its share of CAPTURE_MAX_BYTES."""
         info, rows, req = run.info, run.max_rows, run.req
-        need = rows * info.hidden_size * DTYPES[info.dtype].itemsize * len(layers) * req.sampling.n
+        itemsize = DTYPES[run.capture_dtype].itemsize
+        need = rows * info.hidden_size * itemsize * len(layers) * req.sampling.n
         cap = self._settings.capture_max_bytes
         prompts = req.capture.request_prompts
         share = cap // prompts
@@ -360,7 +382,7 @@ class CaptureEngine:
                     record_id,
                     run.layers or [],
                     info.hidden_size,
-                    info.dtype,
+                    run.capture_dtype,
                     run.max_rows,
                     header_bytes,
                 )

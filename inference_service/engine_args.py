@@ -1,6 +1,6 @@
-"""vLLM's engine arguments from the service's settings: the capture path (capture/path.py), and on
-a CPU host the KV cache sized to what the engine needs (memory.py), with a one-line failure when
-the engine cannot fit."""
+"""vLLM's engine arguments from the service's settings: the defaults chosen for the machine
+(machine.py), the capture path (capture/path.py), and on a CPU host the KV cache sized to what
+the engine needs (memory.py), with a one-line failure when the engine cannot fit."""
 
 from __future__ import annotations
 
@@ -8,16 +8,28 @@ import copy
 import logging
 import os
 import shutil
+from dataclasses import dataclass
 from typing import Any
 
 from inference_service import memory
 from inference_service.capture.path import CapturePath, choose_capture_path
 from inference_service.config import InferenceSettings
+from inference_service.machine import Choice, Machine, choose_dtype, choose_enforce_eager
 
 logger = logging.getLogger(__name__)
 
 # Named, not imported: importing it patches vLLM's model runner, which only the worker needs.
 WORKER_EXTENSION = "inference_service.capture.worker.ActivationCaptureExtension"
+
+
+@dataclass(frozen=True)
+class EnginePlan:
+    args: Any  # vLLM's AsyncEngineArgs
+    # Bytes of KV cache the engine is given (0: vLLM's own sizing, e.g. on GPU).
+    kv_cache_bytes: int
+    path: CapturePath
+    # The compute dtype asked of vLLM ("auto" on CUDA: the checkpoint's) and why.
+    dtype: Choice
 
 
 def engine_args(
@@ -27,31 +39,32 @@ def engine_args(
     *,
     chunked_prefill: bool,
     is_cpu: bool,
-) -> tuple[Any, int, CapturePath]:
-    """AsyncEngineArgs for the model, the bytes of KV cache it is given (0: vLLM's own
-    sizing, e.g. on GPU), and the capture path it runs."""
+    machine: Machine | None = None,
+) -> EnginePlan:
+    """vLLM's engine arguments for the model on this machine (the defaults of machine.py
+    where the settings say `auto`), with the KV cache and capture path they come to."""
     from transformers import AutoConfig
     from vllm.engine.arg_utils import AsyncEngineArgs
 
     from inference_service.capture.compiled import CODE_VERSION
 
     s = settings
+    machine = machine or Machine.detect("cpu" if is_cpu else "cuda")
     hf_config = AutoConfig.from_pretrained(model_path)
     num_layers = int(getattr(hf_config, "num_hidden_layers", 0) or 0)
+    dtype = choose_dtype(s.dtype, machine)
     path = choose_capture_path(
-        enforce_eager=s.enforce_eager,
+        eager=choose_enforce_eager(s.enforce_eager, machine),
         available_spec=s.capture_layers_available,
         default_spec=s.capture_default_layers,
         architectures=list(getattr(hf_config, "architectures", None) or []),
         num_layers=num_layers,
-        is_cpu=is_cpu,
-        dtype=_model_dtype(s.dtype, hf_config),
         cannot_compile="" if not is_cpu or cpu_compiler() else NO_COMPILER,
     )
     kwargs: dict[str, Any] = {
         "model": model_path,
         "served_model_name": served,
-        "dtype": s.dtype,
+        "dtype": dtype.value,
         # Hooks on inner layers never fire inside compiled code: an engine that cannot
         # capture inside the graph runs eagerly.
         "enforce_eager": not path.compiled,
@@ -77,21 +90,13 @@ def engine_args(
     kv_cache_bytes = s.kv_cache_memory_bytes
     if is_cpu:
         kv_cache_bytes = _size_cpu_memory(s, args, model_path)
-    return args, kv_cache_bytes, path
+    return EnginePlan(args, kv_cache_bytes, path, dtype)
 
 
 NO_COMPILER = (
     "no C++ compiler (g++, c++ or clang++, or $CXX) for torch.compile on this CPU host: "
     "install one to capture inside the compiled graph"
 )
-
-
-def _model_dtype(setting: str, hf_config: Any) -> str:
-    """The dtype the engine computes in: DTYPE, or with `auto` the checkpoint's."""
-    if setting != "auto":
-        return setting
-    stored = getattr(hf_config, "dtype", None) or getattr(hf_config, "torch_dtype", None)
-    return str(stored or "float32").removeprefix("torch.")
 
 
 def cpu_compiler() -> str | None:

@@ -52,6 +52,8 @@ class Generation:
     layers: list[int] | None
     capture_key: str | None
     decode: Callable[[list[int]], str]
+    # The dtype the captured rows are stored in (the request's, or CAPTURE_DTYPE resolved).
+    capture_dtype: str = ""
     choices: list[Choice] = field(init=False)
     prompt_hash: str = field(init=False)
     prompt_logprobs: Any = field(default=None, init=False)
@@ -123,7 +125,7 @@ class Generation:
             layers=self.layers,
             num_positions=len(self.prompt_ids) + len(c.token_ids) - 1,
             hidden_size=info.hidden_size,
-            dtype=info.dtype,
+            dtype=self.capture_dtype or info.dtype,
             num_layers=info.num_layers,
             finish_reason=str(c.finish_reason or ""),
             created_at_ms=int(time.time() * 1000),

@@ -19,9 +19,11 @@ def sampling_params(
     layers: list[int],
     sink: str,
     cpu_chunked_prefill: bool,
+    dtype: str = "",
 ) -> Any:
     """vLLM's SamplingParams for `s`; with a capture key, the worker captures `layers` of
-    every choice and streams them to the collector's socket `sink`. InvalidRequest when vLLM
+    every choice, converted to `dtype` ("" = as computed), and streams them to the
+    collector's socket `sink`. InvalidRequest when vLLM
     (or this engine) cannot serve the options."""
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
@@ -63,6 +65,7 @@ def sampling_params(
             capture_worker.LAYERS: layers,
             capture_worker.SINK: sink,
             capture_worker.N: s.n,
+            capture_worker.DTYPE: dtype,
         }
         # Rows served from the prefix cache are never computed, so never captured.
         kwargs["skip_reading_prefix_cache"] = True

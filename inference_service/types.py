@@ -62,6 +62,8 @@ class CaptureRequest:
     layers: tuple[int, ...] = ()
     preset: str = ""
     request_prompts: int = 1
+    # The dtype rows are stored in; "" = the server's CAPTURE_DTYPE.
+    dtype: str = ""
 
     @classmethod
     def from_pb(cls, pb: inference_pb2.CaptureOptions) -> CaptureRequest:
@@ -70,6 +72,7 @@ class CaptureRequest:
             layers=tuple(pb.layers),
             preset=pb.preset,
             request_prompts=max(pb.request_prompts, 1),
+            dtype=pb.dtype,
         )
 
 
@@ -163,6 +166,10 @@ class ModelDescription:
     kv_cache_bytes: int = 0
     capture_path: str = "eager"
     available_layers: tuple[int, ...] = ()
+    dtype_reason: str = ""
+    capture_path_reason: str = ""
+    # What captures are stored in unless a request says (CAPTURE_DTYPE, resolved).
+    capture_dtype: str = ""
 
     def to_pb(self) -> inference_pb2.ModelInfo:
         return _as_pb(self, inference_pb2.ModelInfo)

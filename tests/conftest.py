@@ -34,11 +34,11 @@ ENGINE_ENV = {
     "VLLM_LOGGING_LEVEL": "WARNING",
     "ENFORCE_EAGER": "true",
 }
-# Laid over ENGINE_ENV: the default capture path of a float32 engine (ENFORCE_EAGER=auto:
-# compiled), with every layer available but one, so that a refusal can be seen too.
+# Laid over ENGINE_ENV: the compiled capture path (the default on CUDA; ENFORCE_EAGER=false on
+# CPU), with every layer available but one, so that a refusal can be seen too.
 NOT_COMPILED_IN = 27
 COMPILED_ENV = {
-    "ENFORCE_EAGER": "auto",
+    "ENFORCE_EAGER": "false",
     "CAPTURE_LAYERS_AVAILABLE": ",".join(str(i) for i in range(31) if i != NOT_COMPILED_IN),
 }
 

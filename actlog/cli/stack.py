@@ -5,7 +5,6 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-import os
 import signal
 import time
 import typing
@@ -32,7 +31,7 @@ def up(**options: Any) -> None:
     defaults.configure_logging(logging.WARNING)
     timeout = options.pop("timeout")
     config = StackConfig(**options)
-    model, dtype, log_dir = config.model, config.dtype, config.log_dir or "."
+    model, log_dir = config.model, config.log_dir or "."
     stack = Stack(config)
     stopping = False
 
@@ -52,7 +51,9 @@ def up(**options: Any) -> None:
         typer.echo(f"  {name:<10} ready after {time.monotonic() - started:.0f}s")
         if name == "storage":
             what = f"the default model, {DEFAULT_MODEL_NAME}" if is_default(model) else model
-            typer.echo(f"  {'inference':<10} loading {what} ({_expected_start(dtype)})")
+            typer.echo(
+                f"  {'inference':<10} loading {what} ({_expected_start(config.enforce_eager)})"
+            )
 
     try:
         typer.echo(f"starting storage, inference and gateway; logs in {Path(log_dir).resolve()}")
@@ -91,22 +92,23 @@ def stop_summary(config: StackConfig) -> str:
     return "\n".join(lines)
 
 
-def _expected_start(dtype: str) -> str:
-    # As the inference service decides with ENFORCE_EAGER (from the environment we pass it):
-    # auto compiles float32 only, on CPU; a compiled start takes minutes there.
-    mode = os.environ.get("ENFORCE_EAGER", "auto").strip().lower()
-    if mode in {"false", "0", "no", "off"} or (mode == "auto" and dtype == "float32"):
+def _expected_start(enforce_eager: str) -> str:
+    # As the inference service decides ENFORCE_EAGER (inference_service/machine.py): auto runs
+    # eagerly on CPU and compiles on CUDA; a compiled start takes minutes on CPU.
+    if enforce_eager.strip().lower() in {"false", "0", "no", "off"}:
         return "a few minutes: it is compiled, so that capture runs inside the compiled graph"
     return "about a minute"
 
 
 def _capture_line(info: Any) -> str:
+    stored = f"; rows stored as {info.capture_dtype}" if info.capture_dtype else ""
+    why = f"  [{info.capture_path_reason}]" if info.capture_path_reason else ""
     if info.capture_path == "compiled":
         return (
             f"compiled (inside the graph), layers {list(info.available_layers)} "
-            "(CAPTURE_LAYERS_AVAILABLE; ENFORCE_EAGER=true for any layer)"
+            f"(CAPTURE_LAYERS_AVAILABLE; ENFORCE_EAGER=true for any layer){stored}{why}"
         )
-    return f"{info.capture_path or 'eager'} (forward hooks), any layer"
+    return f"{info.capture_path or 'eager'} (forward hooks), any layer{stored}{why}"
 
 
 def stack_summary(stack: Stack, elapsed_s: float) -> str:
@@ -122,6 +124,7 @@ def stack_summary(stack: Stack, elapsed_s: float) -> str:
         f"ready: /health, live: /health/live, metrics: /metrics)",
         f"  inference  {config.inference_addr}  (gRPC; {info.model}, {info.dtype}{kv}; "
         f"metrics: http://{host}:{config.inference_metrics_port}/metrics)",
+        f"  dtype      {info.dtype}  [{info.dtype_reason or 'DTYPE=' + config.dtype}]",
         f"  capture    {_capture_line(info)}",
         f"  storage    {config.storage_addr}  (gRPC; "
         f"metrics: http://{config.storage_host}:{config.storage_metrics_port}/metrics)",

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n actlog_common/v1/inference.proto\x12\tactlog.v1\"\xa8\x03\n\x0eSamplingParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\r\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12\x0c\n\x04stop\x18\x04 \x03(\t\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x02\x88\x01\x01\x12\x12\n\x05top_k\x18\x06 \x01(\x05H\x03\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\x07 \x01(\x02H\x04\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\x08 \x01(\x02H\x05\x88\x01\x01\x12\t\n\x01n\x18\t \x01(\r\x12\x12\n\nignore_eos\x18\n \x01(\x08\x12\x15\n\x08logprobs\x18\x0b \x01(\rH\x06\x88\x01\x01\x12\x1c\n\x0fprompt_logprobs\x18\x0c \x01(\rH\x07\x88\x01\x01\x12\x13\n\x0b\x66it_context\x18\r \x01(\x08\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seedB\x08\n\x06_top_kB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x0b\n\t_logprobsB\x12\n\x10_prompt_logprobs\"k\n\x0e\x43\x61ptureOptions\x12\x14\n\x07\x65nabled\x18\x01 \x01(\x08H\x00\x88\x01\x01\x12\x0e\n\x06layers\x18\x02 \x03(\x05\x12\x0e\n\x06preset\x18\x03 \x01(\t\x12\x17\n\x0frequest_prompts\x18\x04 \x01(\rB\n\n\x08_enabled\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"8\n\x0c\x43hatMessages\x12(\n\x08messages\x18\x01 \x03(\x0b\x32\x16.actlog.v1.ChatMessage\"\xf3\x01\n\x0fGenerateRequest\x12\x10\n\x06prompt\x18\x01 \x01(\tH\x00\x12/\n\x10prompt_token_ids\x18\x02 \x01(\x0b\x32\x13.actlog.v1.TokenIdsH\x00\x12\'\n\x04\x63hat\x18\x06 \x01(\x0b\x32\x17.actlog.v1.ChatMessagesH\x00\x12+\n\x08sampling\x18\x03 \x01(\x0b\x32\x19.actlog.v1.SamplingParams\x12*\n\x07\x63\x61pture\x18\x04 \x01(\x0b\x32\x19.actlog.v1.CaptureOptions\x12\x12\n\nrequest_id\x18\x05 \x01(\tB\x07\n\x05input\"\x0f\n\rCheckResponse\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\r\"o\n\x10GenerateResponse\x12&\n\x05\x64\x65lta\x18\x01 \x01(\x0b\x32\x15.actlog.v1.TokenDeltaH\x00\x12+\n\x06result\x18\x02 \x01(\x0b\x32\x19.actlog.v1.GenerateResultH\x00\x42\x06\n\x04kind\">\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\"u\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\x14\n\x07logprob\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\"\n\x03top\x18\x04 \x03(\x0b\x32\x15.actlog.v1.TopLogprobB\n\n\x08_logprob\"g\n\nTokenDelta\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\r\n\x05index\x18\x03 \x01(\r\x12)\n\x08logprobs\x18\x04 \x03(\x0b\x32\x17.actlog.v1.TokenLogprob\"\xac\x02\n\x0eGenerateResult\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12\x18\n\x10output_token_ids\x18\x03 \x03(\r\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12\x13\n\x0bprompt_hash\x18\x05 \x01(\t\x12\x11\n\trecord_id\x18\x06 \x01(\t\x12\x0e\n\x06layers\x18\x07 \x03(\r\x12\r\n\x05model\x18\x08 \x01(\t\x12\r\n\x05index\x18\t \x01(\r\x12)\n\x08logprobs\x18\n \x03(\x0b\x32\x17.actlog.v1.TokenLogprob\x12\x30\n\x0fprompt_logprobs\x18\x0b \x03(\x0b\x32\x17.actlog.v1.TokenLogprob\x12\x0e\n\x06prompt\x18\x0c \x01(\t\"\x12\n\x10ModelInfoRequest\"\xe5\x01\n\tModelInfo\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nnum_layers\x18\x02 \x01(\r\x12\x13\n\x0bhidden_size\x18\x03 \x01(\r\x12\r\n\x05\x64type\x18\x04 \x01(\t\x12\x15\n\rmax_model_len\x18\x05 \x01(\r\x12\x16\n\x0e\x64\x65\x66\x61ult_layers\x18\x06 \x03(\r\x12\x1a\n\x12recommended_layers\x18\x07 \x03(\r\x12\x16\n\x0ekv_cache_bytes\x18\x08 \x01(\x04\x12\x14\n\x0c\x63\x61pture_path\x18\t \x01(\t\x12\x18\n\x10\x61vailable_layers\x18\n \x03(\r\"(\n\rStatusRequest\x12\x17\n\x0fworker_counters\x18\x01 \x01(\x08\"v\n\x0eWorkerCounters\x12\r\n\x05steps\x18\x01 \x01(\x04\x12\x15\n\rcapture_steps\x18\x02 \x01(\x04\x12\x0e\n\x06\x66rames\x18\x03 \x01(\x04\x12\x18\n\x10layer_hook_calls\x18\x04 \x01(\x04\x12\x14\n\x0cgraph_writes\x18\x05 \x01(\x04\"\xac\x04\n\rServiceStatus\x12\x18\n\x10pending_captures\x18\x01 \x01(\r\x12\x16\n\x0equeued_records\x18\x02 \x01(\r\x12\x15\n\rspool_records\x18\x03 \x01(\r\x12\x13\n\x0bspool_bytes\x18\x04 \x01(\x04\x12\x16\n\x0estored_records\x18\x05 \x01(\x04\x12\x18\n\x10storage_failures\x18\x06 \x01(\x04\x12\x19\n\x11storage_reachable\x18\x07 \x01(\x08\x12\x17\n\x0frecomputed_rows\x18\x08 \x01(\x04\x12\r\n\x05ready\x18\t \x01(\x08\x12\x1c\n\x14oldest_spooled_age_s\x18\n \x01(\x01\x12\x17\n\x0fspool_max_bytes\x18\x0b \x01(\x04\x12\x1c\n\x14spool_reserved_bytes\x18\x0c \x01(\x04\x12\x18\n\x10refused_captures\x18\r \x01(\x04\x12\x1b\n\x13\x64\x65\x61\x64_letter_records\x18\x0e \x01(\r\x12\x15\n\rstorage_error\x18\x0f \x01(\t\x12\x14\n\x0c\x63\x61pture_path\x18\x10 \x01(\t\x12\x1b\n\x13\x63\x61pture_path_reason\x18\x11 \x01(\t\x12\x18\n\x10\x61vailable_layers\x18\x12 \x03(\r\x12\x14\n\x0c\x63ompile_mode\x18\x13 \x01(\t\x12\x17\n\x0f\x63ompiled_graphs\x18\x14 \x01(\r\x12)\n\x06worker\x18\x15 \x01(\x0b\x32\x19.actlog.v1.WorkerCounters\"/\n\nDeadLetter\x12\x11\n\trecord_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"6\n\x12\x44\x65\x61\x64LettersRequest\x12\r\n\x05retry\x18\x01 \x03(\t\x12\x11\n\tretry_all\x18\x02 \x01(\x08\"N\n\x0e\x44\x65\x61\x64LetterList\x12+\n\x0c\x64\x65\x61\x64_letters\x18\x01 \x03(\x0b\x32\x15.actlog.v1.DeadLetter\x12\x0f\n\x07retried\x18\x02 \x03(\t2\xde\x02\n\tInference\x12\x45\n\x08Generate\x12\x1a.actlog.v1.GenerateRequest\x1a\x1b.actlog.v1.GenerateResponse0\x01\x12=\n\x05\x43heck\x12\x1a.actlog.v1.GenerateRequest\x1a\x18.actlog.v1.CheckResponse\x12\x41\n\x0cGetModelInfo\x12\x1b.actlog.v1.ModelInfoRequest\x1a\x14.actlog.v1.ModelInfo\x12?\n\tGetStatus\x12\x18.actlog.v1.StatusRequest\x1a\x18.actlog.v1.ServiceStatus\x12G\n\x0b\x44\x65\x61\x64Letters\x12\x1d.actlog.v1.DeadLettersRequest\x1a\x19.actlog.v1.DeadLetterListb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n actlog_common/v1/inference.proto\x12\tactlog.v1\"\xa8\x03\n\x0eSamplingParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\r\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12\x0c\n\x04stop\x18\x04 \x03(\t\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x02\x88\x01\x01\x12\x12\n\x05top_k\x18\x06 \x01(\x05H\x03\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\x07 \x01(\x02H\x04\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\x08 \x01(\x02H\x05\x88\x01\x01\x12\t\n\x01n\x18\t \x01(\r\x12\x12\n\nignore_eos\x18\n \x01(\x08\x12\x15\n\x08logprobs\x18\x0b \x01(\rH\x06\x88\x01\x01\x12\x1c\n\x0fprompt_logprobs\x18\x0c \x01(\rH\x07\x88\x01\x01\x12\x13\n\x0b\x66it_context\x18\r \x01(\x08\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seedB\x08\n\x06_top_kB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x0b\n\t_logprobsB\x12\n\x10_prompt_logprobs\"z\n\x0e\x43\x61ptureOptions\x12\x14\n\x07\x65nabled\x18\x01 \x01(\x08H\x00\x88\x01\x01\x12\x0e\n\x06layers\x18\x02 \x03(\x05\x12\x0e\n\x06preset\x18\x03 \x01(\t\x12\x17\n\x0frequest_prompts\x18\x04 \x01(\r\x12\r\n\x05\x64type\x18\x05 \x01(\tB\n\n\x08_enabled\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"8\n\x0c\x43hatMessages\x12(\n\x08messages\x18\x01 \x03(\x0b\x32\x16.actlog.v1.ChatMessage\"\xf3\x01\n\x0fGenerateRequest\x12\x10\n\x06prompt\x18\x01 \x01(\tH\x00\x12/\n\x10prompt_token_ids\x18\x02 \x01(\x0b\x32\x13.actlog.v1.TokenIdsH\x00\x12\'\n\x04\x63hat\x18\x06 \x01(\x0b\x32\x17.actlog.v1.ChatMessagesH\x00\x12+\n\x08sampling\x18\x03 \x01(\x0b\x32\x19.actlog.v1.SamplingParams\x12*\n\x07\x63\x61pture\x18\x04 \x01(\x0b\x32\x19.actlog.v1.CaptureOptions\x12\x12\n\nrequest_id\x18\x05 \x01(\tB\x07\n\x05input\"\x0f\n\rCheckResponse\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\r\"o\n\x10GenerateResponse\x12&\n\x05\x64\x65lta\x18\x01 \x01(\x0b\x32\x15.actlog.v1.TokenDeltaH\x00\x12+\n\x06result\x18\x02 \x01(\x0b\x32\x19.actlog.v1.GenerateResultH\x00\x42\x06\n\x04kind\">\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\"u\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\x14\n\x07logprob\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\"\n\x03top\x18\x04 \x03(\x0b\x32\x15.actlog.v1.TopLogprobB\n\n\x08_logprob\"g\n\nTokenDelta\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\r\n\x05index\x18\x03 \x01(\r\x12)\n\x08logprobs\x18\x04 \x03(\x0b\x32\x17.actlog.v1.TokenLogprob\"\xac\x02\n\x0eGenerateResult\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12\x18\n\x10output_token_ids\x18\x03 \x03(\r\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12\x13\n\x0bprompt_hash\x18\x05 \x01(\t\x12\x11\n\trecord_id\x18\x06 \x01(\t\x12\x0e\n\x06layers\x18\x07 \x03(\r\x12\r\n\x05model\x18\x08 \x01(\t\x12\r\n\x05index\x18\t \x01(\r\x12)\n\x08logprobs\x18\n \x03(\x0b\x32\x17.actlog.v1.TokenLogprob\x12\x30\n\x0fprompt_logprobs\x18\x0b \x03(\x0b\x32\x17.actlog.v1.TokenLogprob\x12\x0e\n\x06prompt\x18\x0c \x01(\t\"\x12\n\x10ModelInfoRequest\"\xaf\x02\n\tModelInfo\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nnum_layers\x18\x02 \x01(\r\x12\x13\n\x0bhidden_size\x18\x03 \x01(\r\x12\r\n\x05\x64type\x18\x04 \x01(\t\x12\x15\n\rmax_model_len\x18\x05 \x01(\r\x12\x16\n\x0e\x64\x65\x66\x61ult_layers\x18\x06 \x03(\r\x12\x1a\n\x12recommended_layers\x18\x07 \x03(\r\x12\x16\n\x0ekv_cache_bytes\x18\x08 \x01(\x04\x12\x14\n\x0c\x63\x61pture_path\x18\t \x01(\t\x12\x18\n\x10\x61vailable_layers\x18\n \x03(\r\x12\x14\n\x0c\x64type_reason\x18\x0b \x01(\t\x12\x1b\n\x13\x63\x61pture_path_reason\x18\x0c \x01(\t\x12\x15\n\rcapture_dtype\x18\r \x01(\t\"(\n\rStatusRequest\x12\x17\n\x0fworker_counters\x18\x01 \x01(\x08\"v\n\x0eWorkerCounters\x12\r\n\x05steps\x18\x01 \x01(\x04\x12\x15\n\rcapture_steps\x18\x02 \x01(\x04\x12\x0e\n\x06\x66rames\x18\x03 \x01(\x04\x12\x18\n\x10layer_hook_calls\x18\x04 \x01(\x04\x12\x14\n\x0cgraph_writes\x18\x05 \x01(\x04\"\xe8\x04\n\rServiceStatus\x12\x18\n\x10pending_captures\x18\x01 \x01(\r\x12\x16\n\x0equeued_records\x18\x02 \x01(\r\x12\x15\n\rspool_records\x18\x03 \x01(\r\x12\x13\n\x0bspool_bytes\x18\x04 \x01(\x04\x12\x16\n\x0estored_records\x18\x05 \x01(\x04\x12\x18\n\x10storage_failures\x18\x06 \x01(\x04\x12\x19\n\x11storage_reachable\x18\x07 \x01(\x08\x12\x17\n\x0frecomputed_rows\x18\x08 \x01(\x04\x12\r\n\x05ready\x18\t \x01(\x08\x12\x1c\n\x14oldest_spooled_age_s\x18\n \x01(\x01\x12\x17\n\x0fspool_max_bytes\x18\x0b \x01(\x04\x12\x1c\n\x14spool_reserved_bytes\x18\x0c \x01(\x04\x12\x18\n\x10refused_captures\x18\r \x01(\x04\x12\x1b\n\x13\x64\x65\x61\x64_letter_records\x18\x0e \x01(\r\x12\x15\n\rstorage_error\x18\x0f \x01(\t\x12\x14\n\x0c\x63\x61pture_path\x18\x10 \x01(\t\x12\x1b\n\x13\x63\x61pture_path_reason\x18\x11 \x01(\t\x12\x18\n\x10\x61vailable_layers\x18\x12 \x03(\r\x12\x14\n\x0c\x63ompile_mode\x18\x13 \x01(\t\x12\x17\n\x0f\x63ompiled_graphs\x18\x14 \x01(\r\x12)\n\x06worker\x18\x15 \x01(\x0b\x32\x19.actlog.v1.WorkerCounters\x12\r\n\x05\x64type\x18\x16 \x01(\t\x12\x14\n\x0c\x64type_reason\x18\x17 \x01(\t\x12\x15\n\rcapture_dtype\x18\x18 \x01(\t\"/\n\nDeadLetter\x12\x11\n\trecord_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"6\n\x12\x44\x65\x61\x64LettersRequest\x12\r\n\x05retry\x18\x01 \x03(\t\x12\x11\n\tretry_all\x18\x02 \x01(\x08\"N\n\x0e\x44\x65\x61\x64LetterList\x12+\n\x0c\x64\x65\x61\x64_letters\x18\x01 \x03(\x0b\x32\x15.actlog.v1.DeadLetter\x12\x0f\n\x07retried\x18\x02 \x03(\t2\xde\x02\n\tInference\x12\x45\n\x08Generate\x12\x1a.actlog.v1.GenerateRequest\x1a\x1b.actlog.v1.GenerateResponse0\x01\x12=\n\x05\x43heck\x12\x1a.actlog.v1.GenerateRequest\x1a\x18.actlog.v1.CheckResponse\x12\x41\n\x0cGetModelInfo\x12\x1b.actlog.v1.ModelInfoRequest\x1a\x14.actlog.v1.ModelInfo\x12?\n\tGetStatus\x12\x18.actlog.v1.StatusRequest\x1a\x18.actlog.v1.ServiceStatus\x12G\n\x0b\x44\x65\x61\x64Letters\x12\x1d.actlog.v1.DeadLettersRequest\x1a\x19.actlog.v1.DeadLetterListb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,43 +34,43 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SAMPLINGPARAMS']._serialized_start=48
   _globals['_SAMPLINGPARAMS']._serialized_end=472
   _globals['_CAPTUREOPTIONS']._serialized_start=474
-  _globals['_CAPTUREOPTIONS']._serialized_end=581
-  _globals['_CHATMESSAGE']._serialized_start=583
-  _globals['_CHATMESSAGE']._serialized_end=627
-  _globals['_CHATMESSAGES']._serialized_start=629
-  _globals['_CHATMESSAGES']._serialized_end=685
-  _globals['_GENERATEREQUEST']._serialized_start=688
-  _globals['_GENERATEREQUEST']._serialized_end=931
-  _globals['_CHECKRESPONSE']._serialized_start=933
-  _globals['_CHECKRESPONSE']._serialized_end=948
-  _globals['_TOKENIDS']._serialized_start=950
-  _globals['_TOKENIDS']._serialized_end=973
-  _globals['_GENERATERESPONSE']._serialized_start=975
-  _globals['_GENERATERESPONSE']._serialized_end=1086
-  _globals['_TOPLOGPROB']._serialized_start=1088
-  _globals['_TOPLOGPROB']._serialized_end=1150
-  _globals['_TOKENLOGPROB']._serialized_start=1152
-  _globals['_TOKENLOGPROB']._serialized_end=1269
-  _globals['_TOKENDELTA']._serialized_start=1271
-  _globals['_TOKENDELTA']._serialized_end=1374
-  _globals['_GENERATERESULT']._serialized_start=1377
-  _globals['_GENERATERESULT']._serialized_end=1677
-  _globals['_MODELINFOREQUEST']._serialized_start=1679
-  _globals['_MODELINFOREQUEST']._serialized_end=1697
-  _globals['_MODELINFO']._serialized_start=1700
-  _globals['_MODELINFO']._serialized_end=1929
-  _globals['_STATUSREQUEST']._serialized_start=1931
-  _globals['_STATUSREQUEST']._serialized_end=1971
-  _globals['_WORKERCOUNTERS']._serialized_start=1973
-  _globals['_WORKERCOUNTERS']._serialized_end=2091
-  _globals['_SERVICESTATUS']._serialized_start=2094
-  _globals['_SERVICESTATUS']._serialized_end=2650
-  _globals['_DEADLETTER']._serialized_start=2652
-  _globals['_DEADLETTER']._serialized_end=2699
-  _globals['_DEADLETTERSREQUEST']._serialized_start=2701
-  _globals['_DEADLETTERSREQUEST']._serialized_end=2755
-  _globals['_DEADLETTERLIST']._serialized_start=2757
-  _globals['_DEADLETTERLIST']._serialized_end=2835
-  _globals['_INFERENCE']._serialized_start=2838
-  _globals['_INFERENCE']._serialized_end=3188
+  _globals['_CAPTUREOPTIONS']._serialized_end=596
+  _globals['_CHATMESSAGE']._serialized_start=598
+  _globals['_CHATMESSAGE']._serialized_end=642
+  _globals['_CHATMESSAGES']._serialized_start=644
+  _globals['_CHATMESSAGES']._serialized_end=700
+  _globals['_GENERATEREQUEST']._serialized_start=703
+  _globals['_GENERATEREQUEST']._serialized_end=946
+  _globals['_CHECKRESPONSE']._serialized_start=948
+  _globals['_CHECKRESPONSE']._serialized_end=963
+  _globals['_TOKENIDS']._serialized_start=965
+  _globals['_TOKENIDS']._serialized_end=988
+  _globals['_GENERATERESPONSE']._serialized_start=990
+  _globals['_GENERATERESPONSE']._serialized_end=1101
+  _globals['_TOPLOGPROB']._serialized_start=1103
+  _globals['_TOPLOGPROB']._serialized_end=1165
+  _globals['_TOKENLOGPROB']._serialized_start=1167
+  _globals['_TOKENLOGPROB']._serialized_end=1284
+  _globals['_TOKENDELTA']._serialized_start=1286
+  _globals['_TOKENDELTA']._serialized_end=1389
+  _globals['_GENERATERESULT']._serialized_start=1392
+  _globals['_GENERATERESULT']._serialized_end=1692
+  _globals['_MODELINFOREQUEST']._serialized_start=1694
+  _globals['_MODELINFOREQUEST']._serialized_end=1712
+  _globals['_MODELINFO']._serialized_start=1715
+  _globals['_MODELINFO']._serialized_end=2018
+  _globals['_STATUSREQUEST']._serialized_start=2020
+  _globals['_STATUSREQUEST']._serialized_end=2060
+  _globals['_WORKERCOUNTERS']._serialized_start=2062
+  _globals['_WORKERCOUNTERS']._serialized_end=2180
+  _globals['_SERVICESTATUS']._serialized_start=2183
+  _globals['_SERVICESTATUS']._serialized_end=2799
+  _globals['_DEADLETTER']._serialized_start=2801
+  _globals['_DEADLETTER']._serialized_end=2848
+  _globals['_DEADLETTERSREQUEST']._serialized_start=2850
+  _globals['_DEADLETTERSREQUEST']._serialized_end=2904
+  _globals['_DEADLETTERLIST']._serialized_start=2906
+  _globals['_DEADLETTERLIST']._serialized_end=2984
+  _globals['_INFERENCE']._serialized_start=2987
+  _globals['_INFERENCE']._serialized_end=3337
 # @@protoc_insertion_point(module_scope)

@@ -37,16 +37,18 @@ class SamplingParams(_message.Message):
     def __init__(self, max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., stop: _Optional[_Iterable[str]] = ..., seed: _Optional[int] = ..., top_k: _Optional[int] = ..., presence_penalty: _Optional[float] = ..., frequency_penalty: _Optional[float] = ..., n: _Optional[int] = ..., ignore_eos: _Optional[bool] = ..., logprobs: _Optional[int] = ..., prompt_logprobs: _Optional[int] = ..., fit_context: _Optional[bool] = ...) -> None: ...
 
 class CaptureOptions(_message.Message):
-    __slots__ = ("enabled", "layers", "preset", "request_prompts")
+    __slots__ = ("enabled", "layers", "preset", "request_prompts", "dtype")
     ENABLED_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
     PRESET_FIELD_NUMBER: _ClassVar[int]
     REQUEST_PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
     enabled: bool
     layers: _containers.RepeatedScalarFieldContainer[int]
     preset: str
     request_prompts: int
-    def __init__(self, enabled: _Optional[bool] = ..., layers: _Optional[_Iterable[int]] = ..., preset: _Optional[str] = ..., request_prompts: _Optional[int] = ...) -> None: ...
+    dtype: str
+    def __init__(self, enabled: _Optional[bool] = ..., layers: _Optional[_Iterable[int]] = ..., preset: _Optional[str] = ..., request_prompts: _Optional[int] = ..., dtype: _Optional[str] = ...) -> None: ...
 
 class ChatMessage(_message.Message):
     __slots__ = ("role", "content")
@@ -163,7 +165,7 @@ class ModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("model", "num_layers", "hidden_size", "dtype", "max_model_len", "default_layers", "recommended_layers", "kv_cache_bytes", "capture_path", "available_layers")
+    __slots__ = ("model", "num_layers", "hidden_size", "dtype", "max_model_len", "default_layers", "recommended_layers", "kv_cache_bytes", "capture_path", "available_layers", "dtype_reason", "capture_path_reason", "capture_dtype")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     NUM_LAYERS_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -174,6 +176,9 @@ class ModelInfo(_message.Message):
     KV_CACHE_BYTES_FIELD_NUMBER: _ClassVar[int]
     CAPTURE_PATH_FIELD_NUMBER: _ClassVar[int]
     AVAILABLE_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_REASON_FIELD_NUMBER: _ClassVar[int]
+    CAPTURE_PATH_REASON_FIELD_NUMBER: _ClassVar[int]
+    CAPTURE_DTYPE_FIELD_NUMBER: _ClassVar[int]
     model: str
     num_layers: int
     hidden_size: int
@@ -184,7 +189,10 @@ class ModelInfo(_message.Message):
     kv_cache_bytes: int
     capture_path: str
     available_layers: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, model: _Optional[str] = ..., num_layers: _Optional[int] = ..., hidden_size: _Optional[int] = ..., dtype: _Optional[str] = ..., max_model_len: _Optional[int] = ..., default_layers: _Optional[_Iterable[int]] = ..., recommended_layers: _Optional[_Iterable[int]] = ..., kv_cache_bytes: _Optional[int] = ..., capture_path: _Optional[str] = ..., available_layers: _Optional[_Iterable[int]] = ...) -> None: ...
+    dtype_reason: str
+    capture_path_reason: str
+    capture_dtype: str
+    def __init__(self, model: _Optional[str] = ..., num_layers: _Optional[int] = ..., hidden_size: _Optional[int] = ..., dtype: _Optional[str] = ..., max_model_len: _Optional[int] = ..., default_layers: _Optional[_Iterable[int]] = ..., recommended_layers: _Optional[_Iterable[int]] = ..., kv_cache_bytes: _Optional[int] = ..., capture_path: _Optional[str] = ..., available_layers: _Optional[_Iterable[int]] = ..., dtype_reason: _Optional[str] = ..., capture_path_reason: _Optional[str] = ..., capture_dtype: _Optional[str] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ("worker_counters",)
@@ -207,7 +215,7 @@ class WorkerCounters(_message.Message):
     def __init__(self, steps: _Optional[int] = ..., capture_steps: _Optional[int] = ..., frames: _Optional[int] = ..., layer_hook_calls: _Optional[int] = ..., graph_writes: _Optional[int] = ...) -> None: ...
 
 class ServiceStatus(_message.Message):
-    __slots__ = ("pending_captures", "queued_records", "spool_records", "spool_bytes", "stored_records", "storage_failures", "storage_reachable", "recomputed_rows", "ready", "oldest_spooled_age_s", "spool_max_bytes", "spool_reserved_bytes", "refused_captures", "dead_letter_records", "storage_error", "capture_path", "capture_path_reason", "available_layers", "compile_mode", "compiled_graphs", "worker")
+    __slots__ = ("pending_captures", "queued_records", "spool_records", "spool_bytes", "stored_records", "storage_failures", "storage_reachable", "recomputed_rows", "ready", "oldest_spooled_age_s", "spool_max_bytes", "spool_reserved_bytes", "refused_captures", "dead_letter_records", "storage_error", "capture_path", "capture_path_reason", "available_layers", "compile_mode", "compiled_graphs", "worker", "dtype", "dtype_reason", "capture_dtype")
     PENDING_CAPTURES_FIELD_NUMBER: _ClassVar[int]
     QUEUED_RECORDS_FIELD_NUMBER: _ClassVar[int]
     SPOOL_RECORDS_FIELD_NUMBER: _ClassVar[int]
@@ -229,6 +237,9 @@ class ServiceStatus(_message.Message):
     COMPILE_MODE_FIELD_NUMBER: _ClassVar[int]
     COMPILED_GRAPHS_FIELD_NUMBER: _ClassVar[int]
     WORKER_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_REASON_FIELD_NUMBER: _ClassVar[int]
+    CAPTURE_DTYPE_FIELD_NUMBER: _ClassVar[int]
     pending_captures: int
     queued_records: int
     spool_records: int
@@ -250,7 +261,10 @@ class ServiceStatus(_message.Message):
     compile_mode: str
     compiled_graphs: int
     worker: WorkerCounters
-    def __init__(self, pending_captures: _Optional[int] = ..., queued_records: _Optional[int] = ..., spool_records: _Optional[int] = ..., spool_bytes: _Optional[int] = ..., stored_records: _Optional[int] = ..., storage_failures: _Optional[int] = ..., storage_reachable: _Optional[bool] = ..., recomputed_rows: _Optional[int] = ..., ready: _Optional[bool] = ..., oldest_spooled_age_s: _Optional[float] = ..., spool_max_bytes: _Optional[int] = ..., spool_reserved_bytes: _Optional[int] = ..., refused_captures: _Optional[int] = ..., dead_letter_records: _Optional[int] = ..., storage_error: _Optional[str] = ..., capture_path: _Optional[str] = ..., capture_path_reason: _Optional[str] = ..., available_layers: _Optional[_Iterable[int]] = ..., compile_mode: _Optional[str] = ..., compiled_graphs: _Optional[int] = ..., worker: _Optional[_Union[WorkerCounters, _Mapping]] = ...) -> None: ...
+    dtype: str
+    dtype_reason: str
+    capture_dtype: str
+    def __init__(self, pending_captures: _Optional[int] = ..., queued_records: _Optional[int] = ..., spool_records: _Optional[int] = ..., spool_bytes: _Optional[int] = ..., stored_records: _Optional[int] = ..., storage_failures: _Optional[int] = ..., storage_reachable: _Optional[bool] = ..., recomputed_rows: _Optional[int] = ..., ready: _Optional[bool] = ..., oldest_spooled_age_s: _Optional[float] = ..., spool_max_bytes: _Optional[int] = ..., spool_reserved_bytes: _Optional[int] = ..., refused_captures: _Optional[int] = ..., dead_letter_records: _Optional[int] = ..., storage_error: _Optional[str] = ..., capture_path: _Optional[str] = ..., capture_path_reason: _Optional[str] = ..., available_layers: _Optional[_Iterable[int]] = ..., compile_mode: _Optional[str] = ..., compiled_graphs: _Optional[int] = ..., worker: _Optional[_Union[WorkerCounters, _Mapping]] = ..., dtype: _Optional[str] = ..., dtype_reason: _Optional[str] = ..., capture_dtype: _Optional[str] = ...) -> None: ...
 
 class DeadLetter(_message.Message):
     __slots__ = ("record_id", "reason")

@@ -4,8 +4,9 @@
   fire inside compiled code, so the layers of CAPTURE_LAYERS_AVAILABLE are written every step
   by an operation inside the graph (compiled.py). The set is fixed when the graph is
   traced: a request for another layer is refused.
-- `eager`: ENFORCE_EAGER=true, or a model family the compiled path does not know. Forward hooks
-  on every layer; any layer may be asked for.
+- `eager`: ENFORCE_EAGER=true (and auto on CPU: inference_service/machine.py), or a model
+  family the compiled path does not know. Forward hooks on every layer; any layer may be asked
+  for.
 
 Kept free of torch and vLLM: the service decides here, the worker reads the decision from
 vLLM's `additional_config`, which vLLM also hashes into its compile cache key, so a graph traced
@@ -19,6 +20,7 @@ from typing import Any, Literal
 
 from actlog_common.layers import LayerError, LayerSpec
 from inference_service.errors import StartupError
+from inference_service.machine import Choice
 
 # Key of the capture configuration in vLLM's `additional_config`.
 ADDITIONAL_CONFIG_KEY = "actlog_capture"
@@ -81,36 +83,23 @@ class CapturePath:
         )
 
 
-# Measured on 2 CPUs (SmolLM2-135M): a compiled start took 150-220 s in float32 but 586 s in
-# bfloat16, which such CPUs compute about 3x slower than float32 anyway.
-SLOW_CPU_COMPILE = (
-    "ENFORCE_EAGER=auto: a {dtype} model on CPU takes about 10 minutes to compile; "
-    "DTYPE=float32 (about 3x faster on CPU) compiles in about 3, or ENFORCE_EAGER=false "
-    "compiles anyway"
-)
-
-
 def choose_capture_path(
     *,
-    enforce_eager: str,
+    eager: Choice,
     available_spec: str,
     default_spec: str,
     architectures: list[str],
     num_layers: int,
-    is_cpu: bool = False,
-    dtype: str = "float32",
     cannot_compile: str = "",
 ) -> CapturePath:
-    """Compiled capture unless ENFORCE_EAGER=true, the model family is not supported, the
-    host cannot compile (`cannot_compile` says why, e.g. no C++ compiler on a CPU host), or
-    ENFORCE_EAGER=auto and a 16-bit model on CPU. The layers captured by default
-    (CAPTURE_DEFAULT_LAYERS) are always available."""
-    if enforce_eager == "true":
-        return CapturePath("eager", (), "ENFORCE_EAGER=true")
+    """Compiled capture unless ENFORCE_EAGER resolved to eager (`eager`, from
+    machine.choose_enforce_eager, says so and why), the model family is not supported, or the
+    host cannot compile (`cannot_compile` says why, e.g. no C++ compiler on a CPU host). The
+    layers captured by default (CAPTURE_DEFAULT_LAYERS) are always available."""
+    if eager.value == "true":
+        return CapturePath("eager", (), eager.reason)
     if cannot_compile:
         return CapturePath("eager", (), cannot_compile)
-    if enforce_eager == "auto" and is_cpu and dtype in ("bfloat16", "float16"):
-        return CapturePath("eager", (), SLOW_CPU_COMPILE.format(dtype=dtype))
     unknown = [a for a in architectures if a not in COMPILED_ARCHITECTURES]
     if unknown or not architectures:
         return CapturePath(
@@ -129,6 +118,4 @@ def choose_capture_path(
     available = sorted(
         set(layers["CAPTURE_LAYERS_AVAILABLE"]) | set(layers["CAPTURE_DEFAULT_LAYERS"])
     )
-    return CapturePath(
-        "compiled", tuple(available), "the engine compiles", available_spec=available_spec
-    )
+    return CapturePath("compiled", tuple(available), eager.reason, available_spec=available_spec)

@@ -43,6 +43,7 @@ KEY = "actlog_capture"
 LAYERS = "actlog_layers"
 SINK = "actlog_sink"
 N = "actlog_n"
+DTYPE = "actlog_dtype"
 
 # n > 1: vLLM fans one request out into children "<index>_<parent id>" (each with n=1).
 _CHILD_ID = re.compile(r"^(\d+)_")
@@ -67,10 +68,13 @@ class _Slot:
 
 @dataclass
 class _Group:
-    """The requests of a step that capture the same layers to the same sink: one frame."""
+    """The requests of a step that capture the same layers to the same sink, stored in the
+    same dtype: one frame."""
 
     sink: str
     layers: tuple[int, ...]
+    # The dtype rows leave the worker in ("" = as computed).
+    dtype: str = ""
     slots: list[_Slot] = field(default_factory=list)
     # rows of the flattened batch, as one slice when they are contiguous, else an index
     rows: slice | torch.Tensor | None = None
@@ -168,7 +172,7 @@ class _Capture:
         batch = runner.input_batch
         self.counters["steps"] += 1
         n = batch.num_reqs
-        groups: dict[tuple[str, tuple[int, ...]], _Group] = {}
+        groups: dict[tuple[str, tuple[int, ...], str], _Group] = {}
         if n:
             qsl = runner.query_start_loc.np
             computed = batch.num_computed_tokens_cpu
@@ -182,9 +186,10 @@ class _Capture:
                     child = _CHILD_ID.match(req_id)
                     key = f"{key}:{child.group(1) if child else 0}"
                 layers = tuple(extra[LAYERS])
-                group = groups.get((extra[SINK], layers))
+                where = (extra[SINK], layers, extra.get(DTYPE, ""))
+                group = groups.get(where)
                 if group is None:
-                    group = groups[(extra[SINK], layers)] = _Group(extra[SINK], layers)
+                    group = groups[where] = _Group(*where)
                 group.slots.append(_Slot(key, int(qsl[i]), int(qsl[i + 1]), int(computed[i])))
         if not groups:
             return None
@@ -262,6 +267,9 @@ class _Capture:
         for group in step.groups:
             block = group.block
             assert block is not None
+            if group.dtype and group.dtype != _dtype_name(block.dtype):
+                # Rounded once, from the values as computed (on the device: fewer bytes to copy).
+                block = block.to(getattr(torch, group.dtype))
             if block.device.type != "cpu":
                 block = block.to("cpu")
             payload = block.contiguous().view(torch.uint8).numpy()

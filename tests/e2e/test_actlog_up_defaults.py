@@ -1,8 +1,9 @@
 """`actlog up` as a new user runs it: the README's path with the shipped defaults (only ports
-given, data in the working directory), on the default bf16 engine, which on CPU captures
-eagerly (compiling a 16-bit model there takes minutes) and says why. It comes up and says where
-everything is, capture matches transformers in bf16, `actlog export` writes the record to
-safetensors, and Ctrl-C stops every process it started."""
+given, data in the working directory). On CPU the engine computes in the dtype the machine's
+rule picks (float32 unless the CPU computes bfloat16 natively) and captures eagerly, any layer,
+and says why in the banner and /health. It comes up and says where everything is, capture
+matches transformers in that dtype, `actlog export-record` writes the record to safetensors,
+and Ctrl-C stops every process it started."""
 
 from __future__ import annotations
 
@@ -27,10 +28,16 @@ from actlog.launcher import free_port, grpc_serving, http_ok, spooled_records
 from actlog_common.hashing import prompt_hash
 from gateway.config import GatewaySettings
 from inference_service.config import InferenceSettings
+from inference_service.machine import Machine, choose_dtype, choose_enforce_eager
 from storage_service.config import StorageSettings
 from tests.reference import load_reference, record_mismatches
 
 pytestmark = pytest.mark.vllm
+
+# What the rule picks on this machine (the e2e tiers run vLLM's CPU backend).
+THIS_CPU = Machine.detect("cpu")
+DEFAULT_DTYPE = choose_dtype("auto", THIS_CPU)
+DEFAULT_EAGER = choose_enforce_eager("auto", THIS_CPU)
 
 ACTLOG = Path(sys.executable).with_name("actlog")
 PORT_FLAGS = {
@@ -113,18 +120,22 @@ def test_a_completion_with_the_openai_client(default_stack):
     assert reply.model_extra["activations"][0]["record_ids"]
 
 
-def test_a_16_bit_model_on_cpu_captures_eagerly_and_says_why(default_stack):
+def test_the_defaults_are_this_machines_rule_and_say_why(default_stack):
     _, ports, banner, _ = default_stack
+    assert f"dtype      {DEFAULT_DTYPE.value}  [{DEFAULT_DTYPE.reason}]" in banner
     assert "capture    eager (forward hooks), any layer" in banner
+    assert f"rows stored as {DEFAULT_DTYPE.value}" in banner and DEFAULT_EAGER.reason in banner
     health = httpx.get(f"http://127.0.0.1:{ports['gateway']}/health", timeout=10).json()
     inference = health["inference"]
+    assert inference["dtype"] == inference["capture_dtype"] == DEFAULT_DTYPE.value
+    assert inference["dtype_reason"] == DEFAULT_DTYPE.reason
     assert inference["capture_path"] == "eager"
-    assert "ENFORCE_EAGER=auto" in inference["capture_path_reason"]
-    assert "DTYPE=float32" in inference["capture_path_reason"]
+    assert inference["capture_path_reason"] == DEFAULT_EAGER.reason
+    assert "ENFORCE_EAGER=auto on CPU" in inference["capture_path_reason"]
     assert inference["available_layers"] == [] and inference["compile_mode"] == "NONE"
 
 
-def test_bf16_capture_matches_transformers_and_exports(default_stack, model_dir):
+def test_default_capture_matches_transformers_and_exports(default_stack, model_dir):
     _, ports, _, tmp = default_stack
     client = openai.OpenAI(
         base_url=f"http://127.0.0.1:{ports['gateway']}/v1", api_key="k", max_retries=0, timeout=300
@@ -142,9 +153,9 @@ def test_bf16_capture_matches_transformers_and_exports(default_stack, model_dir)
     with StorageClient(storage_addr) as storage:
         [record] = storage.wait_for_record(prompt_hash(prompt), timeout=120)
         activations = storage.get_activations(record.record_id)
-    assert record.dtype == "bfloat16"
+    assert record.dtype == DEFAULT_DTYPE.value
     assert record.num_positions == record.prompt_length + reply.usage.completion_tokens - 1
-    reference = load_reference(model_dir, "bfloat16")
+    reference = load_reference(model_dir, DEFAULT_DTYPE.value)
     assert (
         record_mismatches(activations, list(record.token_ids), record.num_positions, reference)
         == []
@@ -179,7 +190,7 @@ def test_bf16_capture_matches_transformers_and_exports(default_stack, model_dir)
         meta = f.metadata()
         assert names == {"layer_0", f"layer_{record.num_layers}", "token_ids"}
         last = f.get_tensor(f"layer_{record.num_layers}")
-        assert last.dtype == torch.bfloat16, "stored dtype is kept"
+        assert last.dtype == getattr(torch, DEFAULT_DTYPE.value), "stored dtype is kept"
         assert last.shape == (record.num_positions, record.hidden_size)
         np.testing.assert_array_equal(last.float().numpy(), activations[record.num_layers])
         assert f.get_tensor("token_ids").tolist() == list(record.token_ids)

@@ -249,7 +249,7 @@ def test_prefix_cache_hits_do_not_hide_rows(stress_engine, storage, reference_fp
 
 
 def test_the_rows_came_from_inside_the_compiled_graph(stress_engine):
-    """ENFORCE_EAGER=auto compiled this float32 engine; the op in the graph wrote the rows,
+    """ENFORCE_EAGER=false compiled this float32 engine; the op in the graph wrote the rows,
     and no layer hook ever fired (a layer that ran outside the graph would have)."""
     status = engine_status(stress_engine, worker=True)
     assert status.capture_path == "compiled"

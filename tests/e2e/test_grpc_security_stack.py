@@ -2,7 +2,8 @@
 GRPC_TLS_CERT, GRPC_TLS_KEY, GRPC_TLS_CA and GRPC_AUTH_TOKEN as the launcher passes them: a
 completion through the gateway is captured and stored over the secured links, the real client
 reads it with the same settings, and a local process without them cannot reach inference
-around the gateway."""
+around the gateway. This engine computes in bfloat16 (what the defaults pick on a CPU with
+native bfloat16), so the suite also checks bf16 capture against transformers."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from actlog_common.hashing import prompt_hash
 from actlog_common.v1 import inference_pb2, inference_pb2_grpc
 from tests.conftest import ENGINE_ENV, stopped_after
 from tests.integration.helpers import TOKEN, make_pki
+from tests.reference import load_reference, record_mismatches
 
 pytestmark = pytest.mark.vllm
 
@@ -33,7 +35,7 @@ def secured_stack(tmp_path_factory, model_dir):
         gateway_port=free_port(), inference_port=free_port(), inference_metrics_port=free_port(),
         storage_port=free_port(), storage_metrics_port=free_port(),
         activation_lmdb_path=str(tmp / "lmdb"), capture_spool_dir=str(tmp / "spool"),
-        dtype="float32", log_dir=str(tmp / "logs"), extra_env={**ENGINE_ENV, **security},
+        dtype="bfloat16", log_dir=str(tmp / "logs"), extra_env={**ENGINE_ENV, **security},
     )  # fmt: skip
     stack = Stack(config)
     stack.start()
@@ -42,17 +44,25 @@ def secured_stack(tmp_path_factory, model_dir):
         yield stack, GrpcSecurity.from_env(security), pki
 
 
-def test_capture_travels_the_secured_links(secured_stack) -> None:
+def test_capture_travels_the_secured_links_exactly_in_bf16(secured_stack, model_dir) -> None:
     stack, security, _ = secured_stack
     client = openai.OpenAI(base_url=f"{stack.config.gateway_url}/v1", api_key="k",
                            max_retries=0, timeout=300)  # fmt: skip
     prompt = "A record sent over mutual TLS:"
     reply = client.completions.create(model="SmolLM2-135M-Instruct", prompt=prompt,
-                                      max_tokens=4, temperature=0)  # fmt: skip
+                                      max_tokens=6, temperature=0,
+                                      extra_body={"capture_layers": [0, 10, 20, -1]})  # fmt: skip
     with StorageClient(stack.config.storage_addr, security=security) as storage:
         [record] = storage.wait_for_record(prompt_hash(prompt), timeout=120)
         assert record.record_id == reply.model_extra["activations"][0]["record_ids"][0]
-        assert storage.get_activations(record)[record.num_layers].shape[0] == (record.num_positions)
+        activations = storage.get_activations(record)
+    assert record.dtype == "bfloat16"
+    assert activations[record.num_layers].shape[0] == record.num_positions
+    reference = load_reference(model_dir, "bfloat16")
+    mismatches = record_mismatches(
+        activations, list(record.token_ids), record.num_positions, reference
+    )
+    assert mismatches == []
 
 
 def test_inference_refuses_whoever_lacks_the_certificate_or_the_token(secured_stack) -> None:

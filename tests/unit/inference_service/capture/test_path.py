@@ -1,5 +1,6 @@
-"""The capture path is chosen before the engine starts: compiled unless told or unable, with
-the layers it can capture fixed and every refusal naming the setting to change."""
+"""The capture path is chosen before the engine starts: compiled when ENFORCE_EAGER resolves to
+compile (machine.py decides `auto`) unless the model or host cannot, with the layers it can
+capture fixed and every refusal naming the setting to change."""
 
 from __future__ import annotations
 
@@ -11,13 +12,22 @@ from inference_service.capture.path import (
     choose_capture_path,
 )
 from inference_service.errors import StartupError
+from inference_service.machine import Choice, Machine, choose_enforce_eager
 
 LLAMA = ["LlamaForCausalLM"]
 
 
-def choose(**kw):
+COMPILE = Choice("false", "ENFORCE_EAGER=false")
+
+
+def choose(enforce_eager: str | None = None, **kw):
+    eager = (
+        COMPILE
+        if enforce_eager is None
+        else Choice(enforce_eager, f"ENFORCE_EAGER={enforce_eager}")
+    )
     args = {
-        "enforce_eager": "auto",
+        "eager": eager,
         "available_spec": "last",
         "default_spec": "last",
         "architectures": LLAMA,
@@ -96,10 +106,14 @@ def test_a_cpu_host_without_a_compiler_runs_eagerly_and_says_why():
     assert path.name == "eager" and "C++ compiler" in path.reason
 
 
-@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_auto_leaves_16_bit_models_on_cpu_eager_unless_told_to_compile(dtype):
-    path = choose(is_cpu=True, dtype=dtype)
-    assert path.name == "eager" and "DTYPE=float32" in path.reason
-    assert choose(is_cpu=True, dtype="float32").compiled
-    assert choose(is_cpu=False, dtype=dtype).compiled  # GPUs compile 16-bit models
-    assert choose(is_cpu=True, dtype=dtype, enforce_eager="false").compiled
+@pytest.mark.parametrize(
+    ("machine", "compiled"), [(Machine("cpu"), False), (Machine("cuda"), True)]
+)
+def test_auto_runs_eagerly_on_cpu_and_compiles_on_cuda(machine, compiled):
+    eager = choose_enforce_eager("auto", machine)
+    path = choose_capture_path(
+        eager=eager, available_spec="last", default_spec="last", architectures=LLAMA,
+        num_layers=30,
+    )  # fmt: skip
+    assert path.compiled is compiled
+    assert path.reason == eager.reason and "ENFORCE_EAGER=auto" in path.reason
