@@ -58,7 +58,6 @@ async def main(args: argparse.Namespace) -> None:
                     storage_addr=storage.config.storage_addr,
                     capture_spool_dir=str(tmp / f"spool-{slug}"),
                     capture_socket_dir=str(tmp / f"sock-{slug}"),
-                    gpu_memory_utilization=0.3,
                     capture_max_bytes=8 << 30,
                     **config,
                 )
