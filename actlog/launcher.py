@@ -32,6 +32,10 @@ from actlog_common.v1 import inference_pb2, inference_pb2_grpc
 logger = logging.getLogger(__name__)
 
 
+# What huggingface_hub reads as the hub token: given to the inference service only.
+HUB_TOKEN_VARIABLES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+
+
 def setting(default: Any, help: str, env: str | None = None) -> Any:
     """A StackConfig field: its default, its help, and the environment variable that sets it
     (for `actlog up`) and that the launcher passes to the services (default: the field's
@@ -79,6 +83,10 @@ class StackConfig:
     )
     # Each service's log goes to <log_dir>/<service>.log; None = this process's terminal.
     log_dir: str | None = setting("logs", "each service logs to <dir>/<name>.log", "ACTLOG_LOG_DIR")
+    # One file for every service's log instead (the original server's --log-file).
+    log_file: str | None = setting(
+        None, "every service appends its log to this one file instead", "ACTLOG_LOG_FILE"
+    )
     # Further variables for the services (e.g. MAX_MODEL_LEN, VLLM_CPU_KVCACHE_SPACE);
     # an empty value removes the variable.
     extra_env: dict[str, str] = field(default_factory=dict)
@@ -103,6 +111,17 @@ class StackConfig:
             log_dir=str(directory / "logs"),
             **settings,
         )
+
+    @classmethod
+    def from_env(cls, **settings: Any) -> StackConfig:
+        """Each option from its environment variable where set (as `actlog up` reads them),
+        `settings` over them."""
+        found: dict[str, Any] = {}
+        for f in cls.options():
+            value = os.environ.get(env_name(f))
+            if value is not None:
+                found[f.name] = int(value) if isinstance(f.default, int) else value
+        return cls(**{**found, **settings})
 
     @property
     def storage_addr(self) -> str:
@@ -178,7 +197,7 @@ class Stack:
         c = self.config
         env = dict(os.environ)
         for f in StackConfig.options():
-            if f.name != "log_dir":  # the launcher's own: it opens the services' logs
+            if f.name not in ("log_dir", "log_file"):  # the launcher's own: it opens the logs
                 env[env_name(f)] = str(getattr(c, f.name))
         env.update(
             {
@@ -208,10 +227,15 @@ class Stack:
             path.parent.mkdir(parents=True, exist_ok=True)
             out = open(path, "ab")  # noqa: SIM115 (closed in stop)
             self._logs.append(out)
+        env = {**self._env(), **launcher_env()}
+        if name != "inference":
+            # The hub token downloads a gated model; no other service has a use for it.
+            for key in HUB_TOKEN_VARIABLES:
+                env.pop(key, None)
         proc = subprocess.Popen(
             [sys.executable, "-m", module],
             # The services stop when this process dies, even by SIGKILL (actlog_common.parent).
-            env={**self._env(), **launcher_env()},
+            env=env,
             stdout=out,
             stderr=subprocess.STDOUT if out else None,
             # A process group of its own: a Ctrl-C in the terminal reaches the launcher only,
@@ -231,7 +255,14 @@ class Stack:
         return GrpcSecurity.from_env(self._env())
 
     def log_path(self, name: str) -> Path | None:
+        if self.config.log_file:
+            return Path(self.config.log_file)
         return Path(self.config.log_dir) / f"{name}.log" if self.config.log_dir else None
+
+    @property
+    def log_location(self) -> Path:
+        """Where the services log: the one log file, or the logs directory."""
+        return Path(self.config.log_file or self.config.log_dir or ".").resolve()
 
     def log_tail(self, name: str, lines: int = 1) -> str:
         """The last `lines` non-empty lines of a service's log ("" without a log file)."""

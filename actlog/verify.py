@@ -72,13 +72,14 @@ def verify(
     auth_token: str | None = None,
     prompt: str = DEFAULT_PROMPT,
     timeout: float = 60.0,
+    max_tokens: int = 8,
 ) -> Verified:
     """Send `prompt`, wait for its record, read every stored layer; VerificationFailed if not."""
     server = server.rstrip("/").removesuffix("/v1")
     body: dict[str, object] = {
         "model": model or _served_model(server, timeout),
         "prompt": prompt,
-        "max_tokens": 8,
+        "max_tokens": max_tokens,
         "temperature": 0,
         "capture": True,
     }

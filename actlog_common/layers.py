@@ -12,7 +12,8 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-PRESETS = ("last", "all", "recommended")
+# first_half / second_half: the original activation-logging server's --target-layers.
+PRESETS = ("last", "all", "recommended", "first_half", "second_half")
 
 
 def recommended_layers(num_layers: int) -> list[int]:
@@ -20,6 +21,22 @@ def recommended_layers(num_layers: int) -> list[int]:
     first = max(1, math.ceil(0.45 * num_layers))
     last = min(num_layers, math.floor(0.85 * num_layers))
     return list(range(first, last + 1))
+
+
+def preset_layers(preset: str, num_layers: int) -> list[int]:
+    """The hidden-state indices a preset names in a model of `num_layers` decoder layers;
+    the halves split the num_layers + 1 states, the embeddings in the first."""
+    half = (num_layers + 1) // 2
+    presets = {
+        "last": [num_layers],
+        "all": list(range(num_layers + 1)),
+        "recommended": recommended_layers(num_layers),
+        "first_half": list(range(half)),
+        "second_half": list(range(half, num_layers + 1)),
+    }
+    if preset not in presets:
+        raise LayerError(f"unknown layer preset {preset!r}; expected one of {PRESETS}")
+    return presets[preset]
 
 
 class LayerError(ValueError):
@@ -79,7 +96,7 @@ class LayerSpec:
             return list(stored)
         if not self.preset:
             return resolve_stored_layers(self.indices, stored, num_layers, record_id)
-        wanted = [num_layers] if self.preset == "last" else recommended_layers(num_layers)
+        wanted = preset_layers(self.preset, num_layers)
         chosen = [layer for layer in wanted if layer in stored]
         if not chosen:
             raise LayerError(
@@ -125,13 +142,7 @@ def choose_layers(layers: Iterable[int], preset: str, num_layers: int) -> list[i
     if preset and requested:
         raise LayerError("give either capture layers or a layer preset, not both")
     if preset:
-        if preset == "last":
-            return [num_layers]
-        if preset == "all":
-            return list(range(num_layers + 1))
-        if preset == "recommended":
-            return recommended_layers(num_layers)
-        raise LayerError(f"unknown layer preset {preset!r}; expected one of {PRESETS}")
+        return preset_layers(preset, num_layers)
     if not requested:
         return [num_layers]
     total = num_layers + 1

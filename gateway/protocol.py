@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 logger = logging.getLogger(__name__)
 
-LayerPreset = Literal["last", "all", "recommended"]
+LayerPreset = Literal["last", "all", "recommended", "first_half", "second_half"]
 
 
 class ErrorInfo(BaseModel):

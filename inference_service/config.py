@@ -79,6 +79,12 @@ class InferenceSettings(BaseSettings, GrpcSecurityFields):
         "recommended or comma-separated indices (ignored with ENFORCE_EAGER)",
     )
     capture_default: bool = Field(True, description="capture requests that do not say")
+    trim_output_at: str = Field(
+        "",
+        description="cut every response, as returned and as stored, where this text first "
+        "appears (it is left out), as a stop string added to every request: the original "
+        "server's --trim-output-at",
+    )
     capture_default_layers: str = Field(
         "last", description="last, all, recommended or comma-separated indices"
     )

@@ -313,6 +313,7 @@ class CaptureEngine:
             sink=self.collector.path,
             cpu_chunked_prefill=self._is_cpu and self._chunked_prefill,
             dtype=capture_dtype,
+            extra_stop=self._settings.trim_output_at,
         )
         run = Generation(
             req=req,

@@ -20,6 +20,7 @@ def sampling_params(
     sink: str,
     cpu_chunked_prefill: bool,
     dtype: str = "",
+    extra_stop: str = "",
 ) -> Any:
     """vLLM's SamplingParams for `s`; with a capture key, the worker captures `layers` of
     every choice, converted to `dtype` ("" = as computed), and streams them to the
@@ -47,7 +48,7 @@ def sampling_params(
     kwargs: dict[str, Any] = {
         "n": s.n,
         "max_tokens": s.max_tokens,
-        "stop": list(s.stop) or None,
+        "stop": [*s.stop, *([extra_stop] if extra_stop else [])] or None,
         "seed": seed,
         "ignore_eos": s.ignore_eos,
         "output_kind": RequestOutputKind.CUMULATIVE,

@@ -31,8 +31,9 @@ def up(**options: Any) -> None:
     defaults.configure_logging(logging.WARNING)
     timeout = options.pop("timeout")
     config = StackConfig(**options)
-    model, log_dir = config.model, config.log_dir or "."
+    model = config.model
     stack = Stack(config)
+    logs = stack.log_location
     stopping = False
 
     def _stop(signum: int, frame: object) -> None:
@@ -56,7 +57,7 @@ def up(**options: Any) -> None:
             )
 
     try:
-        typer.echo(f"starting storage, inference and gateway; logs in {Path(log_dir).resolve()}")
+        typer.echo(f"starting storage, inference and gateway; logs in {logs}")
         stack.start()
         stack.wait_healthy(timeout, on_ready=ready)
         typer.echo(stack_summary(stack, time.monotonic() - started))
@@ -65,11 +66,11 @@ def up(**options: Any) -> None:
         dead = [n for n, p in stack.procs.items() if p.poll() is not None]
         for name in dead:
             typer.echo(f"{name} exited: {stack.log_tail(name) or '(no log)'}", err=True)
-        typer.echo(f"stopping the rest; logs in {Path(log_dir).resolve()}", err=True)
+        typer.echo(f"stopping the rest; logs in {logs}", err=True)
         raise typer.Exit(1)
     except (ServiceExited, TimeoutError) as exc:
         typer.echo(f"actlog did not come up: {exc}", err=True)
-        typer.echo(f"logs in {Path(log_dir).resolve()}", err=True)
+        typer.echo(f"logs in {logs}", err=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         typer.echo("stopping: gateway, then inference (it hands its pending captures to "
@@ -131,8 +132,8 @@ def stack_summary(stack: Stack, elapsed_s: float) -> str:
         f"  records    {Path(config.activation_lmdb_path).resolve()}  (LMDB)",
         f"  spool      {Path(config.capture_spool_dir).resolve()}  (captures not yet stored)",
     ]
-    if config.log_dir:
-        lines.append(f"  logs       {Path(config.log_dir).resolve()}")
+    if config.log_dir or config.log_file:
+        lines.append(f"  logs       {stack.log_location}")
     lines.append("Press Ctrl-C to stop.")
     return "\n".join(lines)
 

@@ -44,9 +44,10 @@ from actlog.hallulens.stack_inference import (
     chat_client,
     generate,
     label_records,
+    matching_model,
     parse_capture_layers,
     read_jsonl,
-    served_model,
+    served_models,
     write_jsonl,
 )
 from actlog_common.defaults import GATEWAY_PORT, STORAGE_ADDR, configure_logging
@@ -232,15 +233,29 @@ def main(argv: list[str] | None = None) -> int:
         print("nothing to do: give --do_generate_prompt, --do_inference and/or --do_eval")
         return 2
     model = args.tested_model
-    if not model and (args.do_inference or args.do_eval):
+    if args.do_inference or (args.do_eval and not model):
         client = chat_client(args.server)
         try:
-            model = served_model(client)
+            served = served_models(client)
         except Exception as error:  # the gateway is not there: say so, not a traceback
             print(f"no gateway at {args.server}: {error}", file=sys.stderr)
             return 1
         finally:
             client.close()
+        if not model:
+            model = served[0]
+        elif args.do_inference:
+            # Before the first request: thousands of 404s and a traceback are no answer.
+            if (match := matching_model(model, served)) is None:
+                print(
+                    f"error: the gateway at {args.server} serves {', '.join(served)}, not "
+                    f"{model}: start the stack with it (actlog up --model {model}, or python "
+                    f"-m activation_logging.vllm_serve --model {model}), or leave out "
+                    "--tested_model to test the served one",
+                    file=sys.stderr,
+                )
+                return 2
+            model = match
     run = Run(args, model or "default")
     try:
         if args.do_generate_prompt:

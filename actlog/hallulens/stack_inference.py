@@ -36,8 +36,18 @@ def chat_client(server: str, api_key: str = "unused", timeout: float = 600.0) ->
     )
 
 
-def served_model(client: Any) -> str:
-    return client.models.list().data[0].id
+def served_models(client: Any) -> list[str]:
+    """The ids of the models the gateway serves."""
+    return [m.id for m in client.models.list().data]
+
+
+def matching_model(asked: str, served: list[str]) -> str | None:
+    """The served id `asked` names: itself, or a hub id whose last part is served (the stack
+    serves `org/name` under `name`)."""
+    for name in (asked, asked.rstrip("/").split("/")[-1]):
+        if name in served:
+            return name
+    return None
 
 
 def generate(
@@ -54,7 +64,7 @@ def generate(
     (negative from the end); "" = the server's default (CAPTURE_DEFAULT_LAYERS).
     """
     client = chat_client(server)
-    model = model or served_model(client)
+    model = model or served_models(client)[0]
     capture: dict[str, Any] = {"capture": True}
     if capture_layers:
         capture["capture_layers"] = parse_capture_layers(capture_layers)

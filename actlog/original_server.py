@@ -1,0 +1,180 @@
+"""The original activation-logging server's ways to start it, on this stack.
+
+Its users start it as its README says, and with the flags its current version grew:
+
+    python -m activation_logging.vllm_serve --model M [--auth_token T] [--host H] [--port P]
+        [--lmdb_path PATH] [--target-layers all|first_half|second_half|...]
+        [--trim-output-at SEQ] [--max-model-len N] [--gpu-memory-utilization F]
+        [--log-file FILE] [--logprobs-top-k K] [--disable-logprobs]
+    uvicorn activation_logging.server:app --host 0.0.0.0 --port 8000
+
+The first runs the whole stack through the launcher (`actlog up`); the second is an ASGI app
+that serves the gateway and, in its lifespan, attaches to storage and inference where they
+answer at their configured addresses and starts the ones that do not (stopping those it
+started on shutdown). Every setting not given as a flag comes from the environment, as for
+`actlog up` (INFERENCE_PORT, STORAGE_PORT, ...).
+
+`--auth_token` (or HF_TOKEN) reaches the inference service only, through its environment, for
+downloading a gated model: it is never stored or logged, and the process re-executes itself
+without it so that it is in no process's arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from actlog.launcher import Stack, StackConfig, grpc_serving
+from actlog_common import defaults
+from actlog_common.layers import LayerError, LayerSpec
+
+logger = logging.getLogger(__name__)
+
+MODULE = "activation_logging.vllm_serve"
+TOKEN_FLAGS = ("--auth_token", "--auth-token")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=f"python -m {MODULE}",
+        description="Start the activation-logging server: storage, inference (vLLM with "
+        "capture) and the OpenAI-compatible gateway.",
+    )
+    p.add_argument("--model", default=os.environ.get("MODEL", "default"),
+                   help="`default` (the offline SmolLM2-135M-Instruct), a local Hugging Face "
+                   "directory or a hub id")  # fmt: skip
+    p.add_argument("--auth_token", "--auth-token", dest="auth_token",
+                   help="Hugging Face token for a gated model (also HF_TOKEN): given to the "
+                   "inference service only, never stored or logged")  # fmt: skip
+    p.add_argument("--host", default="0.0.0.0", help="address the gateway binds (0.0.0.0)")
+    p.add_argument("--port", type=int, default=defaults.GATEWAY_PORT,
+                   help="the gateway's port (8000)")  # fmt: skip
+    p.add_argument("--lmdb_path", "--lmdb-path", dest="lmdb_path",
+                   default=os.environ.get("ACTIVATION_LMDB_PATH", defaults.ACTIVATION_LMDB_PATH),
+                   help="where the records' LMDB lives (ACTIVATION_LMDB_PATH)")  # fmt: skip
+    p.add_argument("--target-layers", "--target_layers", dest="target_layers",
+                   default=os.environ.get("CAPTURE_DEFAULT_LAYERS", "last"),
+                   help="layers captured by default: all, first_half, second_half, last, "
+                   "recommended or comma-separated indices (0 = embeddings, -1 = the "
+                   "final-normed output)")  # fmt: skip
+    p.add_argument("--trim-output-at", "--trim_output_at", dest="trim_output_at",
+                   help="cut every response, as returned and as stored, where this text "
+                   "first appears (it is left out)")  # fmt: skip
+    p.add_argument("--max-model-len", "--max_model_len", dest="max_model_len", type=int,
+                   help="longest context (prompt and response) in tokens")  # fmt: skip
+    p.add_argument("--gpu-memory-utilization", "--gpu_memory_utilization",
+                   dest="gpu_memory_utilization", type=float,
+                   help="share of GPU memory vLLM reserves")  # fmt: skip
+    p.add_argument("--log-file", "--log_file", dest="log_file",
+                   help="append every service's log to this one file (default: one file per "
+                   "service in logs/)")  # fmt: skip
+    p.add_argument("--logprobs-top-k", "--logprobs_top_k", dest="logprobs_top_k", type=int,
+                   help="how many top candidates' logprobs to store per generated token "
+                   "(ACTIVATION_LOGPROBS_TOPK)")  # fmt: skip
+    p.add_argument("--disable-logprobs", "--disable_logprobs", dest="disable_logprobs",
+                   action="store_true",
+                   help="store no logprobs with the records "
+                   "(ACTIVATION_LOGPROBS_ENABLED=false)")  # fmt: skip
+    return p
+
+
+def stack_config(args: argparse.Namespace) -> StackConfig:
+    """The launcher's configuration for the parsed flags; the rest from the environment."""
+    try:
+        LayerSpec.parse(args.target_layers)
+    except LayerError as error:
+        raise SystemExit(f"{parser().prog}: error: --target-layers: {error}") from None
+    settings: dict[str, Any] = dict(
+        model=args.model,
+        gateway_host=args.host,
+        gateway_port=args.port,
+        activation_lmdb_path=args.lmdb_path,
+    )
+    if args.log_file:
+        settings.update(log_dir=None, log_file=args.log_file)
+    extra = {"CAPTURE_DEFAULT_LAYERS": args.target_layers}
+    if args.trim_output_at:
+        extra["TRIM_OUTPUT_AT"] = args.trim_output_at
+    if args.max_model_len:
+        extra["MAX_MODEL_LEN"] = str(args.max_model_len)
+    if args.gpu_memory_utilization:
+        extra["GPU_MEMORY_UTILIZATION"] = str(args.gpu_memory_utilization)
+    if args.logprobs_top_k is not None:
+        extra["ACTIVATION_LOGPROBS_TOPK"] = str(args.logprobs_top_k)
+    if args.disable_logprobs:
+        extra["ACTIVATION_LOGPROBS_ENABLED"] = "false"
+    return StackConfig.from_env(**settings, extra_env=extra)
+
+
+def without_token(argv: Sequence[str]) -> tuple[list[str], str | None]:
+    """`argv` without --auth_token and its value, and the token."""
+    rest: list[str] = []
+    token = None
+    items = iter(argv)
+    for item in items:
+        flag, _, value = item.partition("=")
+        if flag in TOKEN_FLAGS:
+            token = value if value else next(items, None)
+            continue
+        rest.append(item)
+    return rest, token
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    rest, token = without_token(argv)
+    if token is not None:
+        # Out of this process's arguments (readable in /proc by any local user) and into the
+        # environment, which the launcher gives the inference service alone.
+        env = {**os.environ, "HF_TOKEN": token}
+        os.execve(sys.executable, [sys.executable, "-m", MODULE, *rest], env)
+    args = parser().parse_args(rest)
+    config = stack_config(args)
+    from actlog.cli.stack import up
+
+    options = {f.name: getattr(config, f.name) for f in StackConfig.options()}
+    os.environ.update(config.extra_env)  # `up` passes its environment on to the services
+    up(**options, timeout=900.0)
+
+
+def asgi_app() -> Any:
+    """The gateway as an ASGI app whose lifespan brings up what it needs: storage and
+    inference are attached to where they answer at STORAGE_ADDR / INFERENCE_ADDR, started
+    (and stopped at shutdown) where they do not."""
+    from gateway.app import build_app
+    from gateway.config import GatewaySettings
+
+    config = StackConfig.from_env()
+    stack = Stack(config)
+    settings = GatewaySettings(inference_addr=config.inference_addr)
+    gateway = build_app(settings)
+    inner = gateway.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        import asyncio
+
+        started = []
+        for name, address in (("storage", config.storage_addr),
+                              ("inference", config.inference_addr)):  # fmt: skip
+            if grpc_serving(address, security=stack.security):
+                logger.info("%s answers at %s: attached", name, address)
+                continue
+            logger.info("no %s at %s: starting it", name, address)
+            stack.start_service(name)
+            started.append(name)
+            await asyncio.to_thread(stack.wait_healthy, 900.0, (name,))
+        try:
+            async with inner(app):
+                yield
+        finally:
+            for name in reversed(started):
+                await asyncio.to_thread(stack.stop_service, name)
+
+    gateway.router.lifespan_context = lifespan
+    return gateway
