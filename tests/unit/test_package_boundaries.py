@@ -7,8 +7,9 @@ services' images) get them without any service's code. What both sides need live
 `actlog.probes`, `actlog.datasets`, `actlog.hallulens`) reach the services only through the
 client and the public APIs, and the client never imports them (only the CLI does, inside
 its commands). The originals' entry points (`capture_activations.py`, `tasks/`,
-`activation_logging/`) are shims over the namespace. The next crossing fails here, naming
-the file.
+`activation_logging/`) are shims over the namespace; the original server's ASGI app
+(activation_logging/server.py) alone runs the gateway in-process. The next crossing fails
+here, naming the file.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ ALLOWED: dict[str, set[str]] = {
     **{package: set(CORE) for package in RESEARCH},
     "capture_activations": {"actlog.repe", "actlog.cli"},
     "tasks": {"actlog.hallulens"},
-    "activation_logging": set(CORE),
+    # Its ASGI app (server.py) runs the gateway and the launcher in one process.
+    "activation_logging": CORE | {"actlog.cli", "gateway"},
 }
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
+from actlog.cli.original_server import parser, stack_config, without_token
 from actlog.hallulens.stack_inference import matching_model
-from actlog.original_server import parser, stack_config, without_token
 from actlog_common.layers import LayerSpec
 
 

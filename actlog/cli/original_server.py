@@ -8,11 +8,9 @@ Its users start it as its README says, and with the flags its current version gr
         [--log-file FILE] [--logprobs-top-k K] [--disable-logprobs]
     uvicorn activation_logging.server:app --host 0.0.0.0 --port 8000
 
-The first runs the whole stack through the launcher (`actlog up`); the second is an ASGI app
-that serves the gateway and, in its lifespan, attaches to storage and inference where they
-answer at their configured addresses and starts the ones that do not (stopping those it
-started on shutdown). Every setting not given as a flag comes from the environment, as for
-`actlog up` (INFERENCE_PORT, STORAGE_PORT, ...).
+The first is this module, the whole stack through the launcher (`actlog up`); the second is
+the ASGI app in activation_logging/server.py. Every setting not given as a flag comes from
+the environment, as for `actlog up` (INFERENCE_PORT, STORAGE_PORT, ...).
 
 `--auth_token` (or HF_TOKEN) reaches the inference service only, through its environment, for
 downloading a gated model: it is never stored or logged, and the process re-executes itself
@@ -25,11 +23,10 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from typing import Any
 
-from actlog.launcher import Stack, StackConfig, grpc_serving
+from actlog.launcher import StackConfig
 from actlog_common import defaults
 from actlog_common.layers import LayerError, LayerSpec
 
@@ -140,41 +137,3 @@ def main(argv: Sequence[str] | None = None) -> None:
     options = {f.name: getattr(config, f.name) for f in StackConfig.options()}
     os.environ.update(config.extra_env)  # `up` passes its environment on to the services
     up(**options, timeout=900.0)
-
-
-def asgi_app() -> Any:
-    """The gateway as an ASGI app whose lifespan brings up what it needs: storage and
-    inference are attached to where they answer at STORAGE_ADDR / INFERENCE_ADDR, started
-    (and stopped at shutdown) where they do not."""
-    from gateway.app import build_app
-    from gateway.config import GatewaySettings
-
-    config = StackConfig.from_env()
-    stack = Stack(config)
-    settings = GatewaySettings(inference_addr=config.inference_addr)
-    gateway = build_app(settings)
-    inner = gateway.router.lifespan_context
-
-    @asynccontextmanager
-    async def lifespan(app: Any) -> AsyncIterator[None]:
-        import asyncio
-
-        started = []
-        for name, address in (("storage", config.storage_addr),
-                              ("inference", config.inference_addr)):  # fmt: skip
-            if grpc_serving(address, security=stack.security):
-                logger.info("%s answers at %s: attached", name, address)
-                continue
-            logger.info("no %s at %s: starting it", name, address)
-            stack.start_service(name)
-            started.append(name)
-            await asyncio.to_thread(stack.wait_healthy, 900.0, (name,))
-        try:
-            async with inner(app):
-                yield
-        finally:
-            for name in reversed(started):
-                await asyncio.to_thread(stack.stop_service, name)
-
-    gateway.router.lifespan_context = lifespan
-    return gateway
