@@ -24,12 +24,13 @@ import psutil
 import pytest
 
 from actlog.client import StorageClient
-from actlog.launcher import free_port, grpc_serving, http_ok, spooled_records
+from actlog.launcher import Stack, free_port, grpc_serving, http_ok, spooled_records
 from actlog_common.hashing import prompt_hash
 from gateway.config import GatewaySettings
 from inference_service.config import InferenceSettings
 from inference_service.machine import Machine, choose_dtype, choose_enforce_eager
 from storage_service.config import StorageSettings
+from tests.e2e.helpers import banner_of
 from tests.reference import load_reference, record_mismatches
 
 pytestmark = pytest.mark.vllm
@@ -74,17 +75,8 @@ def default_stack(tmp_path_factory, model_dir):
     cwd = tmp_path_factory.mktemp("new-user")
     ports = {name: free_port() for name in PORT_FLAGS}
     proc = start_actlog_up(cwd, ports, new_user_env())
-    banner = []
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        banner.append(line)
-        if "Press Ctrl-C" in line or "did not come up" in line:
-            break
-    if "Press Ctrl-C" not in "".join(banner):
-        proc.kill()
-        logs = "".join(p.read_text()[-3000:] for p in (cwd / "logs").glob("*.log"))
-        pytest.fail(f"actlog up did not come up:\n{''.join(banner)}\n{logs}")
-    yield proc, ports, "".join(banner), cwd
+    banner = banner_of(proc, [cwd / "logs" / f"{name}.log" for name in Stack.SERVICES])
+    yield proc, ports, banner, cwd
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()

@@ -25,7 +25,7 @@ from actlog.launcher import free_port, grpc_serving
 from actlog_common.hashing import prompt_hash
 from actlog_common.layers import LayerSpec
 from tests.conftest import ENGINE_ENV
-from tests.e2e.helpers import scrape, total
+from tests.e2e.helpers import banner_of, scrape, total
 
 pytestmark = pytest.mark.vllm
 
@@ -57,16 +57,7 @@ def original_server(tmp_path_factory):
         args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True,
     )  # fmt: skip
-    banner = []
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        banner.append(line)
-        if "Press Ctrl-C" in line or "did not come up" in line:
-            break
-    if "Press Ctrl-C" not in "".join(banner):
-        proc.kill()
-        log = (tmp / "server.log").read_text()[-4000:] if (tmp / "server.log").exists() else ""
-        pytest.fail(f"vllm_serve did not come up:\n{''.join(banner)}\n{log}")
+    banner_of(proc, [tmp / "server.log"])
     yield proc, port, env, tmp
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGINT)
