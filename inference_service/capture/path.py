@@ -79,7 +79,7 @@ class CapturePath:
             f"layers {missing} are not captured by this engine: it compiles capture of layers "
             f"{list(self.available)} (CAPTURE_LAYERS_AVAILABLE={self.available_spec}). Ask for "
             "those, or restart it with CAPTURE_LAYERS_AVAILABLE covering the layers wanted "
-            "(e.g. all), or with ENFORCE_EAGER=true"
+            "(actlog up --capture-layers-available all), or with ENFORCE_EAGER=true (any layer)"
         )
 
 
