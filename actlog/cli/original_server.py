@@ -42,9 +42,9 @@ def parser() -> argparse.ArgumentParser:
         description="Start the activation-logging server: storage, inference (vLLM with "
         "capture) and the OpenAI-compatible gateway.",
     )
-    p.add_argument("--model", default=os.environ.get("MODEL", "default"),
-                   help="`default` (the offline SmolLM2-135M-Instruct), a local Hugging Face "
-                   "directory or a hub id")  # fmt: skip
+    p.add_argument("--model",
+                   help="`default` (the offline SmolLM2-135M-Instruct; MODEL), a local Hugging "
+                   "Face directory or a hub id")  # fmt: skip
     p.add_argument("--auth_token", "--auth-token", dest="auth_token",
                    help="Hugging Face token for a gated model (also HF_TOKEN): given to the "
                    "inference service only, never stored or logged")  # fmt: skip
@@ -52,8 +52,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=defaults.GATEWAY_PORT,
                    help="the gateway's port (8000)")  # fmt: skip
     p.add_argument("--lmdb_path", "--lmdb-path", dest="lmdb_path",
-                   default=os.environ.get("ACTIVATION_LMDB_PATH", defaults.ACTIVATION_LMDB_PATH),
-                   help="where the records' LMDB lives (ACTIVATION_LMDB_PATH)")  # fmt: skip
+                   help="where the records' LMDB lives (ACTIVATION_LMDB_PATH; "
+                   f"{defaults.ACTIVATION_LMDB_PATH})")  # fmt: skip
     p.add_argument("--target-layers", "--target_layers", dest="target_layers",
                    default=os.environ.get("CAPTURE_DEFAULT_LAYERS", "last"),
                    help="layers captured by default: all, first_half, second_half, last, "
@@ -85,13 +85,11 @@ def stack_config(args: argparse.Namespace) -> StackConfig:
     try:
         LayerSpec.parse(args.target_layers)
     except LayerError as error:
-        raise SystemExit(f"{parser().prog}: error: --target-layers: {error}") from None
-    settings: dict[str, Any] = dict(
-        model=args.model,
-        gateway_host=args.host,
-        gateway_port=args.port,
-        activation_lmdb_path=args.lmdb_path,
-    )
+        parser().error(f"--target-layers: {error}")  # argparse's one line, exit 2
+    # Flags over the environment over the launcher's defaults (StackConfig.from_env).
+    given = {"model": args.model, "activation_lmdb_path": args.lmdb_path}
+    settings: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+    settings.update(gateway_host=args.host, gateway_port=args.port)
     if args.log_file:
         settings.update(log_dir=None, log_file=args.log_file)
     extra = {"CAPTURE_DEFAULT_LAYERS": args.target_layers}
@@ -109,16 +107,23 @@ def stack_config(args: argparse.Namespace) -> StackConfig:
 
 
 def without_token(argv: Sequence[str]) -> tuple[list[str], str | None]:
-    """`argv` without --auth_token and its value, and the token."""
+    """`argv` without --auth_token and its value, and the token. A flag without a value is
+    left in place, for argparse to refuse."""
     rest: list[str] = []
     token = None
-    items = iter(argv)
-    for item in items:
-        flag, _, value = item.partition("=")
+    items = list(argv)
+    i = 0
+    while i < len(items):
+        flag, eq, value = items[i].partition("=")
         if flag in TOKEN_FLAGS:
-            token = value if value else next(items, None)
-            continue
-        rest.append(item)
+            if eq and value:
+                token, i = value, i + 1
+                continue
+            if not eq and i + 1 < len(items) and not items[i + 1].startswith("-"):
+                token, i = items[i + 1], i + 2
+                continue
+        rest.append(items[i])
+        i += 1
     return rest, token
 
 
@@ -131,9 +136,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         env = {**os.environ, "HF_TOKEN": token}
         os.execve(sys.executable, [sys.executable, "-m", MODULE, *rest], env)
     args = parser().parse_args(rest)
-    config = stack_config(args)
-    from actlog.cli.stack import up
+    import typer
 
-    options = {f.name: getattr(config, f.name) for f in StackConfig.options()}
-    os.environ.update(config.extra_env)  # `up` passes its environment on to the services
-    up(**options, timeout=900.0)
+    from actlog.cli.stack import run_stack
+
+    try:
+        run_stack(stack_config(args), timeout=900.0)
+    except typer.Exit as exit_:  # outside typer's own runner: the exit status, no traceback
+        sys.exit(exit_.exit_code)

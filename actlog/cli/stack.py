@@ -28,9 +28,15 @@ from actlog_common.default_model import DEFAULT_MODEL_NAME, is_default
 
 def up(**options: Any) -> None:
     """Start storage, inference and gateway; stop all three on Ctrl-C."""
-    defaults.configure_logging(logging.WARNING)
     timeout = options.pop("timeout")
-    config = StackConfig(**options)
+    run_stack(StackConfig(**options), timeout)
+
+
+def run_stack(config: StackConfig, timeout: float) -> None:
+    """What `actlog up` does with its configuration (the original server's command line runs
+    it too): start the three, print where they are, stop them in order on Ctrl-C; a stack
+    that does not come up raises typer.Exit(1) after one line saying why."""
+    defaults.configure_logging(logging.WARNING)
     model = config.model
     stack = Stack(config)
     logs = stack.log_location

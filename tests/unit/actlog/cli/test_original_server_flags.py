@@ -47,8 +47,10 @@ def test_the_environment_names_the_lmdb_path_as_the_original(monkeypatch) -> Non
 
 
 def test_bad_target_layers_and_unknown_flags_are_argparse_errors(capsys) -> None:
-    with pytest.raises(SystemExit, match="--target-layers"):
+    with pytest.raises(SystemExit) as exited:
         config("--target-layers", "middle")
+    assert exited.value.code == 2
+    assert "error: --target-layers: 'middle' is neither" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exited:
         parser().parse_args(["--no-such-flag"])
     assert exited.value.code == 2
@@ -64,6 +66,16 @@ def test_the_token_is_taken_out_of_the_arguments(argv) -> None:
     rest, token = without_token(argv)
     assert token == "hf_x" and "hf_x" not in " ".join(rest)
     assert rest == ["--model", "m"]
+
+
+@pytest.mark.parametrize("argv", [["--auth_token"], ["--auth_token", "--model", "m"]])
+def test_a_token_flag_without_a_value_is_left_for_argparse_to_refuse(argv, capsys) -> None:
+    rest, token = without_token(argv)
+    assert token is None and rest == argv
+    with pytest.raises(SystemExit) as exited:
+        parser().parse_args(rest)
+    assert exited.value.code == 2
+    assert "--auth_token/--auth-token: expected one argument" in capsys.readouterr().err
 
 
 def test_the_halves_split_the_hidden_states() -> None:
